@@ -1,0 +1,214 @@
+//! Reading the kernel's flow table: per-CPU copies summed into one record per flow.
+//!
+//! The agent never deletes from the table, so the flows the kernel evicted (the table is an LRU
+//! of `--flow-map-size` entries) are exactly `flows_created - live entries`; the agent reports
+//! that number with every snapshot.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use aya::maps::{MapData, PerCpuHashMap};
+use orb8_common::{FlowKey, FlowStats, direction, family, key_flags};
+
+/// One aggregated flow, as read from the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// The kernel's key.
+    pub key: FlowKey,
+    /// Sum over CPUs of the per-CPU statistics.
+    pub stats: FlowStats,
+}
+
+impl Flow {
+    /// Source address.
+    pub fn src(&self) -> IpAddr {
+        addr(self.key.family, &self.key.src_addr)
+    }
+    /// Destination address.
+    pub fn dst(&self) -> IpAddr {
+        addr(self.key.family, &self.key.dst_addr)
+    }
+    /// `ingress` or `egress`.
+    pub fn direction(&self) -> &'static str {
+        direction_name(self.key.direction)
+    }
+    /// True for flows of non-first IP fragments (ports unknown).
+    pub fn is_fragment(&self) -> bool {
+        self.key.flags & key_flags::FRAGMENT != 0
+    }
+}
+
+/// `ingress` or `egress` for a kernel direction value.
+pub fn direction_name(d: u8) -> &'static str {
+    if d == direction::EGRESS {
+        "egress"
+    } else {
+        "ingress"
+    }
+}
+
+/// Turns a kernel address (IPv4-mapped for IPv4) into an [`IpAddr`].
+pub fn addr(fam: u8, bytes: &[u8; 16]) -> IpAddr {
+    if fam == family::IPV4 {
+        IpAddr::V4(Ipv4Addr::new(bytes[12], bytes[13], bytes[14], bytes[15]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*bytes))
+    }
+}
+
+/// Protocol name for an IP protocol number (`tcp`, `udp`, ...), or the number.
+pub fn protocol_name(p: u8) -> String {
+    match p {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        58 => "icmpv6".into(),
+        132 => "sctp".into(),
+        136 => "udplite".into(),
+        n => n.to_string(),
+    }
+}
+
+/// TCP flags as `tcpdump` letters: F S R P . U E W (FIN, SYN, RST, PSH, ACK, URG, ECE, CWR).
+pub fn tcp_flags_string(f: u8) -> String {
+    const LETTERS: [(u8, char); 8] = [
+        (0x01, 'F'),
+        (0x02, 'S'),
+        (0x04, 'R'),
+        (0x08, 'P'),
+        (0x10, '.'),
+        (0x20, 'U'),
+        (0x40, 'E'),
+        (0x80, 'W'),
+    ];
+    LETTERS
+        .iter()
+        .filter(|(b, _)| f & b != 0)
+        .map(|(_, c)| *c)
+        .collect()
+}
+
+/// Sums one flow's per-CPU copies: packets and bytes add up, first seen is the earliest CPU's,
+/// last seen the latest, flags are OR-ed. CPUs that never saw the flow hold zeros.
+pub fn sum_per_cpu(values: &[FlowStats]) -> FlowStats {
+    let mut out = FlowStats::default();
+    for v in values {
+        out.packets += v.packets;
+        out.bytes += v.bytes;
+        if v.first_seen_ns != 0 && (out.first_seen_ns == 0 || v.first_seen_ns < out.first_seen_ns) {
+            out.first_seen_ns = v.first_seen_ns;
+        }
+        out.last_seen_ns = out.last_seen_ns.max(v.last_seen_ns);
+        out.tcp_flags |= v.tcp_flags;
+    }
+    out
+}
+
+/// Reads every flow of the table. Entries evicted or deleted while iterating are skipped.
+pub fn read_flows(map: &PerCpuHashMap<MapData, FlowKey, FlowStats>) -> Vec<Flow> {
+    map.iter()
+        .filter_map(Result::ok)
+        .map(|(key, values)| Flow {
+            key,
+            stats: sum_per_cpu(&values),
+        })
+        .collect()
+}
+
+/// Converts the kernel's boot-time nanoseconds (`bpf_ktime_get_boot_ns`) to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct BootClock {
+    /// Wall-clock time of boot, in nanoseconds since the epoch.
+    boot_epoch_ns: i128,
+}
+
+impl BootClock {
+    /// Reads `CLOCK_REALTIME` and `CLOCK_BOOTTIME` now.
+    pub fn now() -> Self {
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        let boot = clock_ns(libc::CLOCK_BOOTTIME);
+        BootClock {
+            boot_epoch_ns: real - boot,
+        }
+    }
+
+    /// Builds a clock from a known boot time (for tests).
+    pub fn from_boot_epoch_ns(boot_epoch_ns: i128) -> Self {
+        BootClock { boot_epoch_ns }
+    }
+
+    /// Wall-clock time of a kernel boot-time timestamp.
+    pub fn to_system_time(&self, boot_ns: u64) -> SystemTime {
+        let ns = (self.boot_epoch_ns + boot_ns as i128).max(0) as u128;
+        UNIX_EPOCH + Duration::new((ns / 1_000_000_000) as u64, (ns % 1_000_000_000) as u32)
+    }
+
+    /// Nanoseconds since boot now.
+    pub fn boot_now_ns() -> u64 {
+        clock_ns(libc::CLOCK_BOOTTIME) as u64
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock ids are constants the kernel knows.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(packets: u64, bytes: u64, first: u64, last: u64, flags: u8) -> FlowStats {
+        FlowStats {
+            packets,
+            bytes,
+            first_seen_ns: first,
+            last_seen_ns: last,
+            tcp_flags: flags,
+            _pad: [0; 7],
+        }
+    }
+
+    #[test]
+    fn per_cpu_copies_sum_and_ignore_idle_cpus() {
+        let got = sum_per_cpu(&[
+            FlowStats::default(),
+            stats(3, 180, 50, 90, 0x02),
+            stats(2, 120, 40, 70, 0x10),
+            FlowStats::default(),
+        ]);
+        assert_eq!(got, stats(5, 300, 40, 90, 0x12));
+    }
+
+    #[test]
+    fn addresses_and_names() {
+        let mut v4 = [0u8; 16];
+        v4[10] = 0xff;
+        v4[11] = 0xff;
+        v4[12..].copy_from_slice(&[10, 1, 2, 3]);
+        assert_eq!(addr(family::IPV4, &v4).to_string(), "10.1.2.3");
+        let v6: Ipv6Addr = "fd00::1".parse().unwrap();
+        assert_eq!(addr(family::IPV6, &v6.octets()).to_string(), "fd00::1");
+        assert_eq!(tcp_flags_string(0x1b), "FSP.");
+        assert_eq!(tcp_flags_string(0), "");
+        assert_eq!(protocol_name(17), "udp");
+        assert_eq!(protocol_name(47), "47");
+    }
+
+    #[test]
+    fn boot_clock_offsets() {
+        let c = BootClock::from_boot_epoch_ns(1_700_000_000_000_000_000);
+        let t = c.to_system_time(2_500_000_000);
+        assert_eq!(
+            t.duration_since(UNIX_EPOCH).unwrap(),
+            Duration::new(1_700_000_002, 500_000_000)
+        );
+    }
+}

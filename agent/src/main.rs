@@ -1,0 +1,200 @@
+//! `orb8-agent`: the node agent. `watch` prints what the probes see; see `--help`.
+
+use std::{io::Write as _, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use orb8_agent::{
+    probes::{AttachMode, ProbeConfig},
+    report::Line,
+    runtime::{Agent, AgentConfig},
+};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::broadcast::error::RecvError,
+};
+
+/// orb8's node agent: eBPF network flow probes on this host.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Attach the probes and print new flows as they appear; on exit (Ctrl-C, SIGTERM or
+    /// --duration) print the flow table and counters.
+    Watch(WatchArgs),
+}
+
+#[derive(Parser, Debug)]
+struct ProbeArgs {
+    /// Interface to attach to (repeatable). Default: veth host ends, default-route uplinks and
+    /// container bridges (cni0, docker0, cbr0, br-*), re-scanned as they come and go.
+    #[arg(short, long = "interface", value_name = "NAME")]
+    interfaces: Vec<String>,
+    /// How to attach TC programs: tcx (kernel >= 6.6), tc (clsact filters) or auto.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    attach: Mode,
+    /// Flow table capacity; least recently updated flows are evicted (and counted) beyond it.
+    #[arg(long, default_value_t = 65536, value_name = "ENTRIES")]
+    flow_map_size: u32,
+    /// Ring buffer size in bytes for new-flow events (power of two, at least one page).
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    ringbuf_size: u32,
+    /// Interface rescan period in milliseconds.
+    #[arg(long, default_value_t = 250, value_name = "MS")]
+    rescan_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Mode {
+    Auto,
+    Tcx,
+    Tc,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Parser, Debug)]
+struct WatchArgs {
+    #[command(flatten)]
+    probe: ProbeArgs,
+    /// Output format: text, or json (one object per line).
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    output: Format,
+    /// Stop after this long (e.g. 10s, 2m); default: until Ctrl-C or SIGTERM.
+    #[arg(short, long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+}
+
+impl ProbeArgs {
+    fn config(&self) -> anyhow::Result<AgentConfig> {
+        if !self.ringbuf_size.is_power_of_two() || self.ringbuf_size < 4096 {
+            anyhow::bail!(
+                "--ringbuf-size must be a power of two of at least 4096, got {}",
+                self.ringbuf_size
+            );
+        }
+        if self.flow_map_size == 0 {
+            anyhow::bail!("--flow-map-size must be at least 1");
+        }
+        Ok(AgentConfig {
+            interfaces: self.interfaces.clone(),
+            rescan: Duration::from_millis(self.rescan_ms.max(10)),
+            probe: ProbeConfig {
+                flow_map_entries: self.flow_map_size,
+                ringbuf_bytes: self.ringbuf_size,
+                mode: match self.attach {
+                    Mode::Auto => AttachMode::detect(),
+                    Mode::Tcx => AttachMode::Tcx,
+                    Mode::Tc => AttachMode::Tc,
+                },
+            },
+            event_queue: 16384,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("orb8-agent: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Watch(args) => watch(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("orb8-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    let config = args.probe.config()?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let (agent, tasks) = Agent::start(config).await?;
+    let mut events = agent.subscribe();
+    let (mode, _) = agent.probe_info();
+    let print = |line: &Line| -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        match args.output {
+            Format::Json => {
+                serde_json::to_writer(&mut out, line)?;
+                writeln!(out)?;
+            }
+            Format::Text => writeln!(out, "{}", line.text())?,
+        }
+        out.flush()
+    };
+    let ready = Line::Ready {
+        attach_mode: mode,
+        interfaces: agent.interfaces().iter().map(Into::into).collect(),
+    };
+    let deadline = async {
+        match args.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let result: anyhow::Result<()> = async {
+        print(&ready)?;
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Ok(ev) => print(&Line::from_event(&agent, &ev))?,
+                    Err(RecvError::Lagged(n)) => {
+                        agent.count_lost(n);
+                        print(&Line::Lost { count: n })?;
+                    }
+                    Err(RecvError::Closed) => break,
+                },
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+                _ = &mut deadline => break,
+            }
+        }
+        // Events already in the queue when we stopped are still printed.
+        while let Ok(ev) = events.try_recv() {
+            print(&Line::from_event(&agent, &ev))?;
+        }
+        print(&Line::summary(&agent, &agent.snapshot()))?;
+        Ok(())
+    }
+    .await;
+    for t in tasks {
+        t.abort();
+    }
+    agent.shutdown();
+    result
+}

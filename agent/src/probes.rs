@@ -1,0 +1,345 @@
+//! Loading orb8's eBPF object and attaching its TC programs to interfaces.
+//!
+//! Kernels >= 6.6 get TCX links: they belong to this process, so the kernel removes them when the
+//! agent exits, even on SIGKILL. Older kernels get clsact filters over netlink, which outlive the
+//! process; the agent removes them on shutdown and, at start, removes any an earlier agent left.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::LinkOrder,
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
+    },
+    util::KernelVersion,
+};
+use orb8_common::{FlowKey, FlowStats, names};
+
+use crate::interfaces::Selected;
+
+/// How TC programs are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// TCX links (kernel >= 6.6), removed by the kernel when the agent exits.
+    Tcx,
+    /// Netlink clsact filters (older kernels), removed by the agent.
+    Tc,
+}
+
+impl AttachMode {
+    /// `tcx` or `tc`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Tcx => "tcx",
+            AttachMode::Tc => "tc",
+        }
+    }
+
+    /// TCX when the running kernel has it, otherwise clsact filters.
+    pub fn detect() -> Self {
+        match KernelVersion::current() {
+            Ok(v) if v >= KernelVersion::new(6, 6, 0) => AttachMode::Tcx,
+            _ => AttachMode::Tc,
+        }
+    }
+}
+
+/// Sizes of the kernel maps, fixed at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeConfig {
+    /// Flow table capacity; the least recently updated flow is evicted beyond it.
+    pub flow_map_entries: u32,
+    /// Ring buffer size in bytes (a power-of-two multiple of the page size).
+    pub ringbuf_bytes: u32,
+    /// How to attach.
+    pub mode: AttachMode,
+}
+
+/// Failures the agent reports while loading or attaching, each with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The eBPF object could not be loaded (permissions, verifier, unsupported kernel).
+    #[error("loading the eBPF object: {source}{hint}")]
+    Load {
+        /// aya's error, with the verifier log when the verifier refused a program.
+        #[source]
+        source: aya::EbpfError,
+        /// What the user can do about it.
+        hint: &'static str,
+    },
+    /// A program in the object failed to load into the kernel.
+    #[error("loading program {program}: {source}")]
+    Program {
+        /// Program name.
+        program: &'static str,
+        /// aya's error, with the verifier log.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// The object does not contain what this agent expects (a build mismatch).
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    /// A map could not be opened.
+    #[error("opening map {name}: {source}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// aya's error.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// Attaching to an interface failed.
+    #[error("attaching TC {hook} to {interface}: {source}")]
+    Attach {
+        /// Interface name.
+        interface: String,
+        /// `ingress` or `egress`.
+        hook: &'static str,
+        /// aya's error.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+}
+
+struct Attached {
+    name: String,
+    ingress: SchedClassifierLinkId,
+    egress: SchedClassifierLinkId,
+}
+
+/// The loaded eBPF object and the interfaces its TC programs are attached to.
+pub struct Probes {
+    ebpf: Ebpf,
+    mode: AttachMode,
+    attached: BTreeMap<u32, Attached>,
+}
+
+/// The maps the agent reads, taken out of the object so they can live in their own tasks.
+pub struct Maps {
+    /// Per-CPU LRU flow table.
+    pub flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
+    /// New-flow events.
+    pub events: RingBuf<MapData>,
+    /// Per-CPU counters, indexed by `orb8_common::counter`.
+    pub counters: PerCpuArray<MapData, u64>,
+}
+
+const PROGRAMS: [(&str, TcAttachType, &str); 2] = [
+    (names::TC_INGRESS, TcAttachType::Ingress, "ingress"),
+    (names::TC_EGRESS, TcAttachType::Egress, "egress"),
+];
+
+impl Probes {
+    /// Loads the object embedded in the agent into the kernel (nothing attached yet) and takes
+    /// out its maps.
+    pub fn load(config: &ProbeConfig) -> Result<(Self, Maps), ProbeError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::FLOWS, config.flow_map_entries)
+            .map_max_entries(names::EVENTS, config.ringbuf_bytes)
+            .load(crate::ebpf::OBJECT)
+            .map_err(|source| ProbeError::Load {
+                hint: load_hint(&source),
+                source,
+            })?;
+        for (name, _, _) in PROGRAMS {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::Missing(name))?
+                .try_into()
+                .map_err(|source| ProbeError::Program {
+                    program: name,
+                    source,
+                })?;
+            prog.load().map_err(|source| ProbeError::Program {
+                program: name,
+                source,
+            })?;
+        }
+        let flows = take_map(&mut ebpf, names::FLOWS)?;
+        let events = take_map(&mut ebpf, names::EVENTS)?;
+        let counters = take_map(&mut ebpf, names::COUNTERS)?;
+        Ok((
+            Probes {
+                ebpf,
+                mode: config.mode,
+                attached: BTreeMap::new(),
+            },
+            Maps {
+                flows,
+                events,
+                counters,
+            },
+        ))
+    }
+
+    /// How programs are attached.
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// Names of the loaded programs.
+    pub fn program_names(&self) -> Vec<&'static str> {
+        PROGRAMS.iter().map(|(n, _, _)| *n).collect()
+    }
+
+    /// Interfaces (index, name) currently attached.
+    pub fn attached(&self) -> Vec<(u32, String)> {
+        self.attached
+            .iter()
+            .map(|(i, a)| (*i, a.name.clone()))
+            .collect()
+    }
+
+    /// Attaches both programs to `iface`. Attaching is all or nothing: when egress fails,
+    /// ingress is detached again.
+    pub fn attach(&mut self, iface: &Selected) -> Result<(), ProbeError> {
+        if self.mode == AttachMode::Tc {
+            // clsact may exist already (another tool, or an earlier orb8): that is fine.
+            let _ = tc::qdisc_add_clsact(&iface.name);
+            remove_stale_filters(&iface.name);
+        }
+        let mut ids = Vec::with_capacity(2);
+        for (name, attach_type, hook) in PROGRAMS {
+            let options = match self.mode {
+                AttachMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
+                AttachMode::Tc => TcAttachOptions::Netlink(NlOptions::default()),
+            };
+            let prog = self.program(name)?;
+            match prog.attach_with_options(&iface.name, attach_type, options) {
+                Ok(id) => ids.push(id),
+                Err(source) => {
+                    if let Some(id) = ids.pop() {
+                        let _ = self.program(names::TC_INGRESS)?.detach(id);
+                    }
+                    return Err(ProbeError::Attach {
+                        interface: iface.name.clone(),
+                        hook,
+                        source,
+                    });
+                }
+            }
+        }
+        let egress = ids.pop().expect("two programs attached");
+        let ingress = ids.pop().expect("two programs attached");
+        self.attached.insert(
+            iface.index,
+            Attached {
+                name: iface.name.clone(),
+                ingress,
+                egress,
+            },
+        );
+        Ok(())
+    }
+
+    /// Detaches from the interface with this index. An interface that is already gone has
+    /// nothing left to detach, which is not an error.
+    pub fn detach(&mut self, index: u32) {
+        let Some(a) = self.attached.remove(&index) else {
+            return;
+        };
+        if let Ok(p) = self.program(names::TC_INGRESS) {
+            let _ = p.detach(a.ingress);
+        }
+        if let Ok(p) = self.program(names::TC_EGRESS) {
+            let _ = p.detach(a.egress);
+        }
+    }
+
+    /// Makes the attached set equal `wanted`: attaches new interfaces, detaches vanished ones
+    /// (and ones whose index now belongs to another name). Returns what changed.
+    pub fn sync(&mut self, wanted: &[Selected]) -> SyncReport {
+        let mut report = SyncReport::default();
+        let gone: Vec<u32> = self
+            .attached
+            .iter()
+            .filter(|(i, a)| !wanted.iter().any(|w| w.index == **i && w.name == a.name))
+            .map(|(i, _)| *i)
+            .collect();
+        for index in gone {
+            let name = self
+                .attached
+                .get(&index)
+                .map(|a| a.name.clone())
+                .unwrap_or_default();
+            self.detach(index);
+            report.detached.push((index, name));
+        }
+        for w in wanted {
+            if self.attached.contains_key(&w.index) {
+                continue;
+            }
+            match self.attach(w) {
+                Ok(()) => report.attached.push(w.clone()),
+                Err(e) => report.failed.push((w.clone(), e.to_string())),
+            }
+        }
+        report
+    }
+
+    /// Detaches from every interface.
+    pub fn detach_all(&mut self) {
+        let all: Vec<u32> = self.attached.keys().copied().collect();
+        for index in all {
+            self.detach(index);
+        }
+    }
+
+    fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, ProbeError> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::Missing(name))?
+            .try_into()
+            .map_err(|source| ProbeError::Program {
+                program: name,
+                source,
+            })
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+/// What one [`Probes::sync`] changed.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    /// Newly attached interfaces.
+    pub attached: Vec<Selected>,
+    /// Detached interfaces (index, name).
+    pub detached: Vec<(u32, String)>,
+    /// Interfaces that could not be attached, with the reason.
+    pub failed: Vec<(Selected, String)>,
+}
+
+/// Removes clsact filters carrying orb8's program names, left by an agent that was killed.
+fn remove_stale_filters(iface: &str) {
+    for (name, attach_type, _) in PROGRAMS {
+        match tc::qdisc_detach_program(iface, attach_type, name) {
+            Ok(()) => log::info!("removed a stale orb8 {name} filter from {iface}"),
+            Err(e) => log::debug!("no stale {name} filter on {iface}: {e}"),
+        }
+    }
+}
+
+fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, ProbeError>
+where
+    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::Missing(name))?;
+    M::try_from(map).map_err(|source| ProbeError::Map { name, source })
+}
+
+fn load_hint(e: &aya::EbpfError) -> &'static str {
+    let text = format!("{e:?}");
+    if text.contains("PermissionDenied") || text.contains("Operation not permitted") {
+        " (orb8-agent needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)"
+    } else {
+        ""
+    }
+}

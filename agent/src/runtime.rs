@@ -1,0 +1,306 @@
+//! The running agent: probes loaded and attached, the interface rescan, and the ring-buffer
+//! reader. Commands (`watch`, `serve`) read from it; they never touch the kernel directly.
+//!
+//! Memory is bounded: the kernel flow table holds at most `flow_map_entries` flows (each
+//! snapshot is a `Vec` of at most that many), the event fan-out holds at most `event_queue`
+//! events (a consumer that falls further behind loses the oldest and the loss is counted), and
+//! the ring buffer is `ringbuf_bytes` in the kernel.
+
+use std::{
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use orb8_common::{Event, FlowKey, FlowStats, counter};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::broadcast,
+    task::JoinHandle,
+};
+
+use crate::{
+    flows::{self, BootClock, Flow},
+    interfaces::{self, Selected},
+    probes::{ProbeConfig, Probes},
+};
+
+/// Everything the agent is started with.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Interfaces to attach to; empty means discover (veths, uplinks, container bridges).
+    pub interfaces: Vec<String>,
+    /// How often the interface list is re-read.
+    pub rescan: Duration,
+    /// Map sizes and attach mode.
+    pub probe: ProbeConfig,
+    /// Capacity of the event fan-out to consumers.
+    pub event_queue: usize,
+}
+
+/// Something consumers of the agent are told about as it happens.
+#[derive(Clone, Debug)]
+pub enum AgentEvent {
+    /// A flow entered the kernel's flow table.
+    NewFlow(Event),
+    /// The probe was attached to an interface.
+    Attached(Selected),
+    /// The probe was detached from an interface that went away.
+    Detached {
+        /// Interface index.
+        index: u32,
+        /// Interface name.
+        name: String,
+    },
+    /// An interface could not be attached.
+    AttachFailed {
+        /// The interface.
+        iface: Selected,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Counters kept in userspace, beside the kernel's.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    /// Events read from the ring buffer.
+    pub events_received: AtomicU64,
+    /// Events a consumer missed because it fell more than `event_queue` behind.
+    pub events_lost_slow_consumer: AtomicU64,
+}
+
+/// A point-in-time view of the agent, for status reports and summaries.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Flows in the kernel table.
+    pub flows: Vec<Flow>,
+    /// Kernel counters, summed over CPUs, indexed by `orb8_common::counter`.
+    pub counters: [u64; counter::COUNT as usize],
+    /// Flows the kernel evicted from the full table.
+    pub flows_evicted: u64,
+}
+
+/// The running agent.
+pub struct Agent {
+    probes: Mutex<Probes>,
+    flows: Mutex<PerCpuHashMap<MapData, FlowKey, FlowStats>>,
+    counters: Mutex<PerCpuArray<MapData, u64>>,
+    interfaces: Mutex<Vec<Selected>>,
+    events: broadcast::Sender<AgentEvent>,
+    /// Userspace counters.
+    pub stats: AgentStats,
+    /// Converts kernel timestamps to wall-clock time.
+    pub clock: BootClock,
+    started: Instant,
+    config: AgentConfig,
+}
+
+impl Agent {
+    /// Loads the probes, attaches them, and starts the rescan and ring-buffer tasks. Fails when
+    /// the probes cannot be loaded or an explicitly named interface does not exist.
+    pub async fn start(config: AgentConfig) -> anyhow::Result<(Arc<Agent>, Vec<JoinHandle<()>>)> {
+        let (probes, maps) = Probes::load(&config.probe)?;
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+        let conn_task = tokio::spawn(conn);
+        let links = interfaces::list_links(&handle)
+            .await
+            .context("listing network interfaces")?;
+        let missing: Vec<&String> = config
+            .interfaces
+            .iter()
+            .filter(|n| !links.iter().any(|l| &l.name == *n))
+            .collect();
+        if !missing.is_empty() {
+            let names: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+            bail!("no such network interface: {}", names.join(", "));
+        }
+        let (events, _) = broadcast::channel(config.event_queue);
+        let agent = Arc::new(Agent {
+            probes: Mutex::new(probes),
+            flows: Mutex::new(maps.flows),
+            counters: Mutex::new(maps.counters),
+            interfaces: Mutex::new(Vec::new()),
+            events,
+            stats: AgentStats::default(),
+            clock: BootClock::now(),
+            started: Instant::now(),
+            config,
+        });
+        let report = agent.sync(&links);
+        if let Some((iface, reason)) = report.failed.first() {
+            if !agent.config.interfaces.is_empty() {
+                bail!("attaching to {}: {reason}", iface.name);
+            }
+        }
+        // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open while registered.
+        let ring = unsafe { AsyncFd::register_with_interest(maps.events, Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+        let tasks = vec![
+            conn_task_wrapper(conn_task),
+            tokio::spawn(read_ring(agent.clone(), ring)),
+            tokio::spawn(rescan(agent.clone(), handle)),
+        ];
+        Ok((agent, tasks))
+    }
+
+    /// Subscribes to events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<AgentEvent> {
+        self.events.subscribe()
+    }
+
+    /// Records that a consumer missed `n` events.
+    pub fn count_lost(&self, n: u64) {
+        self.stats
+            .events_lost_slow_consumer
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Interfaces the probe is attached to now.
+    pub fn interfaces(&self) -> Vec<Selected> {
+        self.interfaces.lock().expect("interfaces lock").clone()
+    }
+
+    /// Attach mode and program names.
+    pub fn probe_info(&self) -> (&'static str, Vec<&'static str>) {
+        let p = self.probes.lock().expect("probes lock");
+        (p.mode().as_str(), p.program_names())
+    }
+
+    /// Time since the agent started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The name of an interface by index, when the probe is or was attached to it.
+    pub fn interface_name(&self, index: u32) -> String {
+        self.interfaces
+            .lock()
+            .expect("interfaces lock")
+            .iter()
+            .find(|i| i.index == index)
+            .map(|i| i.name.clone())
+            .unwrap_or_else(|| format!("if{index}"))
+    }
+
+    /// Kernel counters summed over CPUs.
+    pub fn counters(&self) -> [u64; counter::COUNT as usize] {
+        let map = self.counters.lock().expect("counters lock");
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(values) = map.get(&(i as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        out
+    }
+
+    /// Reads the flow table and the counters. Counters are read after the table, so a flow
+    /// created during the read is never mistaken for an eviction.
+    pub fn snapshot(&self) -> Snapshot {
+        let flows = flows::read_flows(&self.flows.lock().expect("flows lock"));
+        let counters = self.counters();
+        let flows_evicted =
+            counters[counter::FLOWS_CREATED as usize].saturating_sub(flows.len() as u64);
+        Snapshot {
+            flows,
+            counters,
+            flows_evicted,
+        }
+    }
+
+    /// Detaches every probe. Called on shutdown; dropping the agent does the same.
+    pub fn shutdown(&self) {
+        self.probes.lock().expect("probes lock").detach_all();
+        self.interfaces.lock().expect("interfaces lock").clear();
+    }
+
+    fn sync(&self, links: &[interfaces::Link]) -> crate::probes::SyncReport {
+        let uplinks = interfaces::read_default_route_interfaces();
+        let wanted = interfaces::select(links, &uplinks, &self.config.interfaces);
+        let report = self.probes.lock().expect("probes lock").sync(&wanted);
+        {
+            let mut current = self.interfaces.lock().expect("interfaces lock");
+            current.retain(|i| !report.detached.iter().any(|(idx, _)| *idx == i.index));
+            current.extend(report.attached.iter().cloned());
+            current.sort();
+        }
+        for iface in &report.attached {
+            log::info!("attached to {} ({})", iface.name, iface.role.as_str());
+            let _ = self.events.send(AgentEvent::Attached(iface.clone()));
+        }
+        for (index, name) in &report.detached {
+            log::info!("detached from {name} (gone)");
+            let _ = self.events.send(AgentEvent::Detached {
+                index: *index,
+                name: name.clone(),
+            });
+        }
+        for (iface, reason) in &report.failed {
+            log::warn!("cannot attach to {}: {reason}", iface.name);
+            let _ = self.events.send(AgentEvent::AttachFailed {
+                iface: iface.clone(),
+                reason: reason.clone(),
+            });
+        }
+        report
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn conn_task_wrapper(task: JoinHandle<()>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let _ = task.await;
+    })
+}
+
+/// Reads the ring buffer whenever the kernel says it is readable: no polling interval, no cap.
+async fn read_ring(agent: Arc<Agent>, mut ring: AsyncFd<RingBuf<MapData>>) {
+    log::debug!("reading ring buffer fd {}", ring.get_ref().as_raw_fd());
+    loop {
+        let mut guard = match ring.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                log::error!("ring buffer poll failed: {e}");
+                return;
+            }
+        };
+        let rb = guard.get_inner_mut();
+        while let Some(item) = rb.next() {
+            if item.len() < size_of::<Event>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole `Event` (checked length); read unaligned.
+            let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            agent.stats.events_received.fetch_add(1, Ordering::Relaxed);
+            // No subscriber is not a loss: nobody asked for events.
+            let _ = agent.events.send(AgentEvent::NewFlow(ev));
+        }
+        guard.clear_ready();
+    }
+}
+
+/// Re-reads the interface list so new pods are attached and removed ones forgotten.
+async fn rescan(agent: Arc<Agent>, handle: rtnetlink::Handle) {
+    let mut tick = tokio::time::interval(agent.config.rescan);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match interfaces::list_links(&handle).await {
+            Ok(links) => {
+                agent.sync(&links);
+            }
+            Err(e) => log::warn!("listing network interfaces: {e}"),
+        }
+    }
+}

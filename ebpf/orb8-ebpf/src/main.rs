@@ -1,0 +1,147 @@
+//! orb8's eBPF programs, loaded by `orb8-agent`.
+//!
+//! `orb8_tc_ingress` / `orb8_tc_egress` run on the TC hooks (TCX links, or clsact filters on
+//! kernels before 6.6). They parse Ethernet (one 802.1Q/802.1ad tag), IPv4 (options) and IPv6
+//! (extension headers), then TCP, UDP, SCTP, ICMP and ICMPv6, and aggregate packets and IP-layer
+//! bytes per flow in the per-CPU LRU hash `FLOWS`. A flow's first packet also sends an [`Event`]
+//! through the ring buffer `EVENTS`. Every packet not accounted to a flow, and every event not
+//! sent, is counted in the per-CPU array `COUNTERS`. The programs only observe: they always return
+//! `TC_ACT_UNSPEC`, which lets the next program (TCX) or filter (clsact) decide.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+mod parse;
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::generated::bpf_ktime_get_boot_ns,
+    macros::{classifier, map},
+    maps::{LruPerCpuHashMap, PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+use orb8_common::{Event, FlowKey, FlowStats, counter, direction, event_kind};
+
+/// Observe only: the next TCX program, or the next clsact filter, decides the packet's fate.
+const TC_ACT_UNSPEC: i32 = -1;
+const EEXIST: i64 = 17;
+
+/// Flow table. The size is a default: the agent sets `max_entries` before loading.
+#[map(name = "FLOWS")]
+static FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> = LruPerCpuHashMap::with_max_entries(65536, 0);
+
+/// New-flow events. The agent may resize it before loading (a power-of-two number of pages).
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Per-CPU counters, indexed by `orb8_common::counter`.
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[classifier]
+pub fn orb8_tc_ingress(ctx: TcContext) -> i32 {
+    observe(&ctx, direction::INGRESS);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn orb8_tc_egress(ctx: TcContext) -> i32 {
+    observe(&ctx, direction::EGRESS);
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot; TC programs run with migration disabled, so no other writer.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn observe(ctx: &TcContext, dir: u8) {
+    count(counter::PACKETS_SEEN);
+    let pkt = match parse::parse(ctx, dir) {
+        Ok(pkt) => pkt,
+        Err(reason) => {
+            count(reason);
+            return;
+        }
+    };
+    count(counter::PACKETS_ACCOUNTED);
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if add(&pkt, now) {
+        return;
+    }
+    let stats = FlowStats {
+        packets: pkt.packets,
+        bytes: pkt.bytes,
+        first_seen_ns: now,
+        last_seen_ns: now,
+        tcp_flags: pkt.tcp_flags,
+        _pad: [0; 7],
+    };
+    match FLOWS.insert(&pkt.key, &stats, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            count(counter::FLOWS_CREATED);
+            emit_new_flow(&pkt, now);
+        }
+        // Another CPU inserted the flow between our lookup and insert: add to its entry.
+        Err(e) if e as i64 == -EEXIST => {
+            if !add(&pkt, now) {
+                count(counter::FLOW_INSERT_FAILED);
+            }
+        }
+        Err(_) => count(counter::FLOW_INSERT_FAILED),
+    }
+}
+
+/// Adds the packet to its flow's entry for this CPU; false when the flow is not in the table.
+#[inline(always)]
+fn add(pkt: &parse::Packet, now: u64) -> bool {
+    let Some(v) = FLOWS.get_ptr_mut(&pkt.key) else {
+        return false;
+    };
+    // SAFETY: per-CPU value of this CPU; TC programs run with migration disabled.
+    let v = unsafe { &mut *v };
+    if v.first_seen_ns == 0 {
+        // The flow was created on another CPU; this CPU's copy starts now.
+        v.first_seen_ns = now;
+    }
+    v.packets += pkt.packets;
+    v.bytes += pkt.bytes;
+    v.last_seen_ns = now;
+    v.tcp_flags |= pkt.tcp_flags;
+    true
+}
+
+#[inline(always)]
+fn emit_new_flow(pkt: &parse::Packet, now: u64) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(counter::RINGBUF_FULL);
+        return;
+    };
+    entry.write(Event {
+        kind: event_kind::NEW_FLOW,
+        bytes: pkt.bytes as u32,
+        ts_ns: now,
+        key: pkt.key,
+        tcp_flags: pkt.tcp_flags,
+        _pad: [0; 7],
+    });
+    entry.submit(0);
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,1 @@
+//! The `kubectl orb8` client.

@@ -1,0 +1,1 @@
+//! The `orb8.agent.v1` protocol.

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs everything orb8 needs to build and test on a Debian/Ubuntu machine, as root.
+# Idempotent: each step checks first, so a re-run takes seconds.
+set -euo pipefail
+
+NIGHTLY="nightly-2026-05-20"          # LLVM 22, matching bpf-linker's llvm-22 feature
+BPF_LINKER_VERSION="0.13.0"
+APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev iproute2 protobuf-compiler iputils-ping pkg-config)
+
+log() { printf 'orb8 setup: %s\n' "$*" >&2; }
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "installing apt packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  [ -x "$HOME/.cargo/bin/cargo" ] || { log "rustup/cargo not found: install rustup first"; exit 1; }
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+if ! rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1; then
+  log "installing toolchain $NIGHTLY"
+  rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src
+elif ! rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then
+  rustup component add rust-src --toolchain "$NIGHTLY"
+fi
+
+if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+  log "building bpf-linker $BPF_LINKER_VERSION against llvm-22 (about two minutes)"
+  LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 LLVM_PREFIX=/usr/lib/llvm-22 \
+    cargo install --locked bpf-linker --version "$BPF_LINKER_VERSION" \
+    --no-default-features --features llvm-22 --force
+fi
+log "toolchain ready"

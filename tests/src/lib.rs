@@ -1,0 +1,1 @@
+//! Test support for orb8 end-to-end tests.
