@@ -1,0 +1,12 @@
+//! Generates the `orb8.agent.v1` code at build time with protox (a pure-Rust protobuf compiler),
+//! so building orb8 needs no `protoc` on any platform.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(["orb8/agent/v1/agent.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
