@@ -9,3 +9,5 @@ pub mod interfaces;
 pub mod probes;
 pub mod report;
 pub mod runtime;
+pub mod convert;
+pub mod service;

@@ -8,6 +8,7 @@ use orb8_agent::{
     probes::{AttachMode, ProbeConfig},
     report::Line,
     runtime::{Agent, AgentConfig},
+    service::{self, Listen, Listener, Service, Stopped},
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -27,6 +28,25 @@ enum Command {
     /// Attach the probes and print new flows as they appear; on exit (Ctrl-C, SIGTERM or
     /// --duration) print the flow table and counters.
     Watch(WatchArgs),
+    /// Attach the probes and serve orb8.agent.v1 over gRPC on loopback or a unix socket.
+    /// Needs the session token in ORB8_AGENT_TOKEN. Prints one JSON line when ready:
+    /// {"listening":ADDR,"node":NODE,"attach_mode":MODE}.
+    Serve(ServeArgs),
+}
+
+#[derive(Parser, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    probe: ProbeArgs,
+    /// Where to listen: a loopback HOST:PORT (port 0 picks one) or unix:PATH.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    listen: Listen,
+    /// Exit when no client has been connected for this long.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// Node name reported to clients (default: $NODE_NAME, else the host name).
+    #[arg(long, env = "NODE_NAME")]
+    node: Option<String>,
 }
 
 #[derive(Parser, Debug)]
@@ -119,6 +139,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Watch(args) => watch(args).await,
+            Command::Serve(args) => serve(args).await,
         }
     });
     match result {
@@ -197,4 +218,55 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     }
     agent.shutdown();
     result
+}
+
+/// Environment variable carrying the per-session token.
+const TOKEN_ENV: &str = "ORB8_AGENT_TOKEN";
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let token = std::env::var(TOKEN_ENV).unwrap_or_default();
+    if token.len() < 16 {
+        anyhow::bail!("set {TOKEN_ENV} to the session token (at least 16 characters)");
+    }
+    let config = args.probe.config()?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let listener = Listener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listening on {:?}", args.listen))?;
+    let (agent, tasks) = Agent::start(config).await?;
+    let node = args.node.filter(|n| !n.is_empty()).unwrap_or_else(host_name);
+    let (mode, _) = agent.probe_info();
+    let ready = serde_json::json!({
+        "listening": listener.address(),
+        "node": node,
+        "attach_mode": mode,
+    });
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{ready}")?;
+        out.flush()?;
+    }
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigint.recv() => {},
+            _ = sigterm.recv() => {},
+        }
+    };
+    let stopped = service::serve(Service::new(agent.clone(), node), &token, listener, args.idle_timeout, shutdown).await;
+    for t in tasks {
+        t.abort();
+    }
+    agent.shutdown();
+    match stopped? {
+        Stopped::Idle => log::warn!("no client for {:?}: exiting", args.idle_timeout),
+        Stopped::Shutdown => log::info!("shutting down"),
+    }
+    Ok(())
 }

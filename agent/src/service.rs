@@ -1,0 +1,548 @@
+//! The `orb8.agent.v1` gRPC service over a running [`Agent`], and the server around it: loopback
+//! or unix-socket listener, per-session token, idle exit, graceful shutdown.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use orb8_common::counter;
+use orb8_proto::{self as pb, agent_service_server::AgentServiceServer};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    sync::{broadcast::error::RecvError, mpsc},
+};
+use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, transport::server::Connected};
+
+use crate::{
+    convert::{self, Matcher},
+    runtime::{Agent, AgentEvent},
+};
+
+/// Events buffered per client stream; a client further behind loses events, counted as
+/// `slow_client` and reported to it in a `Gap`.
+pub const CLIENT_BUFFER: usize = 4096;
+
+/// Connection bookkeeping shared by the listener and the idle watchdog.
+#[derive(Debug)]
+pub struct Activity {
+    connections: AtomicUsize,
+    last_change: Mutex<Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            connections: AtomicUsize::new(0),
+            last_change: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Activity {
+    /// Open client connections.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// How long no client has been connected; zero while one is.
+    pub fn idle_for(&self) -> Duration {
+        if self.connections() > 0 {
+            return Duration::ZERO;
+        }
+        self.last_change.lock().expect("activity lock").elapsed()
+    }
+
+    fn open(&self) {
+        self.connections.fetch_add(1, Ordering::SeqCst);
+        *self.last_change.lock().expect("activity lock") = Instant::now();
+    }
+
+    fn close(&self) {
+        self.connections.fetch_sub(1, Ordering::SeqCst);
+        *self.last_change.lock().expect("activity lock") = Instant::now();
+    }
+}
+
+/// A client connection that counts itself in [`Activity`] while open.
+pub struct Tracked<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Tracked<T> {
+    /// Wraps an accepted connection.
+    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+        activity.open();
+        Tracked { inner, activity }
+    }
+}
+
+impl<T> Drop for Tracked<T> {
+    fn drop(&mut self) {
+        self.activity.close();
+    }
+}
+
+impl<T: Connected> Connected for Tracked<T> {
+    type ConnectInfo = T::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The gRPC service.
+pub struct Service {
+    agent: Arc<Agent>,
+    node: String,
+    slow_client_drops: Arc<AtomicU64>,
+}
+
+impl Service {
+    /// A service answering for `agent` as node `node`.
+    pub fn new(agent: Arc<Agent>, node: String) -> Self {
+        Service {
+            agent,
+            node,
+            slow_client_drops: Arc::default(),
+        }
+    }
+
+    /// The status reply.
+    pub fn status(&self) -> pb::GetStatusResponse {
+        let snap = self.agent.snapshot();
+        let c = &snap.counters;
+        let (mode, programs) = self.agent.probe_info();
+        let drops = vec![
+            drop_counter(pb::DropStage::Kernel, "ringbuf_full", c[counter::RINGBUF_FULL as usize]),
+            drop_counter(pb::DropStage::Kernel, "flow_insert_failed", c[counter::FLOW_INSERT_FAILED as usize]),
+            drop_counter(
+                pb::DropStage::Agent,
+                "queue_overflow",
+                self.agent.stats.events_lost_slow_consumer.load(Ordering::Relaxed),
+            ),
+            drop_counter(pb::DropStage::Client, "slow_client", self.slow_client_drops.load(Ordering::Relaxed)),
+        ];
+        let not_parsed = [
+            counter::NOT_IP,
+            counter::TRUNCATED_L2,
+            counter::BAD_L3,
+            counter::BAD_L4,
+            counter::IPV6_EXT_TOO_DEEP,
+            counter::PULL_FAILED,
+        ]
+        .into_iter()
+        .map(|i| (counter::NAMES[i as usize].to_string(), c[i as usize]))
+        .collect();
+        pb::GetStatusResponse {
+            node: self.node.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol_version: pb::PROTOCOL_VERSION,
+            kernel_release: kernel_release(),
+            btf_present: std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+            attach_mode: mode.to_string(),
+            interfaces: self.agent.interfaces().iter().map(iface).collect(),
+            programs: programs.into_iter().map(String::from).collect(),
+            counters: Some(pb::Counters {
+                events_processed: self.agent.stats.events_received.load(Ordering::Relaxed),
+                packets_seen: c[counter::PACKETS_SEEN as usize],
+                active_flows: snap.flows.len() as u64,
+                flow_map_evictions: snap.flows_evicted,
+                drops,
+                packets_not_parsed: not_parsed,
+            }),
+            uptime_ms: self.agent.uptime().as_millis() as u64,
+        }
+    }
+
+    /// The flow table, filtered, sorted and limited.
+    pub fn query(&self, req: &pb::QueryFlowsRequest) -> Result<pb::QueryFlowsResponse, String> {
+        let matcher = Matcher::new(req.filter.as_ref())?;
+        let snap = self.agent.snapshot();
+        let mut flows: Vec<pb::Flow> = snap
+            .flows
+            .iter()
+            .map(|f| convert::flow(&self.node, self.agent.interface_name(f.key.ifindex), f, &self.agent.clock))
+            .filter(|f| matcher.matches(f))
+            .collect();
+        let total = flows.len() as u64;
+        convert::sort(&mut flows, req.sort());
+        if req.limit > 0 {
+            flows.truncate(req.limit as usize);
+        }
+        Ok(pb::QueryFlowsResponse {
+            node: self.node.clone(),
+            flows,
+            total_matched: total,
+            flow_map_evictions: snap.flows_evicted,
+        })
+    }
+}
+
+fn drop_counter(stage: pb::DropStage, reason: &str, count: u64) -> pb::DropCounter {
+    pb::DropCounter {
+        stage: stage as i32,
+        reason: reason.to_string(),
+        count,
+    }
+}
+
+fn iface(s: &crate::interfaces::Selected) -> pb::Interface {
+    pb::Interface {
+        index: s.index,
+        name: s.name.clone(),
+        role: s.role.as_str().to_string(),
+    }
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Builds stream events with consecutive `seq` numbers for one client stream.
+struct Sequencer {
+    node: String,
+    seq: u64,
+}
+
+impl Sequencer {
+    fn next(&mut self, kind: pb::event::Kind, time: i64) -> pb::Event {
+        self.seq += 1;
+        pb::Event {
+            node: self.node.clone(),
+            seq: self.seq,
+            time_unix_nanos: time,
+            kind: Some(kind),
+        }
+    }
+}
+
+/// Lost events not yet reported to the client, by stage.
+#[derive(Default)]
+struct PendingGaps {
+    agent: u64,
+    client: u64,
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::agent_service_server::AgentService for Service {
+    async fn get_status(&self, _req: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
+        Ok(Response::new(self.status()))
+    }
+
+    async fn query_flows(
+        &self,
+        req: Request<pb::QueryFlowsRequest>,
+    ) -> Result<Response<pb::QueryFlowsResponse>, Status> {
+        self.query(req.get_ref()).map(Response::new).map_err(Status::invalid_argument)
+    }
+
+    type StreamEventsStream = EventStream;
+
+    async fn stream_events(
+        &self,
+        req: Request<pb::StreamEventsRequest>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let matcher = Matcher::new(req.get_ref().filter.as_ref()).map_err(Status::invalid_argument)?;
+        let mut rx = self.agent.subscribe();
+        let (tx, out) = mpsc::channel(CLIENT_BUFFER);
+        let agent = self.agent.clone();
+        let slow = self.slow_client_drops.clone();
+        let mut seq = Sequencer {
+            node: self.node.clone(),
+            seq: 0,
+        };
+        tokio::spawn(async move {
+            let mut pending = PendingGaps::default();
+            loop {
+                let ev = match rx.recv().await {
+                    Ok(ev) => ev,
+                    Err(RecvError::Lagged(n)) => {
+                        agent.count_lost(n);
+                        pending.agent += n;
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                let (kind, time) = match &ev {
+                    AgentEvent::NewFlow(e) => {
+                        let f = convert::new_flow(&seq.node, agent.interface_name(e.key.ifindex), e, &agent.clock);
+                        if !matcher.matches(&f) {
+                            continue;
+                        }
+                        let t = f.first_seen_unix_nanos;
+                        (pb::event::Kind::NewFlow(f), t)
+                    }
+                    AgentEvent::Attached(s) => (interface_change(s, true, String::new()), now_nanos()),
+                    AgentEvent::Detached { index, name } => {
+                        let s = crate::interfaces::Selected {
+                            index: *index,
+                            name: name.clone(),
+                            role: crate::interfaces::Role::Explicit,
+                        };
+                        (interface_change(&s, false, String::new()), now_nanos())
+                    }
+                    AgentEvent::AttachFailed { iface, reason } => {
+                        (interface_change(iface, false, reason.clone()), now_nanos())
+                    }
+                };
+                // Report losses first, so the client sees them where they happened.
+                for (stage, reason, lost) in [
+                    (pb::DropStage::Agent, "queue_overflow", &mut pending.agent),
+                    (pb::DropStage::Client, "slow_client", &mut pending.client),
+                ] {
+                    if *lost == 0 {
+                        continue;
+                    }
+                    let gap = pb::event::Kind::Gap(pb::Gap {
+                        lost: *lost,
+                        stage: stage as i32,
+                        reason: reason.to_string(),
+                    });
+                    match tx.try_send(Ok(seq.next(gap, now_nanos()))) {
+                        Ok(()) => *lost = 0,
+                        Err(mpsc::error::TrySendError::Full(_)) => seq.seq -= 1,
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    }
+                }
+                match tx.try_send(Ok(seq.next(kind, time))) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        seq.seq -= 1;
+                        pending.client += 1;
+                        slow.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+}
+
+fn interface_change(s: &crate::interfaces::Selected, attached: bool, error: String) -> pb::event::Kind {
+    pb::event::Kind::Interface(pb::InterfaceChange {
+        interface: Some(iface(s)),
+        attached,
+        error,
+    })
+}
+
+/// Where the server listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// A loopback TCP address (port 0 picks a free port).
+    Tcp(SocketAddr),
+    /// A unix socket path.
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            return Ok(Listen::Unix(PathBuf::from(p)));
+        }
+        let a: SocketAddr = s.parse().map_err(|_| format!("invalid listen address {s:?}"))?;
+        if !a.ip().is_loopback() {
+            return Err(format!(
+                "refusing to listen on {a}: the agent only binds loopback (127.0.0.1 or ::1) or a unix socket"
+            ));
+        }
+        Ok(Listen::Tcp(a))
+    }
+}
+
+/// Checks the per-session token on every request.
+#[derive(Clone)]
+pub struct TokenCheck {
+    expected: Arc<String>,
+}
+
+impl TokenCheck {
+    /// Accepts requests carrying `authorization: Bearer <token>`.
+    pub fn new(token: &str) -> Self {
+        TokenCheck {
+            expected: Arc::new(pb::bearer(token)),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let got = req
+            .metadata()
+            .get(pb::TOKEN_METADATA_KEY)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if constant_time_eq(got, self.expected.as_bytes()) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated("missing or wrong session token"))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Why [`serve`] returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The shutdown future completed (signal).
+    Shutdown,
+    /// No client was connected for the idle timeout.
+    Idle,
+}
+
+/// Serves `service` on an already bound listener until `shutdown` completes or no client has
+/// been connected for `idle`. Connections are counted so the idle clock only runs while none
+/// is open.
+pub async fn serve<S>(
+    service: Service,
+    token: &str,
+    listener: Listener,
+    idle: Duration,
+    shutdown: S,
+) -> Result<Stopped, tonic::transport::Error>
+where
+    S: std::future::Future<Output = ()> + Send,
+{
+    let activity = Arc::new(Activity::default());
+    let svc = AgentServiceServer::with_interceptor(service, TokenCheck::new(token));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Stopped>();
+    let watchdog_activity = activity.clone();
+    let watchdog = async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100).min(idle));
+        loop {
+            tick.tick().await;
+            if watchdog_activity.idle_for() >= idle {
+                return Stopped::Idle;
+            }
+        }
+    };
+    let signal = async move {
+        let why = tokio::select! {
+            _ = shutdown => Stopped::Shutdown,
+            why = watchdog => why,
+        };
+        let _ = stop_tx.send(why);
+    };
+    let router = tonic::transport::Server::builder().add_service(svc);
+    match listener {
+        Listener::Tcp(l) => {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(l)
+                .map(move |c| c.map(|s| Tracked::new(s, activity.clone())));
+            router.serve_with_incoming_shutdown(incoming, signal).await?;
+        }
+        Listener::Unix(l, path) => {
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(l)
+                .map(move |c| c.map(|s| Tracked::new(s, activity.clone())));
+            let result = router.serve_with_incoming_shutdown(incoming, signal).await;
+            let _ = std::fs::remove_file(&path);
+            result?;
+        }
+    }
+    Ok(stop_rx.await.unwrap_or(Stopped::Shutdown))
+}
+
+/// A bound listener.
+pub enum Listener {
+    /// TCP on loopback.
+    Tcp(tokio::net::TcpListener),
+    /// A unix socket and its path (removed when serving ends).
+    Unix(tokio::net::UnixListener, PathBuf),
+}
+
+impl Listener {
+    /// Binds the address; a stale unix socket file is replaced.
+    pub async fn bind(listen: &Listen) -> std::io::Result<Listener> {
+        match listen {
+            Listen::Tcp(a) => Ok(Listener::Tcp(tokio::net::TcpListener::bind(a).await?)),
+            Listen::Unix(p) => {
+                let _ = std::fs::remove_file(p);
+                Ok(Listener::Unix(tokio::net::UnixListener::bind(p)?, p.clone()))
+            }
+        }
+    }
+
+    /// The address clients connect to: `127.0.0.1:PORT` or `unix:/path`.
+    pub fn address(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Listener::Unix(_, p) => format!("unix:{}", p.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!("127.0.0.1:0".parse::<Listen>().unwrap(), Listen::Tcp("127.0.0.1:0".parse().unwrap()));
+        assert_eq!("[::1]:7".parse::<Listen>().unwrap(), Listen::Tcp("[::1]:7".parse().unwrap()));
+        assert_eq!("unix:/run/orb8.sock".parse::<Listen>().unwrap(), Listen::Unix("/run/orb8.sock".into()));
+        assert!("0.0.0.0:9000".parse::<Listen>().unwrap_err().contains("only binds loopback"));
+        assert!("nope".parse::<Listen>().is_err());
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"Bearer abc", b"Bearer abc"));
+        assert!(!constant_time_eq(b"Bearer abd", b"Bearer abc"));
+        assert!(!constant_time_eq(b"Bearer ab", b"Bearer abc"));
+    }
+
+    #[test]
+    fn idle_clock_runs_only_without_connections() {
+        let a = Arc::new(Activity::default());
+        let t = Tracked::new((), a.clone());
+        assert_eq!(a.connections(), 1);
+        assert_eq!(a.idle_for(), Duration::ZERO);
+        drop(t);
+        assert_eq!(a.connections(), 0);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(a.idle_for() >= Duration::from_millis(5));
+    }
+}
