@@ -20,7 +20,12 @@ pub fn flow(node: &str, interface: String, f: &Flow, clock: &BootClock) -> pb::F
 }
 
 /// Converts a new-flow event (its first packet) to the wire type.
-pub fn new_flow(node: &str, interface: String, e: &orb8_common::Event, clock: &BootClock) -> pb::Flow {
+pub fn new_flow(
+    node: &str,
+    interface: String,
+    e: &orb8_common::Event,
+    clock: &BootClock,
+) -> pb::Flow {
     let mut out = flow_key(node, interface, &e.key);
     out.packets = 1;
     out.bytes = e.bytes as u64;
@@ -80,7 +85,9 @@ impl Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = a.parse().map_err(|_| format!("invalid address or CIDR {s:?}"))?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("invalid address or CIDR {s:?}"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match p {
             Some(p) => p
@@ -132,7 +139,11 @@ impl Matcher {
             return Ok(Matcher::default());
         };
         Ok(Matcher {
-            cidrs: f.cidrs.iter().map(|c| Cidr::parse(c)).collect::<Result<_, _>>()?,
+            cidrs: f
+                .cidrs
+                .iter()
+                .map(|c| Cidr::parse(c))
+                .collect::<Result<_, _>>()?,
             ports: f.ports.clone(),
             protocols: f.protocols.clone(),
             direction: (f.direction != pb::Direction::Unspecified as i32).then_some(f.direction),
@@ -142,9 +153,15 @@ impl Matcher {
 
     /// True when the flow passes every field of the filter.
     pub fn matches(&self, f: &pb::Flow) -> bool {
-        let ends = || [to_ip(&f.src_addr), to_ip(&f.dst_addr)].into_iter().flatten();
+        let ends = || {
+            [to_ip(&f.src_addr), to_ip(&f.dst_addr)]
+                .into_iter()
+                .flatten()
+        };
         (self.cidrs.is_empty() || self.cidrs.iter().any(|c| ends().any(|a| c.contains(a))))
-            && (self.ports.is_empty() || self.ports.contains(&f.src_port) || self.ports.contains(&f.dst_port))
+            && (self.ports.is_empty()
+                || self.ports.contains(&f.src_port)
+                || self.ports.contains(&f.dst_port))
             && (self.protocols.is_empty() || self.protocols.contains(&f.protocol))
             && self.direction.is_none_or(|d| d == f.direction)
             && (self.interfaces.is_empty() || self.interfaces.contains(&f.interface))
@@ -162,8 +179,10 @@ fn to_ip(b: &[u8]) -> Option<IpAddr> {
 /// Sorts flows for a query: bytes (default), packets, or most recent first; ties by bytes.
 pub fn sort(flows: &mut [pb::Flow], by: pb::SortBy) {
     match by {
-        pb::SortBy::Packets => flows.sort_by(|a, b| b.packets.cmp(&a.packets).then(b.bytes.cmp(&a.bytes))),
-        pb::SortBy::Time => flows.sort_by(|a, b| b.last_seen_unix_nanos.cmp(&a.last_seen_unix_nanos)),
+        pb::SortBy::Packets => {
+            flows.sort_by(|a, b| b.packets.cmp(&a.packets).then(b.bytes.cmp(&a.bytes)))
+        }
+        pb::SortBy::Time => flows.sort_by_key(|f| std::cmp::Reverse(f.last_seen_unix_nanos)),
         pb::SortBy::Bytes | pb::SortBy::Unspecified => {
             flows.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.packets.cmp(&a.packets)))
         }
@@ -198,15 +217,22 @@ mod tests {
         let c = Cidr::parse("fd00::/15").unwrap();
         assert!(c.contains("fd01::1".parse().unwrap()));
         assert!(!c.contains("fd02::1".parse().unwrap()));
-        assert_eq!(Cidr::parse("10.0.0.1").unwrap(), Cidr::parse("10.0.0.1/32").unwrap());
+        assert_eq!(
+            Cidr::parse("10.0.0.1").unwrap(),
+            Cidr::parse("10.0.0.1/32").unwrap()
+        );
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("nonsense").is_err());
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("192.0.2.1".parse().unwrap()));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("192.0.2.1".parse().unwrap())
+        );
     }
 
     #[test]
     fn filter_fields_combine_with_and() {
-        let flows = vec![
+        let flows = [
             flow("10.0.0.1", 40000, "10.0.1.2", 53, 17, 500),
             flow("10.0.0.1", 40001, "10.0.1.2", 443, 6, 900),
             flow("fd00::1", 5000, "fd00::2", 53, 17, 300),
@@ -217,7 +243,11 @@ mod tests {
             ..Default::default()
         }))
         .unwrap();
-        let got: Vec<u64> = flows.iter().filter(|f| m.matches(f)).map(|f| f.bytes).collect();
+        let got: Vec<u64> = flows
+            .iter()
+            .filter(|f| m.matches(f))
+            .map(|f| f.bytes)
+            .collect();
         assert_eq!(got, vec![500]);
         let m = Matcher::new(Some(&pb::FlowFilter {
             protocols: vec![17],
@@ -226,16 +256,21 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(flows.iter().filter(|f| m.matches(f)).count(), 0);
-        assert!(Matcher::new(Some(&pb::FlowFilter {
-            cidrs: vec!["10.0.0.0/99".into()],
-            ..Default::default()
-        }))
-        .is_err());
+        assert!(
+            Matcher::new(Some(&pb::FlowFilter {
+                cidrs: vec!["10.0.0.0/99".into()],
+                ..Default::default()
+            }))
+            .is_err()
+        );
     }
 
     #[test]
     fn sorting() {
-        let mut flows = vec![flow("10.0.0.1", 1, "10.0.0.2", 2, 6, 100), flow("10.0.0.1", 1, "10.0.0.2", 3, 6, 900)];
+        let mut flows = vec![
+            flow("10.0.0.1", 1, "10.0.0.2", 2, 6, 100),
+            flow("10.0.0.1", 1, "10.0.0.2", 3, 6, 900),
+        ];
         sort(&mut flows, pb::SortBy::Unspecified);
         assert_eq!(flows[0].bytes, 900);
     }

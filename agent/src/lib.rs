@@ -4,10 +4,10 @@ pub mod ebpf {
     /// The compiled eBPF object (ELF, BTF included), aligned for aya's parser.
     pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/orb8"));
 }
+pub mod convert;
 pub mod flows;
 pub mod interfaces;
 pub mod probes;
 pub mod report;
 pub mod runtime;
-pub mod convert;
 pub mod service;

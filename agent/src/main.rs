@@ -241,7 +241,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {:?}", args.listen))?;
     let (agent, tasks) = Agent::start(config).await?;
-    let node = args.node.filter(|n| !n.is_empty()).unwrap_or_else(host_name);
+    let node = args
+        .node
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(host_name);
     let (mode, _) = agent.probe_info();
     let ready = serde_json::json!({
         "listening": listener.address(),
@@ -259,7 +262,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             _ = sigterm.recv() => {},
         }
     };
-    let stopped = service::serve(Service::new(agent.clone(), node), &token, listener, args.idle_timeout, shutdown).await;
+    let stopped = service::serve(
+        Service::new(agent.clone(), node),
+        &token,
+        listener,
+        args.idle_timeout,
+        shutdown,
+    )
+    .await;
     for t in tasks {
         t.abort();
     }

@@ -30,6 +30,9 @@ use crate::{
     probes::{ProbeConfig, Probes},
 };
 
+/// Interface names remembered for flows of interfaces that are gone.
+const MAX_REMEMBERED_NAMES: usize = 4096;
+
 /// Everything the agent is started with.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -92,6 +95,8 @@ pub struct Agent {
     flows: Mutex<PerCpuHashMap<MapData, FlowKey, FlowStats>>,
     counters: Mutex<PerCpuArray<MapData, u64>>,
     interfaces: Mutex<Vec<Selected>>,
+    /// Names of every interface attached so far, so flows of removed ones keep their name.
+    names: Mutex<std::collections::BTreeMap<u32, String>>,
     events: broadcast::Sender<AgentEvent>,
     /// Userspace counters.
     pub stats: AgentStats,
@@ -126,6 +131,7 @@ impl Agent {
             flows: Mutex::new(maps.flows),
             counters: Mutex::new(maps.counters),
             interfaces: Mutex::new(Vec::new()),
+            names: Mutex::default(),
             events,
             stats: AgentStats::default(),
             clock: BootClock::now(),
@@ -133,10 +139,10 @@ impl Agent {
             config,
         });
         let report = agent.sync(&links);
-        if let Some((iface, reason)) = report.failed.first() {
-            if !agent.config.interfaces.is_empty() {
-                bail!("attaching to {}: {reason}", iface.name);
-            }
+        if let Some((iface, reason)) = report.failed.first()
+            && !agent.config.interfaces.is_empty()
+        {
+            bail!("attaching to {}: {reason}", iface.name);
         }
         // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open while registered.
         let ring = unsafe { AsyncFd::register_with_interest(maps.events, Interest::READABLE) }
@@ -179,12 +185,11 @@ impl Agent {
 
     /// The name of an interface by index, when the probe is or was attached to it.
     pub fn interface_name(&self, index: u32) -> String {
-        self.interfaces
+        self.names
             .lock()
-            .expect("interfaces lock")
-            .iter()
-            .find(|i| i.index == index)
-            .map(|i| i.name.clone())
+            .expect("names lock")
+            .get(&index)
+            .cloned()
             .unwrap_or_else(|| format!("if{index}"))
     }
 
@@ -229,6 +234,14 @@ impl Agent {
             current.retain(|i| !report.detached.iter().any(|(idx, _)| *idx == i.index));
             current.extend(report.attached.iter().cloned());
             current.sort();
+            let mut names = self.names.lock().expect("names lock");
+            for i in &report.attached {
+                names.insert(i.index, i.name.clone());
+            }
+            // Interface indexes only grow, so the oldest names go first.
+            while names.len() > MAX_REMEMBERED_NAMES {
+                names.pop_first();
+            }
         }
         for iface in &report.attached {
             log::info!("attached to {} ({})", iface.name, iface.role.as_str());

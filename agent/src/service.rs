@@ -100,13 +100,21 @@ impl<T: Connected> Connected for Tracked<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -140,14 +148,29 @@ impl Service {
         let c = &snap.counters;
         let (mode, programs) = self.agent.probe_info();
         let drops = vec![
-            drop_counter(pb::DropStage::Kernel, "ringbuf_full", c[counter::RINGBUF_FULL as usize]),
-            drop_counter(pb::DropStage::Kernel, "flow_insert_failed", c[counter::FLOW_INSERT_FAILED as usize]),
+            drop_counter(
+                pb::DropStage::Kernel,
+                "ringbuf_full",
+                c[counter::RINGBUF_FULL as usize],
+            ),
+            drop_counter(
+                pb::DropStage::Kernel,
+                "flow_insert_failed",
+                c[counter::FLOW_INSERT_FAILED as usize],
+            ),
             drop_counter(
                 pb::DropStage::Agent,
                 "queue_overflow",
-                self.agent.stats.events_lost_slow_consumer.load(Ordering::Relaxed),
+                self.agent
+                    .stats
+                    .events_lost_slow_consumer
+                    .load(Ordering::Relaxed),
             ),
-            drop_counter(pb::DropStage::Client, "slow_client", self.slow_client_drops.load(Ordering::Relaxed)),
+            drop_counter(
+                pb::DropStage::Client,
+                "slow_client",
+                self.slow_client_drops.load(Ordering::Relaxed),
+            ),
         ];
         let not_parsed = [
             counter::NOT_IP,
@@ -188,7 +211,14 @@ impl Service {
         let mut flows: Vec<pb::Flow> = snap
             .flows
             .iter()
-            .map(|f| convert::flow(&self.node, self.agent.interface_name(f.key.ifindex), f, &self.agent.clock))
+            .map(|f| {
+                convert::flow(
+                    &self.node,
+                    self.agent.interface_name(f.key.ifindex),
+                    f,
+                    &self.agent.clock,
+                )
+            })
             .filter(|f| matcher.matches(f))
             .collect();
         let total = flows.len() as u64;
@@ -264,7 +294,10 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>
 
 #[tonic::async_trait]
 impl pb::agent_service_server::AgentService for Service {
-    async fn get_status(&self, _req: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
+    async fn get_status(
+        &self,
+        _req: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
         Ok(Response::new(self.status()))
     }
 
@@ -272,7 +305,9 @@ impl pb::agent_service_server::AgentService for Service {
         &self,
         req: Request<pb::QueryFlowsRequest>,
     ) -> Result<Response<pb::QueryFlowsResponse>, Status> {
-        self.query(req.get_ref()).map(Response::new).map_err(Status::invalid_argument)
+        self.query(req.get_ref())
+            .map(Response::new)
+            .map_err(Status::invalid_argument)
     }
 
     type StreamEventsStream = EventStream;
@@ -281,7 +316,8 @@ impl pb::agent_service_server::AgentService for Service {
         &self,
         req: Request<pb::StreamEventsRequest>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
-        let matcher = Matcher::new(req.get_ref().filter.as_ref()).map_err(Status::invalid_argument)?;
+        let matcher =
+            Matcher::new(req.get_ref().filter.as_ref()).map_err(Status::invalid_argument)?;
         let mut rx = self.agent.subscribe();
         let (tx, out) = mpsc::channel(CLIENT_BUFFER);
         let agent = self.agent.clone();
@@ -304,14 +340,21 @@ impl pb::agent_service_server::AgentService for Service {
                 };
                 let (kind, time) = match &ev {
                     AgentEvent::NewFlow(e) => {
-                        let f = convert::new_flow(&seq.node, agent.interface_name(e.key.ifindex), e, &agent.clock);
+                        let f = convert::new_flow(
+                            &seq.node,
+                            agent.interface_name(e.key.ifindex),
+                            e,
+                            &agent.clock,
+                        );
                         if !matcher.matches(&f) {
                             continue;
                         }
                         let t = f.first_seen_unix_nanos;
                         (pb::event::Kind::NewFlow(f), t)
                     }
-                    AgentEvent::Attached(s) => (interface_change(s, true, String::new()), now_nanos()),
+                    AgentEvent::Attached(s) => {
+                        (interface_change(s, true, String::new()), now_nanos())
+                    }
                     AgentEvent::Detached { index, name } => {
                         let s = crate::interfaces::Selected {
                             index: *index,
@@ -358,7 +401,11 @@ impl pb::agent_service_server::AgentService for Service {
     }
 }
 
-fn interface_change(s: &crate::interfaces::Selected, attached: bool, error: String) -> pb::event::Kind {
+fn interface_change(
+    s: &crate::interfaces::Selected,
+    attached: bool,
+    error: String,
+) -> pb::event::Kind {
     pb::event::Kind::Interface(pb::InterfaceChange {
         interface: Some(iface(s)),
         attached,
@@ -381,7 +428,9 @@ impl std::str::FromStr for Listen {
         if let Some(p) = s.strip_prefix("unix:") {
             return Ok(Listen::Unix(PathBuf::from(p)));
         }
-        let a: SocketAddr = s.parse().map_err(|_| format!("invalid listen address {s:?}"))?;
+        let a: SocketAddr = s
+            .parse()
+            .map_err(|_| format!("invalid listen address {s:?}"))?;
         if !a.ip().is_loopback() {
             return Err(format!(
                 "refusing to listen on {a}: the agent only binds loopback (127.0.0.1 or ::1) or a unix socket"
@@ -472,7 +521,9 @@ where
         Listener::Tcp(l) => {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(l)
                 .map(move |c| c.map(|s| Tracked::new(s, activity.clone())));
-            router.serve_with_incoming_shutdown(incoming, signal).await?;
+            router
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await?;
         }
         Listener::Unix(l, path) => {
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(l)
@@ -500,7 +551,10 @@ impl Listener {
             Listen::Tcp(a) => Ok(Listener::Tcp(tokio::net::TcpListener::bind(a).await?)),
             Listen::Unix(p) => {
                 let _ = std::fs::remove_file(p);
-                Ok(Listener::Unix(tokio::net::UnixListener::bind(p)?, p.clone()))
+                Ok(Listener::Unix(
+                    tokio::net::UnixListener::bind(p)?,
+                    p.clone(),
+                ))
             }
         }
     }
@@ -520,10 +574,24 @@ mod tests {
 
     #[test]
     fn listen_addresses() {
-        assert_eq!("127.0.0.1:0".parse::<Listen>().unwrap(), Listen::Tcp("127.0.0.1:0".parse().unwrap()));
-        assert_eq!("[::1]:7".parse::<Listen>().unwrap(), Listen::Tcp("[::1]:7".parse().unwrap()));
-        assert_eq!("unix:/run/orb8.sock".parse::<Listen>().unwrap(), Listen::Unix("/run/orb8.sock".into()));
-        assert!("0.0.0.0:9000".parse::<Listen>().unwrap_err().contains("only binds loopback"));
+        assert_eq!(
+            "127.0.0.1:0".parse::<Listen>().unwrap(),
+            Listen::Tcp("127.0.0.1:0".parse().unwrap())
+        );
+        assert_eq!(
+            "[::1]:7".parse::<Listen>().unwrap(),
+            Listen::Tcp("[::1]:7".parse().unwrap())
+        );
+        assert_eq!(
+            "unix:/run/orb8.sock".parse::<Listen>().unwrap(),
+            Listen::Unix("/run/orb8.sock".into())
+        );
+        assert!(
+            "0.0.0.0:9000"
+                .parse::<Listen>()
+                .unwrap_err()
+                .contains("only binds loopback")
+        );
         assert!("nope".parse::<Listen>().is_err());
     }
 

@@ -9,6 +9,10 @@
 //! `TC_ACT_UNSPEC`, which lets the next program (TCX) or filter (clsact) decide.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys and values are passed by reference to keep copies off the 512-byte BPF stack"
+)]
 
 mod parse;
 
