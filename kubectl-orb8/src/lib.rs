@@ -1,1 +1,174 @@
-//! The `kubectl orb8` client.
+//! The `kubectl orb8` client: reaches orb8 agents (directly with `--agent`, or one started on
+//! this host with `--local`), merges what they report and prints it.
+//!
+//! `main.rs` only calls [`main`]; everything else is here, one module per concern. Pure logic
+//! ([`filter`], [`flow`], [`merge`], [`render`]) takes data and returns data; [`transport`],
+//! [`local`] and [`session`] do the I/O with agents.
+
+pub mod cli;
+pub mod commands;
+pub mod filter;
+pub mod flow;
+pub mod interrupt;
+pub mod local;
+pub mod merge;
+pub mod progress;
+pub mod render;
+pub mod session;
+pub mod transport;
+
+use std::io::{self, BufWriter, Write};
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use clap::error::ErrorKind;
+
+use crate::cli::{Cli, Command, TraceCommand};
+use crate::commands::Interrupted;
+use crate::interrupt::Interrupt;
+use crate::session::Session;
+
+/// Exit code after Ctrl-C interrupted a command before it could print anything.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Parses the command line, runs the command and turns the outcome into an exit code:
+/// 0 on success (and on a closed stdout pipe), 1 with one `orb8: ` line on stderr on error.
+pub fn main() -> ExitCode {
+    let args = cli::hoist_repeatable_globals(std::env::args_os().collect());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => return clap_exit(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return report(anyhow::Error::from(e).context("starting the async runtime")),
+    };
+    let result = runtime.block_on(run(cli));
+    // Don't wait for blocking tasks (stdin/stdout readers of a child) at exit.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(e),
+    }
+}
+
+/// Runs a parsed command line against its agents, stopping a local agent on every path.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let interrupt = Interrupt::install();
+    let require_agents = !matches!(cli.command, Command::Version);
+    let session = tokio::select! {
+        session = Session::open(&cli.global, require_agents) => session?,
+        () = interrupt.wait() => return Err(Interrupted.into()),
+    };
+    let result = run_command(&cli, &session, &interrupt).await;
+    session.close().await;
+    result
+}
+
+async fn run_command(cli: &Cli, session: &Session, interrupt: &Interrupt) -> anyhow::Result<()> {
+    let format = cli.global.output;
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    match &cli.command {
+        Command::Status => {
+            tokio::select! {
+                r = commands::status::run(session, format, &mut out) => r?,
+                () = interrupt.wait() => return Err(Interrupted.into()),
+            }
+        }
+        Command::Flows(args) => {
+            commands::flows::run(session, args, format, interrupt, &mut out).await?;
+        }
+        Command::Trace(TraceCommand::Network(args)) => {
+            commands::trace::network(session, args, format, interrupt, &mut out).await?;
+        }
+        Command::Version => commands::version::run(session, format, &mut out)?,
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Whether an error is a write to a closed pipe (`kubectl orb8 flows | head`).
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The one line printed for an error (without the `orb8: ` prefix).
+pub fn error_line(err: &anyhow::Error) -> String {
+    format!("{err:#}").replace(['\n', '\r'], " ")
+}
+
+fn report(err: anyhow::Error) -> ExitCode {
+    if is_broken_pipe(&err) {
+        return ExitCode::SUCCESS;
+    }
+    let _ = writeln!(io::stderr(), "orb8: {}", error_line(&err));
+    if err.is::<Interrupted>() {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The one line printed for a command-line error: clap's first line without its `error: `.
+pub fn clap_error_line(rendered: &str) -> String {
+    let first = rendered
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("bad command line");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    format!("{first} (see 'kubectl orb8 --help')")
+}
+
+fn clap_exit(e: &clap::Error) -> ExitCode {
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::FAILURE
+        }
+        _ => {
+            let line = clap_error_line(&e.render().to_string());
+            let _ = writeln!(io::stderr(), "orb8: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closed_pipes_are_recognised_through_context() {
+        let err = anyhow::Error::from(io::Error::from(io::ErrorKind::BrokenPipe))
+            .context("writing flows");
+        assert!(is_broken_pipe(&err));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        let err = anyhow::anyhow!("a\nb").context("outer");
+        assert_eq!(error_line(&err), "outer: a b");
+    }
+
+    #[test]
+    fn clap_errors_become_one_line() {
+        let rendered = "error: invalid value '10x' for '--duration <DURATION>': bad duration\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            clap_error_line(rendered),
+            "invalid value '10x' for '--duration <DURATION>': bad duration (see 'kubectl orb8 --help')"
+        );
+    }
+}

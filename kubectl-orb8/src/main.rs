@@ -1,1 +1,5 @@
-fn main() {}
+//! `kubectl-orb8`: found by kubectl on PATH and run as `kubectl orb8`.
+
+fn main() -> std::process::ExitCode {
+    kubectl_orb8::main()
+}

@@ -1,0 +1,379 @@
+//! The command line: global kubectl-style flags and one subcommand per verb.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use orb8_proto::Direction;
+
+use crate::filter::{Cidr, FlowFilterSpec, Protocol};
+use crate::merge::SortKey;
+use crate::render::OutputFormat;
+use crate::transport::AgentAddr;
+
+/// Parses a duration such as `10s`, `1m30s` or `500ms`.
+pub fn parse_duration(input: &str) -> Result<Duration, String> {
+    humantime::parse_duration(input.trim()).map_err(|e| format!("{e} (use e.g. 10s, 1m30s, 500ms)"))
+}
+
+fn parse_cidr(input: &str) -> Result<Cidr, String> {
+    input
+        .parse()
+        .map_err(|e: crate::filter::FilterError| e.to_string())
+}
+
+fn parse_protocol(input: &str) -> Result<Protocol, String> {
+    input
+        .parse()
+        .map_err(|e: crate::filter::FilterError| e.to_string())
+}
+
+fn parse_agent(input: &str) -> Result<AgentAddr, String> {
+    input
+        .parse()
+        .map_err(|e: crate::transport::AgentError| match e {
+            crate::transport::AgentError::InvalidAddress { reason, .. } => reason,
+            other => other.to_string(),
+        })
+}
+
+/// Repeatable global flags whose every occurrence counts, wherever it is written.
+const REPEATABLE_GLOBALS: [&str; 2] = ["--agent", "--local-arg"];
+
+/// Moves every `--agent`/`--local-arg` (and its value) before the subcommand, so that
+/// `--agent A flows --agent B` means both agents: clap keeps only the last level's values of a
+/// global flag given on two levels. Arguments after `--` are left alone.
+pub fn hoist_repeatable_globals(args: Vec<OsString>) -> Vec<OsString> {
+    let mut iter = args.into_iter();
+    let mut out: Vec<OsString> = iter.next().into_iter().collect();
+    let mut rest = Vec::new();
+    while let Some(arg) = iter.next() {
+        let text = arg.to_str().unwrap_or_default();
+        if text == "--" {
+            rest.push(arg);
+            rest.extend(iter.by_ref());
+            break;
+        }
+        if REPEATABLE_GLOBALS.contains(&text) {
+            out.push(arg);
+            out.extend(iter.next());
+        } else if REPEATABLE_GLOBALS
+            .iter()
+            .any(|flag| text.strip_prefix(flag).is_some_and(|v| v.starts_with('=')))
+        {
+            out.push(arg);
+        } else {
+            rest.push(arg);
+        }
+    }
+    out.extend(rest);
+    out
+}
+
+/// `kubectl orb8`: eBPF network flows from orb8 agents.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubectl-orb8",
+    bin_name = "kubectl orb8",
+    version,
+    about = "eBPF network observability from orb8 agents",
+    long_about = "eBPF network observability from orb8 agents.\n\n\
+        Reach agents with --agent ADDR (repeatable; their results are merged) or start one on \
+        this host with --local (needs root). Cluster mode is not available yet."
+)]
+pub struct Cli {
+    /// Flags every command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// An agent to use, as host:port or unix:/path (repeat for several; results are merged).
+    #[arg(long = "agent", value_name = "ADDR", global = true, value_parser = parse_agent)]
+    pub agents: Vec<AgentAddr>,
+
+    /// Token sent to agents as "authorization: Bearer TOKEN".
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "ORB8_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+
+    /// Start orb8-agent on this host (found next to kubectl-orb8, or on PATH, or named by
+    /// ORB8_AGENT_BINARY) and stop it at the end; needs root.
+    #[arg(long, global = true, conflicts_with = "agents")]
+    pub local: bool,
+
+    /// An argument passed through to the local agent (repeat for several), e.g.
+    /// --local-arg=--interface=eth0.
+    #[arg(
+        long = "local-arg",
+        value_name = "ARG",
+        global = true,
+        allow_hyphen_values = true
+    )]
+    pub local_args: Vec<String>,
+
+    /// How long to wait for each agent to answer when connecting.
+    #[arg(long, value_name = "DURATION", global = true, default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show each agent: versions, kernel, attach mode, interfaces, flows, losses, uptime.
+    Status,
+    /// Collect for a while, then print the merged flow table of every agent.
+    Flows(FlowsArgs),
+    /// Print events live as the agents see them.
+    #[command(subcommand)]
+    Trace(TraceCommand),
+    /// Print the client's version and protocol, and each reachable agent's.
+    Version,
+}
+
+/// What `trace` can follow.
+#[derive(Debug, Subcommand)]
+pub enum TraceCommand {
+    /// New network flows, one line each (NDJSON with -o json).
+    Network(TraceNetworkArgs),
+}
+
+/// Which direction a flow goes, relative to its interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DirectionArg {
+    /// Packets arriving on the interface.
+    Ingress,
+    /// Packets leaving through the interface.
+    Egress,
+}
+
+impl From<DirectionArg> for Direction {
+    fn from(d: DirectionArg) -> Self {
+        match d {
+            DirectionArg::Ingress => Direction::Ingress,
+            DirectionArg::Egress => Direction::Egress,
+        }
+    }
+}
+
+/// Flow filters shared by `flows` and `trace network`.
+#[derive(Debug, Clone, Args)]
+pub struct FilterArgs {
+    /// Only flows with this source or destination port (repeatable).
+    #[arg(long = "port", value_name = "N")]
+    pub ports: Vec<u16>,
+
+    /// Only this protocol: tcp, udp, icmp, icmpv6, sctp or a number (repeatable).
+    #[arg(long = "protocol", value_name = "PROTO", value_parser = parse_protocol)]
+    pub protocols: Vec<Protocol>,
+
+    /// Only flows from or to this address (repeatable).
+    #[arg(long = "ip", value_name = "ADDR")]
+    pub ips: Vec<IpAddr>,
+
+    /// Only flows from or to an address in this block, e.g. 10.0.0.0/8 (repeatable).
+    #[arg(long = "cidr", value_name = "CIDR", value_parser = parse_cidr)]
+    pub cidrs: Vec<Cidr>,
+
+    /// Only this direction.
+    #[arg(long, value_enum)]
+    pub direction: Option<DirectionArg>,
+
+    /// Only flows on this interface (repeatable).
+    #[arg(long = "interface", value_name = "NAME")]
+    pub interfaces: Vec<String>,
+}
+
+impl FilterArgs {
+    /// The filter these flags describe.
+    pub fn spec(&self) -> FlowFilterSpec {
+        let mut cidrs: Vec<Cidr> = self.ips.iter().copied().map(Cidr::host).collect();
+        cidrs.extend(self.cidrs.iter().copied());
+        FlowFilterSpec {
+            cidrs,
+            ports: self.ports.clone(),
+            protocols: self.protocols.clone(),
+            direction: self.direction.map(Direction::from),
+            interfaces: self.interfaces.clone(),
+        }
+    }
+}
+
+/// `flows` flags.
+#[derive(Debug, Clone, Args)]
+pub struct FlowsArgs {
+    /// Filters.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    /// How long to collect before printing (Ctrl-C ends early and still prints).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Order of the table.
+    #[arg(long, value_enum, default_value_t = SortKey::Bytes)]
+    pub sort: SortKey,
+
+    /// Print at most N flows (of the merged table).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+}
+
+/// `trace network` flags.
+#[derive(Debug, Clone, Args)]
+pub struct TraceNetworkArgs {
+    /// Filters.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_durations_are_refused_with_the_input() {
+        let err = parse_duration("10x").expect_err("bad unit");
+        assert!(err.contains("unknown time unit"), "{err}");
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn parses_a_full_flows_command() {
+        let cli = Cli::try_parse_from([
+            "kubectl-orb8",
+            "--agent",
+            "127.0.0.1:7000",
+            "--agent=unix:/run/a.sock",
+            "flows",
+            "-o",
+            "json",
+            "--port",
+            "53",
+            "--port",
+            "443",
+            "--protocol",
+            "udp",
+            "--ip",
+            "10.0.0.1",
+            "--cidr",
+            "fd00::/8",
+            "--direction",
+            "egress",
+            "--interface",
+            "eth0",
+            "--limit",
+            "5",
+            "--sort",
+            "packets",
+            "--duration",
+            "2s",
+        ])
+        .expect("parses");
+        assert_eq!(cli.global.agents.len(), 2);
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        let Command::Flows(f) = cli.command else {
+            panic!("expected flows");
+        };
+        let spec = f.filter.spec();
+        let wire = spec.to_proto();
+        assert_eq!(wire.cidrs, vec!["10.0.0.1/32", "fd00::/8"]);
+        assert_eq!(wire.ports, vec![53, 443]);
+        assert_eq!(wire.protocols, vec![17]);
+        assert_eq!(wire.direction, Direction::Egress as i32);
+        assert_eq!(f.limit, Some(5));
+        assert_eq!(f.sort, SortKey::Packets);
+        assert_eq!(f.duration, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn repeated_agents_count_on_every_level() {
+        let args: Vec<OsString> = [
+            "kubectl-orb8",
+            "--agent",
+            "127.0.0.1:1",
+            "flows",
+            "--agent=127.0.0.1:2",
+            "--port",
+            "53",
+            "--local-arg",
+            "--agent",
+            "--",
+            "--agent",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let hoisted = hoist_repeatable_globals(args);
+        let got: Vec<&str> = hoisted.iter().filter_map(|a| a.to_str()).collect();
+        assert_eq!(
+            got,
+            vec![
+                "kubectl-orb8",
+                "--agent",
+                "127.0.0.1:1",
+                "--agent=127.0.0.1:2",
+                "--local-arg",
+                "--agent",
+                "flows",
+                "--port",
+                "53",
+                "--",
+                "--agent"
+            ]
+        );
+        let cli = Cli::try_parse_from(hoist_repeatable_globals(
+            ["kubectl-orb8", "--agent", "a:1", "status", "--agent", "b:2"]
+                .iter()
+                .map(OsString::from)
+                .collect(),
+        ))
+        .expect("parses");
+        assert_eq!(cli.global.agents.len(), 2);
+    }
+
+    #[test]
+    fn local_and_agent_exclude_each_other_and_local_args_take_flags() {
+        assert!(
+            Cli::try_parse_from(["kubectl-orb8", "--local", "--agent", "a:1", "status"]).is_err()
+        );
+        let cli = Cli::try_parse_from([
+            "kubectl-orb8",
+            "--local",
+            "--local-arg=--interface=eth0",
+            "--local-arg",
+            "--verbose",
+            "status",
+        ])
+        .expect("parses");
+        assert_eq!(cli.global.local_args, vec!["--interface=eth0", "--verbose"]);
+    }
+}

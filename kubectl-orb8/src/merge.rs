@@ -1,0 +1,410 @@
+//! Merging what several agents send: their live event streams (tagged by node, with gaps and
+//! lost agents reported in-band) and their flow tables (filtered, sorted, limited as one).
+//!
+//! Everything here works on plain data and streams; no network.
+
+use std::cmp::Ordering;
+
+use futures::stream::{self, BoxStream, Stream, StreamExt};
+use orb8_proto::{DropStage, Event, Flow, SortBy, event};
+use tonic::Status;
+
+use crate::filter::FlowFilterSpec;
+use crate::flow::FlowRecord;
+
+/// One item of the merged event stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Merged {
+    /// An event from `node` (a new flow, an interface change), in that node's order.
+    Event {
+        /// Which agent it came from.
+        node: String,
+        /// The event as sent.
+        event: Event,
+    },
+    /// Events from `node` were lost: the agent said so, or its sequence numbers jumped.
+    Gap {
+        /// Which agent lost them.
+        node: String,
+        /// How many.
+        lost: u64,
+        /// Where and why.
+        cause: GapCause,
+    },
+    /// The stream of `node` ended (with an error or early); nothing more will come from it.
+    AgentLost {
+        /// Which agent.
+        node: String,
+        /// What happened, in words.
+        error: String,
+    },
+}
+
+/// Why a [`Merged::Gap`] was reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GapCause {
+    /// The agent sent a Gap event.
+    Reported {
+        /// Where the events were lost.
+        stage: DropStage,
+        /// The agent's reason (`ringbuf_full`, `slow_client`, ...).
+        reason: String,
+    },
+    /// The per-stream sequence number skipped values.
+    SeqJump {
+        /// The sequence number that was due.
+        expected: u64,
+        /// The one that arrived.
+        got: u64,
+    },
+}
+
+impl GapCause {
+    /// Where the loss happened, as a lower-case word (`kernel`, `agent`, `client`, `unknown`).
+    pub fn stage_name(&self) -> &'static str {
+        match self {
+            GapCause::Reported { stage, .. } => match stage {
+                DropStage::Kernel => "kernel",
+                DropStage::Agent => "agent",
+                DropStage::Client => "client",
+                DropStage::Unspecified => "unknown",
+            },
+            GapCause::SeqJump { .. } => "unknown",
+        }
+    }
+
+    /// Why, as a short word (`ringbuf_full`, `seq_jump`, ...).
+    pub fn reason(&self) -> &str {
+        match self {
+            GapCause::Reported { reason, .. } => reason,
+            GapCause::SeqJump { .. } => "seq_jump",
+        }
+    }
+}
+
+/// Follows one stream's sequence numbers (starting at 1, +1 per event) and counts holes.
+#[derive(Debug, Clone)]
+pub struct SeqTracker {
+    next: u64,
+}
+
+impl Default for SeqTracker {
+    fn default() -> Self {
+        SeqTracker { next: 1 }
+    }
+}
+
+impl SeqTracker {
+    /// Records `seq`; returns the number of events skipped before it, when some were.
+    /// A sequence number that goes backwards resynchronises without reporting a loss.
+    pub fn observe(&mut self, seq: u64) -> Option<(u64, u64)> {
+        let expected = self.next;
+        self.next = seq.saturating_add(1);
+        if seq > expected {
+            Some((expected, seq - expected))
+        } else {
+            None
+        }
+    }
+}
+
+/// Turns one event into merged items for `node`, keeping track of its sequence numbers.
+pub fn classify(node: &str, tracker: &mut SeqTracker, event: Event) -> Vec<Merged> {
+    let mut out = Vec::with_capacity(2);
+    if let Some((expected, lost)) = tracker.observe(event.seq) {
+        out.push(Merged::Gap {
+            node: node.to_string(),
+            lost,
+            cause: GapCause::SeqJump {
+                expected,
+                got: event.seq,
+            },
+        });
+    }
+    match event.kind {
+        Some(event::Kind::Gap(gap)) => out.push(Merged::Gap {
+            node: node.to_string(),
+            lost: gap.lost,
+            cause: GapCause::Reported {
+                stage: gap.stage(),
+                reason: gap.reason,
+            },
+        }),
+        Some(_) => out.push(Merged::Event {
+            node: node.to_string(),
+            event,
+        }),
+        // A kind this client does not know (a newer agent): nothing to show.
+        None => {}
+    }
+    out
+}
+
+/// Describes how a stream ended with an error, in one line.
+pub fn status_text(status: &Status) -> String {
+    let message = status.message().replace('\n', " ");
+    if message.is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        format!("{:?}: {message}", status.code())
+    }
+}
+
+fn tag_stream<S>(node: String, events: S) -> BoxStream<'static, Merged>
+where
+    S: Stream<Item = Result<Event, Status>> + Send + 'static,
+{
+    let state = Some((events.boxed(), SeqTracker::default()));
+    stream::unfold(state, move |state| {
+        let node = node.clone();
+        async move {
+            let (mut events, mut tracker) = state?;
+            match events.next().await {
+                Some(Ok(event)) => {
+                    let items = classify(&node, &mut tracker, event);
+                    Some((items, Some((events, tracker))))
+                }
+                Some(Err(status)) => {
+                    let error = status_text(&status);
+                    Some((vec![Merged::AgentLost { node, error }], None))
+                }
+                None => {
+                    let error = "the agent ended the stream".to_string();
+                    Some((vec![Merged::AgentLost { node, error }], None))
+                }
+            }
+        }
+    })
+    .flat_map(stream::iter)
+    .boxed()
+}
+
+/// Merges the event streams of several agents, each tagged with its node name. Items from
+/// one node keep their order; a slow or dead agent never holds back the others. The merged
+/// stream ends when every agent's stream has ended (each one reported as [`Merged::AgentLost`]).
+pub fn merge_events<S>(streams: Vec<(String, S)>) -> impl Stream<Item = Merged> + Send + Unpin
+where
+    S: Stream<Item = Result<Event, Status>> + Send + 'static,
+{
+    stream::select_all(
+        streams
+            .into_iter()
+            .map(|(node, events)| tag_stream(node, events)),
+    )
+}
+
+/// How a flow table is ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SortKey {
+    /// Most bytes first.
+    #[default]
+    Bytes,
+    /// Most packets first.
+    Packets,
+    /// Most recently seen first.
+    Time,
+}
+
+impl SortKey {
+    /// The same order, as asked of agents.
+    pub fn to_proto(self) -> SortBy {
+        match self {
+            SortKey::Bytes => SortBy::Bytes,
+            SortKey::Packets => SortBy::Packets,
+            SortKey::Time => SortBy::Time,
+        }
+    }
+}
+
+fn compare(a: &FlowRecord, b: &FlowRecord, key: SortKey) -> Ordering {
+    let primary = match key {
+        SortKey::Bytes => b.bytes.cmp(&a.bytes).then(b.packets.cmp(&a.packets)),
+        SortKey::Packets => b.packets.cmp(&a.packets).then(b.bytes.cmp(&a.bytes)),
+        SortKey::Time => b.last_seen_nanos.cmp(&a.last_seen_nanos),
+    };
+    primary
+        .then_with(|| a.node.cmp(&b.node))
+        .then_with(|| a.first_seen_nanos.cmp(&b.first_seen_nanos))
+        .then_with(|| a.interface.cmp(&b.interface))
+        .then_with(|| a.src.cmp(&b.src))
+        .then_with(|| a.src_port.cmp(&b.src_port))
+        .then_with(|| a.dst.cmp(&b.dst))
+        .then_with(|| a.dst_port.cmp(&b.dst_port))
+        .then_with(|| a.protocol.cmp(&b.protocol))
+}
+
+/// Sorts flows by `key`, with a fixed tie-break so equal flows always print in one order.
+pub fn sort_flows(flows: &mut [FlowRecord], key: SortKey) {
+    flows.sort_by(|a, b| compare(a, b, key));
+}
+
+/// Merges the flow tables of several agents (`(node, flows)`): tags, filters, sorts and limits
+/// them as one table. `limit` 0 or `None` keeps everything.
+pub fn merge_flow_tables(
+    tables: Vec<(String, Vec<Flow>)>,
+    filter: &FlowFilterSpec,
+    sort: SortKey,
+    limit: Option<usize>,
+) -> Vec<FlowRecord> {
+    let mut flows: Vec<FlowRecord> = tables
+        .into_iter()
+        .flat_map(|(node, flows)| {
+            flows
+                .into_iter()
+                .map(move |f| FlowRecord::from_proto(&node, f))
+        })
+        .filter(|f| filter.matches(f))
+        .collect();
+    sort_flows(&mut flows, sort);
+    if let Some(limit) = limit.filter(|l| *l > 0) {
+        flows.truncate(limit);
+    }
+    flows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::Protocol;
+    use orb8_proto::{Direction, Gap};
+
+    fn wire_flow(bytes: u64, packets: u64, last: i64, port: u32) -> Flow {
+        Flow {
+            node: String::new(),
+            interface: "eth0".into(),
+            ifindex: 2,
+            direction: Direction::Egress as i32,
+            protocol: 17,
+            src_addr: vec![10, 0, 0, 1],
+            dst_addr: vec![10, 0, 0, 2],
+            src_port: 40000,
+            dst_port: port,
+            fragment: false,
+            packets,
+            bytes,
+            tcp_flags: 0,
+            first_seen_unix_nanos: 1,
+            last_seen_unix_nanos: last,
+        }
+    }
+
+    fn new_flow(seq: u64) -> Event {
+        Event {
+            node: "n".into(),
+            seq,
+            time_unix_nanos: 1,
+            kind: Some(event::Kind::NewFlow(wire_flow(60, 1, 1, 53))),
+        }
+    }
+
+    #[test]
+    fn flow_tables_merge_sorted_filtered_and_limited() {
+        let tables = vec![
+            (
+                "a".to_string(),
+                vec![wire_flow(100, 9, 5, 53), wire_flow(300, 1, 1, 80)],
+            ),
+            (
+                "b".to_string(),
+                vec![wire_flow(200, 5, 9, 53), wire_flow(50, 2, 3, 53)],
+            ),
+        ];
+        let all = merge_flow_tables(
+            tables.clone(),
+            &FlowFilterSpec::default(),
+            SortKey::Bytes,
+            None,
+        );
+        let got: Vec<(&str, u64)> = all.iter().map(|f| (f.node.as_str(), f.bytes)).collect();
+        assert_eq!(got, vec![("a", 300), ("b", 200), ("a", 100), ("b", 50)]);
+
+        let by_packets = merge_flow_tables(
+            tables.clone(),
+            &FlowFilterSpec::default(),
+            SortKey::Packets,
+            Some(2),
+        );
+        let got: Vec<u64> = by_packets.iter().map(|f| f.packets).collect();
+        assert_eq!(got, vec![9, 5], "the limit applies to the merged table");
+
+        let by_time = merge_flow_tables(
+            tables.clone(),
+            &FlowFilterSpec::default(),
+            SortKey::Time,
+            None,
+        );
+        let got: Vec<i64> = by_time.iter().map(|f| f.last_seen_nanos).collect();
+        assert_eq!(got, vec![9, 5, 3, 1]);
+
+        let dns_only = FlowFilterSpec {
+            ports: vec![53],
+            protocols: vec![Protocol(17)],
+            ..Default::default()
+        };
+        let dns = merge_flow_tables(tables, &dns_only, SortKey::Bytes, Some(0));
+        assert_eq!(dns.len(), 3, "client-side filter drops the port 80 flow");
+    }
+
+    #[test]
+    fn seq_tracker_counts_holes_only() {
+        let mut t = SeqTracker::default();
+        assert_eq!(t.observe(1), None);
+        assert_eq!(t.observe(2), None);
+        assert_eq!(t.observe(5), Some((3, 2)));
+        assert_eq!(t.observe(6), None);
+        assert_eq!(t.observe(2), None, "going backwards resyncs");
+        assert_eq!(t.observe(3), None);
+        let mut late = SeqTracker::default();
+        assert_eq!(late.observe(4), Some((1, 3)), "the first event is seq 1");
+    }
+
+    #[tokio::test]
+    async fn merges_in_memory_streams_with_gaps_and_losses() {
+        let a = stream::iter(vec![
+            Ok(new_flow(1)),
+            Ok(Event {
+                node: "a".into(),
+                seq: 2,
+                time_unix_nanos: 2,
+                kind: Some(event::Kind::Gap(Gap {
+                    lost: 7,
+                    stage: DropStage::Kernel as i32,
+                    reason: "ringbuf_full".into(),
+                })),
+            }),
+            Ok(new_flow(5)),
+        ])
+        .chain(stream::pending());
+        let b = stream::iter(vec![Ok(new_flow(1)), Err(Status::unavailable("gone"))]);
+        let merged = merge_events(vec![
+            ("a".to_string(), a.boxed()),
+            ("b".to_string(), b.boxed()),
+        ]);
+        let items: Vec<Merged> = merged.take(6).collect().await;
+        let a_items: Vec<&Merged> = items
+            .iter()
+            .filter(|m| matches!(m, Merged::Event { node, .. } | Merged::Gap { node, .. } | Merged::AgentLost { node, .. } if node == "a"))
+            .collect();
+        assert_eq!(a_items.len(), 4);
+        assert!(matches!(
+            a_items[1],
+            Merged::Gap {
+                lost: 7,
+                cause: GapCause::Reported { .. },
+                ..
+            }
+        ));
+        assert!(matches!(
+            a_items[2],
+            Merged::Gap {
+                lost: 2,
+                cause: GapCause::SeqJump {
+                    expected: 3,
+                    got: 5
+                },
+                ..
+            }
+        ));
+        assert!(items.iter().any(|m| matches!(m, Merged::AgentLost { node, error } if node == "b" && error == "Unavailable: gone")));
+    }
+}

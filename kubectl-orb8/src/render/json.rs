@@ -1,0 +1,88 @@
+//! JSON: pretty documents for tables, compact lines for live events.
+
+use std::io;
+
+use serde::Serialize;
+
+use super::FlowView;
+use crate::flow::FlowRecord;
+
+/// Any view as one pretty-printed JSON document.
+pub fn to_string<T: Serialize + ?Sized>(value: &T) -> io::Result<String> {
+    serde_json::to_string_pretty(value).map_err(io::Error::other)
+}
+
+/// Any view as one compact JSON line (no trailing newline), for NDJSON.
+pub fn to_line<T: Serialize + ?Sized>(value: &T) -> io::Result<String> {
+    serde_json::to_string(value).map_err(io::Error::other)
+}
+
+/// A flow table as one JSON array of flow objects.
+pub fn flows(flows: &[FlowRecord]) -> io::Result<String> {
+    let views: Vec<FlowView> = flows.iter().map(FlowView::from).collect();
+    to_string(&views)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::{GapLine, NewFlowLine};
+
+    #[test]
+    fn a_known_flow_as_json() {
+        let got = flows(&[FlowRecord::test_flow()]).expect("serialises");
+        let want = r#"[
+  {
+    "node": "node-a",
+    "interface": "eth0",
+    "direction": "egress",
+    "protocol": "udp",
+    "src": "10.0.0.1",
+    "src_port": 40000,
+    "dst": "10.0.0.2",
+    "dst_port": 53,
+    "fragment": false,
+    "packets": 2,
+    "bytes": 150,
+    "tcp_flags": "",
+    "first_seen": "2023-11-14T22:13:20.123456789Z",
+    "last_seen": "2023-11-14T22:13:21.000000000Z"
+  }
+]"#;
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn big_counts_stay_exact_and_unknown_protocols_are_numbers_as_text() {
+        let mut f = FlowRecord::test_flow();
+        f.bytes = u64::MAX;
+        f.protocol = crate::filter::Protocol(47);
+        let got = flows(&[f]).expect("serialises");
+        assert!(got.contains("\"bytes\": 18446744073709551615"), "{got}");
+        assert!(got.contains("\"protocol\": \"47\""), "{got}");
+    }
+
+    #[test]
+    fn event_lines_are_single_line_json() {
+        let line = NewFlowLine {
+            event: "new_flow",
+            time: Some("2023-11-14T22:13:20.123456789Z".into()),
+            seq: 7,
+            flow: FlowView::from(&FlowRecord::test_flow()),
+        };
+        let got = to_line(&line).expect("serialises");
+        assert_eq!(
+            got,
+            r#"{"event":"new_flow","time":"2023-11-14T22:13:20.123456789Z","seq":7,"node":"node-a","interface":"eth0","direction":"egress","protocol":"udp","src":"10.0.0.1","src_port":40000,"dst":"10.0.0.2","dst_port":53,"fragment":false,"packets":2,"bytes":150,"tcp_flags":"","first_seen":"2023-11-14T22:13:20.123456789Z","last_seen":"2023-11-14T22:13:21.000000000Z"}"#
+        );
+        let cause = crate::merge::GapCause::SeqJump {
+            expected: 3,
+            got: 5,
+        };
+        let gap = to_line(&GapLine::new("node-a", 2, &cause)).expect("serialises");
+        assert_eq!(
+            gap,
+            r#"{"event":"gap","node":"node-a","lost":2,"stage":"unknown","reason":"seq_jump"}"#
+        );
+    }
+}

@@ -1,0 +1,301 @@
+//! kubectl-style tables: upper-case headers, no borders, columns fitted to the terminal.
+
+use std::time::SystemTime;
+
+use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets};
+
+use super::StatusView;
+use crate::flow::{FlowRecord, age, direction_name, human_bytes, human_count};
+
+/// A borderless table. `width: None` fits the terminal when stdout is one (and does not wrap
+/// otherwise); `Some(w)` fixes the width, for tests.
+fn new_table(header: &[&str], width: Option<u16>) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header.iter().copied());
+    if let Some(w) = width {
+        table.force_no_tty().set_width(w);
+    }
+    if let Some(first) = table.column_mut(0) {
+        first.set_padding((0, 1));
+    }
+    table
+}
+
+fn right_align(table: &mut Table, columns: &[usize]) {
+    for i in columns {
+        if let Some(c) = table.column_mut(*i) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+}
+
+fn finish(table: &Table) -> String {
+    table
+        .lines()
+        .map(|l| l.trim_end().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The flow table; `wide` adds the interface column.
+pub fn flows(flows: &[FlowRecord], wide: bool, now: SystemTime, width: Option<u16>) -> String {
+    let mut header = vec!["NODE"];
+    if wide {
+        header.push("INTERFACE");
+    }
+    header.extend([
+        "DIRECTION",
+        "PROTO",
+        "SOURCE",
+        "DESTINATION",
+        "PACKETS",
+        "BYTES",
+        "FLAGS",
+        "FIRST SEEN",
+        "LAST SEEN",
+    ]);
+    let mut table = new_table(&header, width);
+    for f in flows {
+        let mut row = vec![Cell::new(&f.node)];
+        if wide {
+            row.push(Cell::new(&f.interface));
+        }
+        let proto = if f.fragment {
+            format!("{} (frag)", f.protocol_text())
+        } else {
+            f.protocol_text()
+        };
+        let flags = f.tcp_flag_letters();
+        let (packets, bytes) = if wide {
+            (f.packets.to_string(), f.bytes.to_string())
+        } else {
+            (human_count(f.packets), human_bytes(f.bytes))
+        };
+        row.extend([
+            Cell::new(direction_name(f.direction)),
+            Cell::new(proto),
+            Cell::new(f.src_endpoint()),
+            Cell::new(f.dst_endpoint()),
+            Cell::new(packets),
+            Cell::new(bytes),
+            Cell::new(if flags.is_empty() { "-".into() } else { flags }),
+            Cell::new(age(f.first_seen_nanos, now)),
+            Cell::new(age(f.last_seen_nanos, now)),
+        ]);
+        table.add_row(row);
+    }
+    let offset = usize::from(wide);
+    right_align(&mut table, &[5 + offset, 6 + offset]);
+    finish(&table)
+}
+
+/// The status table, one row per agent; `wide` lists interface names and drop reasons.
+pub fn statuses(agents: &[StatusView], wide: bool, width: Option<u16>) -> String {
+    let header = [
+        "NODE",
+        "VERSION",
+        "PROTOCOL",
+        "KERNEL",
+        "BTF",
+        "ATTACH",
+        "INTERFACES",
+        "FLOWS",
+        "EVICTIONS",
+        "DROPS",
+        "UPTIME",
+    ];
+    let mut table = new_table(&header, width);
+    for a in agents {
+        let interfaces = if wide {
+            let names: Vec<&str> = a.interfaces.iter().map(|i| i.name.as_str()).collect();
+            if names.is_empty() {
+                "-".to_string()
+            } else {
+                names.join(",")
+            }
+        } else {
+            a.interfaces.len().to_string()
+        };
+        let drops = if wide && !a.drops.is_empty() {
+            let detail: Vec<String> = a
+                .drops
+                .iter()
+                .map(|d| format!("{}/{}={}", d.stage, d.reason, d.count))
+                .collect();
+            format!("{} ({})", a.drops_total, detail.join(", "))
+        } else {
+            a.drops_total.to_string()
+        };
+        table.add_row(vec![
+            a.node.clone(),
+            a.agent_version.clone(),
+            a.protocol_version.to_string(),
+            a.kernel.clone(),
+            if a.btf { "yes" } else { "no" }.to_string(),
+            a.attach_mode.clone(),
+            interfaces,
+            a.active_flows.to_string(),
+            a.flow_map_evictions.to_string(),
+            drops,
+            a.uptime.clone(),
+        ]);
+    }
+    finish(&table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::AgentStatus;
+    use orb8_proto::{Counters, DropCounter, DropStage, GetStatusResponse, Interface};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_005)
+    }
+
+    #[test]
+    fn flow_table_has_every_column() {
+        let out = flows(&[FlowRecord::test_flow()], false, now(), Some(200));
+        let mut lines = out.lines();
+        let header = lines.next().expect("header");
+        for col in [
+            "NODE",
+            "DIRECTION",
+            "PROTO",
+            "SOURCE",
+            "DESTINATION",
+            "PACKETS",
+            "BYTES",
+            "FLAGS",
+            "FIRST SEEN",
+            "LAST SEEN",
+        ] {
+            assert!(header.contains(col), "missing {col} in {header:?}");
+        }
+        assert!(!header.contains("INTERFACE"));
+        assert!(header.starts_with("NODE"), "no leading border: {header:?}");
+        let row = lines.next().expect("one row");
+        for cell in [
+            "node-a",
+            "egress",
+            "udp",
+            "10.0.0.1:40000",
+            "10.0.0.2:53",
+            "150 B",
+            "4.9s ago",
+            "4.0s ago",
+        ] {
+            assert!(row.contains(cell), "missing {cell} in {row:?}");
+        }
+        assert_eq!(lines.next(), None);
+    }
+
+    #[test]
+    fn wide_flow_table_adds_the_interface_and_exact_counts() {
+        let mut f = FlowRecord::test_flow();
+        f.bytes = 123_456_789;
+        let out = flows(&[f], true, now(), Some(200));
+        assert!(out.lines().next().expect("header").contains("INTERFACE"));
+        assert!(out.contains("eth0"));
+        assert!(out.contains("123456789"));
+        let narrow = flows(&[FlowRecord::test_flow()], false, now(), Some(200));
+        assert!(!narrow.contains("eth0"));
+    }
+
+    #[test]
+    fn tables_fit_the_width() {
+        let mut f = FlowRecord::test_flow();
+        f.src = Some(
+            "fd00:1234:5678:9abc:def0:1234:5678:9abc"
+                .parse()
+                .expect("ip"),
+        );
+        let out = flows(&[f], true, now(), Some(80));
+        for line in out.lines() {
+            assert!(line.chars().count() <= 80, "{line:?} is wider than 80");
+        }
+    }
+
+    #[test]
+    fn status_table_sums_drops_and_details_them_in_wide() {
+        let agent = AgentStatus {
+            address: "127.0.0.1:1".into(),
+            status: GetStatusResponse {
+                node: "node-a".into(),
+                agent_version: "0.1.0".into(),
+                protocol_version: 1,
+                kernel_release: "6.18.0".into(),
+                btf_present: true,
+                attach_mode: "tcx".into(),
+                interfaces: vec![
+                    Interface {
+                        index: 2,
+                        name: "eth0".into(),
+                        role: "uplink".into(),
+                    },
+                    Interface {
+                        index: 7,
+                        name: "veth1".into(),
+                        role: "veth".into(),
+                    },
+                ],
+                programs: vec!["tc_ingress".into()],
+                counters: Some(Counters {
+                    active_flows: 12,
+                    flow_map_evictions: 3,
+                    drops: vec![
+                        DropCounter {
+                            stage: DropStage::Kernel as i32,
+                            reason: "ringbuf_full".into(),
+                            count: 4,
+                        },
+                        DropCounter {
+                            stage: DropStage::Client as i32,
+                            reason: "slow_client".into(),
+                            count: 1,
+                        },
+                    ],
+                    ..Default::default()
+                }),
+                uptime_ms: 3_723_000,
+            },
+        };
+        let view = StatusView::from(&agent);
+        let out = statuses(std::slice::from_ref(&view), false, Some(200));
+        let header = out.lines().next().expect("header");
+        for col in [
+            "NODE",
+            "VERSION",
+            "PROTOCOL",
+            "KERNEL",
+            "BTF",
+            "ATTACH",
+            "INTERFACES",
+            "FLOWS",
+            "EVICTIONS",
+            "DROPS",
+            "UPTIME",
+        ] {
+            assert!(header.contains(col), "missing {col}");
+        }
+        let row = out.lines().nth(1).expect("row");
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            vec![
+                "node-a", "0.1.0", "1", "6.18.0", "yes", "tcx", "2", "12", "3", "5", "1h", "2m",
+                "3s"
+            ]
+        );
+        let wide = statuses(&[view], true, Some(250));
+        assert!(wide.contains("eth0,veth1"), "{wide}");
+        assert!(
+            wide.contains("5 (kernel/ringbuf_full=4, client/slow_client=1)"),
+            "{wide}"
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! The agents one command works with: reached directly (`--agent`) or started here
+//! (`--local`), connected and version-checked, and torn down at the end.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::future::join_all;
+
+use crate::cli::GlobalArgs;
+use crate::local::{self, LocalAgent, LocalError};
+use crate::progress::Progress;
+use crate::transport::{Agent, AgentAddr};
+
+/// Printed when a command that needs agents got neither `--local` nor `--agent`.
+pub const NO_AGENTS: &str =
+    "no agents: use --local or --agent ADDR (cluster mode is not available yet)";
+
+/// Connected agents, each with a unique display name, and the local agent if one was started.
+#[derive(Debug, Default)]
+pub struct Session {
+    /// The agents, in the order given.
+    pub agents: Vec<Agent>,
+    /// A unique name per agent (its node name, or `node@address` when names repeat).
+    pub names: Vec<String>,
+    local: Option<LocalAgent>,
+}
+
+/// Names agents by node, adding the address where two report the same node.
+pub fn unique_names(agents: &[(String, AgentAddr)]) -> Vec<String> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (node, _) in agents {
+        *seen.entry(node.as_str()).or_default() += 1;
+    }
+    agents
+        .iter()
+        .map(|(node, addr)| {
+            if seen.get(node.as_str()).copied().unwrap_or(0) > 1 {
+                format!("{node}@{addr}")
+            } else {
+                node.clone()
+            }
+        })
+        .collect()
+}
+
+impl Session {
+    /// Starts or reaches the agents the flags name. With `require_agents` false (`version`),
+    /// no agents is fine; otherwise it is an error.
+    pub async fn open(global: &GlobalArgs, require_agents: bool) -> anyhow::Result<Session> {
+        if !global.local && !global.local_args.is_empty() {
+            anyhow::bail!("--local-arg is only used with --local");
+        }
+        if global.local {
+            return Self::open_local(global).await;
+        }
+        if global.agents.is_empty() {
+            if require_agents {
+                anyhow::bail!(NO_AGENTS);
+            }
+            return Ok(Session::default());
+        }
+        let progress = Progress::spinner(format!(
+            "connecting to {} agent{}",
+            global.agents.len(),
+            if global.agents.len() == 1 { "" } else { "s" }
+        ));
+        let agents = connect_all(
+            &global.agents,
+            global.token.as_deref(),
+            global.connect_timeout,
+        )
+        .await;
+        progress.finish();
+        Ok(Session::new(agents?, None))
+    }
+
+    async fn open_local(global: &GlobalArgs) -> anyhow::Result<Session> {
+        let euid = local::effective_uid().ok_or(LocalError::Unsupported)?;
+        local::check_root(euid)?;
+        let exe = std::env::current_exe().ok();
+        let binary = local::find_agent_binary(
+            std::env::var_os(local::AGENT_BINARY_ENV),
+            exe.as_deref(),
+            std::env::var_os("PATH").as_deref(),
+        )?;
+        let progress = Progress::spinner("starting the local agent");
+        let agent = LocalAgent::start(&binary, &global.local_args).await?;
+        let addr = match agent.ready.listening.parse::<AgentAddr>() {
+            Ok(addr) => addr,
+            Err(_) => {
+                let listening = agent.ready.listening.clone();
+                agent.stop().await;
+                return Err(LocalError::BadAddress { listening }.into());
+            }
+        };
+        progress.set_message(format!("connecting to the local agent at {addr}"));
+        let connected = Agent::connect(addr, Some(&agent.token), global.connect_timeout).await;
+        progress.finish();
+        match connected {
+            Ok(a) => Ok(Session::new(vec![a], Some(agent))),
+            Err(e) => {
+                agent.stop().await;
+                Err(e).context("local agent")
+            }
+        }
+    }
+
+    fn new(agents: Vec<Agent>, local: Option<LocalAgent>) -> Session {
+        let pairs: Vec<(String, AgentAddr)> =
+            agents.iter().map(|a| (a.node(), a.addr.clone())).collect();
+        Session {
+            names: unique_names(&pairs),
+            agents,
+            local,
+        }
+    }
+
+    /// The local agent's last stderr line, to explain why it went away.
+    pub fn local_stderr_line(&self) -> Option<String> {
+        self.local.as_ref().and_then(LocalAgent::last_stderr_line)
+    }
+
+    /// Stops the local agent, if one was started; direct agents are left running.
+    pub async fn close(self) {
+        if let Some(local) = self.local {
+            local.stop().await;
+        }
+    }
+}
+
+/// Connects to every address at once; the first failure (in the order given) is returned.
+pub async fn connect_all(
+    addrs: &[AgentAddr],
+    token: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Agent>> {
+    let results = join_all(
+        addrs
+            .iter()
+            .map(|addr| Agent::connect(addr.clone(), token, timeout)),
+    )
+    .await;
+    results
+        .into_iter()
+        .map(|r| r.map_err(anyhow::Error::from))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_node_names_get_their_address() {
+        let addr = |p| AgentAddr::Tcp {
+            host: "127.0.0.1".into(),
+            port: p,
+        };
+        let names = unique_names(&[
+            ("a".into(), addr(1)),
+            ("b".into(), addr(2)),
+            ("a".into(), addr(3)),
+        ]);
+        assert_eq!(names, vec!["a@127.0.0.1:1", "b", "a@127.0.0.1:3"]);
+    }
+}
