@@ -126,7 +126,7 @@ fn prefix_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
 #[derive(Clone, Debug, Default)]
 pub struct Matcher {
     cidrs: Vec<Cidr>,
-    ports: Vec<u32>,
+    ports: std::collections::HashSet<u32>,
     protocols: Vec<u32>,
     direction: Option<i32>,
     interfaces: Vec<String>,
@@ -144,7 +144,7 @@ impl Matcher {
                 .iter()
                 .map(|c| Cidr::parse(c))
                 .collect::<Result<_, _>>()?,
-            ports: f.ports.clone(),
+            ports: f.ports.iter().copied().collect(),
             protocols: f.protocols.clone(),
             direction: (f.direction != pb::Direction::Unspecified as i32).then_some(f.direction),
             interfaces: f.interfaces.clone(),

@@ -290,6 +290,135 @@ struct PendingGaps {
     client: u64,
 }
 
+type Tx = mpsc::Sender<Result<pb::Event, Status>>;
+
+/// Result of offering an event to a client's buffer.
+enum Sent {
+    Yes,
+    Full,
+    Closed,
+}
+
+fn offer(tx: &Tx, seq: &mut Sequencer, kind: pb::event::Kind, time: i64) -> Sent {
+    match tx.try_send(Ok(seq.next(kind, time))) {
+        Ok(()) => Sent::Yes,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            seq.seq -= 1;
+            Sent::Full
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => Sent::Closed,
+    }
+}
+
+impl PendingGaps {
+    /// Sends a `Gap` for each stage with unreported losses; false when the client is gone.
+    fn flush(&mut self, tx: &Tx, seq: &mut Sequencer) -> bool {
+        for (stage, reason, lost) in [
+            (pb::DropStage::Agent, "queue_overflow", &mut self.agent),
+            (pb::DropStage::Client, "slow_client", &mut self.client),
+        ] {
+            if *lost == 0 {
+                continue;
+            }
+            let gap = pb::event::Kind::Gap(pb::Gap {
+                lost: *lost,
+                stage: stage as i32,
+                reason: reason.to_string(),
+            });
+            match offer(tx, seq, gap, now_nanos()) {
+                Sent::Yes => *lost = 0,
+                Sent::Full => {}
+                Sent::Closed => return false,
+            }
+        }
+        true
+    }
+
+    fn any(&self) -> bool {
+        self.agent + self.client > 0
+    }
+}
+
+/// Feeds one client stream from the agent's events: filters, numbers, and never waits for the
+/// client. Events that do not fit its buffer are counted and reported in a `Gap` as soon as
+/// there is room, before the next event, or at the latest a quarter second later.
+async fn run_stream(
+    agent: Arc<Agent>,
+    matcher: Matcher,
+    mut rx: tokio::sync::broadcast::Receiver<AgentEvent>,
+    tx: Tx,
+    slow: Arc<AtomicU64>,
+    mut seq: Sequencer,
+) {
+    let mut pending = PendingGaps::default();
+    let mut flush = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        let ev = tokio::select! {
+            ev = rx.recv() => ev,
+            _ = flush.tick(), if pending.any() => {
+                if !pending.flush(&tx, &mut seq) {
+                    return;
+                }
+                continue;
+            }
+            _ = tx.closed() => return,
+        };
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(RecvError::Lagged(n)) => {
+                agent.count_lost(n);
+                pending.agent += n;
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let (kind, time) = match &ev {
+            AgentEvent::NewFlow(e) => {
+                let f = convert::new_flow(
+                    &seq.node,
+                    agent.interface_name(e.key.ifindex),
+                    e,
+                    &agent.clock,
+                );
+                if !matcher.matches(&f) {
+                    continue;
+                }
+                let t = f.first_seen_unix_nanos;
+                (pb::event::Kind::NewFlow(f), t)
+            }
+            AgentEvent::Attached(s) => (interface_change(s, true, String::new()), now_nanos()),
+            AgentEvent::Detached { index, name } => {
+                let s = crate::interfaces::Selected {
+                    index: *index,
+                    name: name.clone(),
+                    role: crate::interfaces::Role::Explicit,
+                };
+                (interface_change(&s, false, String::new()), now_nanos())
+            }
+            AgentEvent::AttachFailed { iface, reason } => {
+                (interface_change(iface, false, reason.clone()), now_nanos())
+            }
+        };
+        // Report losses first, so the client sees them where they happened.
+        if !pending.flush(&tx, &mut seq) {
+            return;
+        }
+        let sent = if pending.any() {
+            Sent::Full
+        } else {
+            offer(&tx, &mut seq, kind, time)
+        };
+        match sent {
+            Sent::Yes => {}
+            Sent::Full => {
+                pending.client += 1;
+                slow.fetch_add(1, Ordering::Relaxed);
+            }
+            Sent::Closed => return,
+        }
+    }
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -318,85 +447,15 @@ impl pb::agent_service_server::AgentService for Service {
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
         let matcher =
             Matcher::new(req.get_ref().filter.as_ref()).map_err(Status::invalid_argument)?;
-        let mut rx = self.agent.subscribe();
+        let rx = self.agent.subscribe();
         let (tx, out) = mpsc::channel(CLIENT_BUFFER);
         let agent = self.agent.clone();
         let slow = self.slow_client_drops.clone();
-        let mut seq = Sequencer {
+        let seq = Sequencer {
             node: self.node.clone(),
             seq: 0,
         };
-        tokio::spawn(async move {
-            let mut pending = PendingGaps::default();
-            loop {
-                let ev = match rx.recv().await {
-                    Ok(ev) => ev,
-                    Err(RecvError::Lagged(n)) => {
-                        agent.count_lost(n);
-                        pending.agent += n;
-                        continue;
-                    }
-                    Err(RecvError::Closed) => return,
-                };
-                let (kind, time) = match &ev {
-                    AgentEvent::NewFlow(e) => {
-                        let f = convert::new_flow(
-                            &seq.node,
-                            agent.interface_name(e.key.ifindex),
-                            e,
-                            &agent.clock,
-                        );
-                        if !matcher.matches(&f) {
-                            continue;
-                        }
-                        let t = f.first_seen_unix_nanos;
-                        (pb::event::Kind::NewFlow(f), t)
-                    }
-                    AgentEvent::Attached(s) => {
-                        (interface_change(s, true, String::new()), now_nanos())
-                    }
-                    AgentEvent::Detached { index, name } => {
-                        let s = crate::interfaces::Selected {
-                            index: *index,
-                            name: name.clone(),
-                            role: crate::interfaces::Role::Explicit,
-                        };
-                        (interface_change(&s, false, String::new()), now_nanos())
-                    }
-                    AgentEvent::AttachFailed { iface, reason } => {
-                        (interface_change(iface, false, reason.clone()), now_nanos())
-                    }
-                };
-                // Report losses first, so the client sees them where they happened.
-                for (stage, reason, lost) in [
-                    (pb::DropStage::Agent, "queue_overflow", &mut pending.agent),
-                    (pb::DropStage::Client, "slow_client", &mut pending.client),
-                ] {
-                    if *lost == 0 {
-                        continue;
-                    }
-                    let gap = pb::event::Kind::Gap(pb::Gap {
-                        lost: *lost,
-                        stage: stage as i32,
-                        reason: reason.to_string(),
-                    });
-                    match tx.try_send(Ok(seq.next(gap, now_nanos()))) {
-                        Ok(()) => *lost = 0,
-                        Err(mpsc::error::TrySendError::Full(_)) => seq.seq -= 1,
-                        Err(mpsc::error::TrySendError::Closed(_)) => return,
-                    }
-                }
-                match tx.try_send(Ok(seq.next(kind, time))) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        seq.seq -= 1;
-                        pending.client += 1;
-                        slow.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
-                }
-            }
-        });
+        tokio::spawn(run_stream(agent, matcher, rx, tx, slow, seq));
         Ok(Response::new(Box::pin(ReceiverStream::new(out))))
     }
 }
