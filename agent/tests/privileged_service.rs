@@ -90,13 +90,12 @@ async fn client_with_window(addr: &str, token: Option<&str>, window: Option<u32>
         .expect("connecting");
     let value: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
         token.map(|t| pb::bearer(t).parse().unwrap());
-    let f: Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send> =
-        Box::new(move |mut r: Request<()>| {
-            if let Some(v) = &value {
-                r.metadata_mut().insert(pb::TOKEN_METADATA_KEY, v.clone());
-            }
-            Ok(r)
-        });
+    let f: AddToken = Box::new(move |mut r: Request<()>| {
+        if let Some(v) = &value {
+            r.metadata_mut().insert(pb::TOKEN_METADATA_KEY, v.clone());
+        }
+        Ok(r)
+    });
     AgentServiceClient::with_interceptor(channel, f)
 }
 
