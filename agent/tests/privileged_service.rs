@@ -70,9 +70,8 @@ impl Running {
     }
 }
 
-type Client = AgentServiceClient<
-    InterceptedService<Channel, Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>>,
->;
+type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
+type Client = AgentServiceClient<InterceptedService<Channel, AddToken>>;
 
 async fn client(addr: &str, token: Option<&str>) -> Client {
     client_with_window(addr, token, None).await
