@@ -17,6 +17,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 
+/// The largest message accepted from an agent: a full flow table of a big node is several MiB,
+/// more than tonic's 4 MiB default.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
 /// How long a unary call (GetStatus, QueryFlows) may take once connected.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -322,7 +326,8 @@ pub async fn connect(
 ) -> Result<AgentClient, AgentError> {
     let interceptor = TokenInterceptor::new(token)?;
     let channel = connect_channel(addr, timeout).await?;
-    Ok(AgentServiceClient::with_interceptor(channel, interceptor))
+    Ok(AgentServiceClient::with_interceptor(channel, interceptor)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 async fn within<T>(

@@ -1,0 +1,337 @@
+//! A test double for orb8-agent: a real tonic server speaking orb8.agent.v1 with fixed data,
+//! run on its own runtime thread so that a test can kill it like a crashed agent.
+
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the double"
+)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use futures::{Stream, StreamExt, stream};
+use orb8_proto::agent_service_server::{AgentService, AgentServiceServer};
+use orb8_proto::{
+    Counters, Direction, DropCounter, DropStage, Event, Flow, Gap, GetStatusRequest,
+    GetStatusResponse, Interface, PROTOCOL_VERSION, QueryFlowsRequest, QueryFlowsResponse,
+    StreamEventsRequest, TOKEN_METADATA_KEY, event,
+};
+use tonic::{Code, Request, Response, Status};
+
+/// How a fake agent's event stream ends after its scripted events.
+#[derive(Debug, Clone)]
+pub enum StreamEnd {
+    /// Stays open, sending nothing more.
+    Hold,
+    /// Ends cleanly.
+    Close,
+    /// Ends with this error.
+    Fail(Code, String),
+}
+
+/// What every fake agent saw, for assertions.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// The `authorization` value of every call (None when absent).
+    pub tokens: Mutex<Vec<Option<String>>>,
+    /// Every QueryFlows request.
+    pub queries: Mutex<Vec<QueryFlowsRequest>>,
+    /// Every StreamEvents request.
+    pub streams: Mutex<Vec<StreamEventsRequest>>,
+}
+
+/// The fixed data and behaviour of one fake agent.
+#[derive(Debug, Clone)]
+pub struct FakeAgent {
+    pub status: GetStatusResponse,
+    pub flows: Vec<Flow>,
+    pub events: Vec<Event>,
+    pub end: StreamEnd,
+    /// When set, calls without `authorization: Bearer <token>` are refused.
+    pub token: Option<String>,
+    pub seen: Arc<Seen>,
+}
+
+impl FakeAgent {
+    /// An agent on `node` with one interface, no flows and no events.
+    pub fn new(node: &str) -> Self {
+        FakeAgent {
+            status: status(node),
+            flows: Vec::new(),
+            events: Vec::new(),
+            end: StreamEnd::Hold,
+            token: None,
+            seen: Arc::default(),
+        }
+    }
+
+    fn check(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        let got = metadata
+            .get(TOKEN_METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if let Ok(mut t) = self.seen.tokens.lock() {
+            t.push(got.clone());
+        }
+        match &self.token {
+            Some(want) if got.as_deref() != Some(orb8_proto::bearer(want).as_str()) => {
+                Err(Status::unauthenticated("missing or wrong session token"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A status for `node`, with counters that tests can check.
+pub fn status(node: &str) -> GetStatusResponse {
+    GetStatusResponse {
+        node: node.to_string(),
+        agent_version: "0.1.0".into(),
+        protocol_version: PROTOCOL_VERSION,
+        kernel_release: "6.18.0-test".into(),
+        btf_present: true,
+        attach_mode: "tcx".into(),
+        interfaces: vec![
+            Interface {
+                index: 2,
+                name: "eth0".into(),
+                role: "uplink".into(),
+            },
+            Interface {
+                index: 9,
+                name: "veth9".into(),
+                role: "veth".into(),
+            },
+        ],
+        programs: vec!["orb8_tc_ingress".into(), "orb8_tc_egress".into()],
+        counters: Some(Counters {
+            events_processed: 40,
+            packets_seen: 1000,
+            active_flows: 12,
+            flow_map_evictions: 0,
+            drops: vec![DropCounter {
+                stage: DropStage::Kernel as i32,
+                reason: "ringbuf_full".into(),
+                count: 3,
+            }],
+            packets_not_parsed: [("not_ip".to_string(), 5)].into_iter().collect(),
+        }),
+        uptime_ms: 61_000,
+    }
+}
+
+/// A UDP flow 10.0.0.1:40000 -> 10.0.0.2:`dst_port` on eth0, egress.
+pub fn flow(node: &str, bytes: u64, packets: u64, dst_port: u32) -> Flow {
+    Flow {
+        node: node.to_string(),
+        interface: "eth0".into(),
+        ifindex: 2,
+        direction: Direction::Egress as i32,
+        protocol: 17,
+        src_addr: vec![10, 0, 0, 1],
+        dst_addr: vec![10, 0, 0, 2],
+        src_port: 40000,
+        dst_port,
+        fragment: false,
+        packets,
+        bytes,
+        tcp_flags: 0,
+        first_seen_unix_nanos: 1_700_000_000_123_456_789,
+        last_seen_unix_nanos: 1_700_000_001_000_000_000,
+    }
+}
+
+/// A new-flow event with sequence number `seq`.
+pub fn new_flow_event(node: &str, seq: u64) -> Event {
+    Event {
+        node: node.to_string(),
+        seq,
+        time_unix_nanos: 1_700_000_000_000_000_000 + i64::try_from(seq).unwrap_or(0),
+        kind: Some(event::Kind::NewFlow(flow(node, 60, 1, 53))),
+    }
+}
+
+/// A gap event with sequence number `seq` reporting `lost` events.
+pub fn gap_event(node: &str, seq: u64, lost: u64) -> Event {
+    Event {
+        node: node.to_string(),
+        seq,
+        time_unix_nanos: 1_700_000_000_000_000_000,
+        kind: Some(event::Kind::Gap(Gap {
+            lost,
+            stage: DropStage::Client as i32,
+            reason: "slow_client".into(),
+        })),
+    }
+}
+
+/// `count` new-flow events numbered 1..=count.
+pub fn new_flow_events(node: &str, count: u64) -> Vec<Event> {
+    (1..=count).map(|seq| new_flow_event(node, seq)).collect()
+}
+
+#[derive(Debug, Clone)]
+struct Service(Arc<FakeAgent>);
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for Service {
+    async fn get_status(
+        &self,
+        request: Request<GetStatusRequest>,
+    ) -> Result<Response<GetStatusResponse>, Status> {
+        self.0.check(request.metadata())?;
+        Ok(Response::new(self.0.status.clone()))
+    }
+
+    async fn query_flows(
+        &self,
+        request: Request<QueryFlowsRequest>,
+    ) -> Result<Response<QueryFlowsResponse>, Status> {
+        self.0.check(request.metadata())?;
+        if let Ok(mut q) = self.0.seen.queries.lock() {
+            q.push(request.into_inner());
+        }
+        Ok(Response::new(QueryFlowsResponse {
+            node: self.0.status.node.clone(),
+            flows: self.0.flows.clone(),
+            total_matched: self.0.flows.len() as u64,
+            flow_map_evictions: 0,
+        }))
+    }
+
+    type StreamEventsStream = EventStream;
+
+    async fn stream_events(
+        &self,
+        request: Request<StreamEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        self.0.check(request.metadata())?;
+        if let Ok(mut s) = self.0.seen.streams.lock() {
+            s.push(request.into_inner());
+        }
+        let events = stream::iter(self.0.events.clone().into_iter().map(Ok));
+        let stream: EventStream = match self.0.end.clone() {
+            StreamEnd::Hold => events.chain(stream::pending()).boxed(),
+            StreamEnd::Close => events.boxed(),
+            StreamEnd::Fail(code, message) => events
+                .chain(stream::once(async move { Err(Status::new(code, message)) }))
+                .boxed(),
+        };
+        Ok(Response::new(stream))
+    }
+}
+
+/// A fake agent being served; dropping it (or [`Running::kill`]) closes every connection.
+#[derive(Debug)]
+pub struct Running {
+    /// `127.0.0.1:PORT` or `unix:/path`.
+    pub addr: String,
+    /// What it saw.
+    pub seen: Arc<Seen>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the server and drops every connection, like a crashed agent.
+    pub fn kill(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// The `authorization` values seen so far.
+    pub fn tokens(&self) -> Vec<Option<String>> {
+        self.seen
+            .tokens
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+enum Bound {
+    Tcp(std::net::TcpListener),
+    #[cfg(unix)]
+    Unix(std::os::unix::net::UnixListener),
+}
+
+fn run(agent: FakeAgent, bound: Bound, addr: String) -> Running {
+    let seen = agent.seen.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("test runtime");
+        rt.block_on(async move {
+            let router = tonic::transport::Server::builder()
+                .add_service(AgentServiceServer::new(Service(Arc::new(agent))));
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            match bound {
+                Bound::Tcp(l) => {
+                    let l = tokio::net::TcpListener::from_std(l).expect("tokio listener");
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+                    tokio::select! {
+                        r = router.serve_with_incoming(incoming) => r.expect("fake agent serves"),
+                        () = stopped => {}
+                    }
+                }
+                #[cfg(unix)]
+                Bound::Unix(l) => {
+                    let l = tokio::net::UnixListener::from_std(l).expect("tokio listener");
+                    let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
+                    tokio::select! {
+                        r = router.serve_with_incoming(incoming) => r.expect("fake agent serves"),
+                        () = stopped => {}
+                    }
+                }
+            }
+        });
+        // Dropping the runtime cancels every connection task: the sockets close.
+        drop(rt);
+    });
+    Running {
+        addr,
+        seen,
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
+/// Serves `agent` on 127.0.0.1 on a free port.
+pub fn serve_tcp(agent: FakeAgent) -> Running {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    l.set_nonblocking(true).expect("nonblocking");
+    let addr: SocketAddr = l.local_addr().expect("local addr");
+    run(agent, Bound::Tcp(l), addr.to_string())
+}
+
+/// Serves `agent` on a fresh unix socket in the temp dir.
+#[cfg(unix)]
+pub fn serve_unix(agent: FakeAgent) -> Running {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path: PathBuf =
+        std::env::temp_dir().join(format!("orb8-fake-{}-{n}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let l = std::os::unix::net::UnixListener::bind(&path).expect("bind unix socket");
+    l.set_nonblocking(true).expect("nonblocking");
+    run(agent, Bound::Unix(l), format!("unix:{}", path.display()))
+}
