@@ -119,12 +119,13 @@ pub fn statuses(agents: &[StatusView], wide: bool, width: Option<u16>) -> String
         } else {
             a.interfaces.len().to_string()
         };
-        let drops = if wide && !a.drops.is_empty() {
-            let detail: Vec<String> = a
-                .drops
-                .iter()
-                .map(|d| format!("{}/{}={}", d.stage, d.reason, d.count))
-                .collect();
+        let detail: Vec<String> = a
+            .drops
+            .iter()
+            .filter(|d| d.count > 0)
+            .map(|d| format!("{}/{}={}", d.stage, d.reason, d.count))
+            .collect();
+        let drops = if wide && !detail.is_empty() {
             format!("{} ({})", a.drops_total, detail.join(", "))
         } else {
             a.drops_total.to_string()
@@ -257,6 +258,11 @@ mod tests {
                             stage: DropStage::Client as i32,
                             reason: "slow_client".into(),
                             count: 1,
+                        },
+                        DropCounter {
+                            stage: DropStage::Agent as i32,
+                            reason: "queue_overflow".into(),
+                            count: 0,
                         },
                     ],
                     ..Default::default()

@@ -1,0 +1,684 @@
+//! The `kubectl-orb8` binary itself, run against fake agents: output formats, merging, errors,
+//! help text and closed pipes.
+
+mod support;
+
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+use support::{FakeAgent, Running, StreamEnd, flow, gap_event, new_flow_event, serve_tcp};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kubectl-orb8");
+
+fn orb8(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("ORB8_TOKEN")
+        .env_remove("ORB8_AGENT_BINARY")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    orb8(args).output().expect("kubectl-orb8 runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// Exit code 1 and exactly one stderr line starting with `orb8: `, which is returned.
+fn assert_one_line_error(o: &Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "stdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
+    let err = stderr(o);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {err:?}");
+    assert!(lines[0].starts_with("orb8: "), "{err:?}");
+    assert!(o.stdout.is_empty(), "nothing on stdout: {}", stdout(o));
+    lines[0].to_string()
+}
+
+/// Two agents: node-a with flows of 300 and 100 bytes, node-b with 200 and 50 (port 80).
+fn two_agents() -> (Running, Running) {
+    let mut a = FakeAgent::new("node-a");
+    a.flows = vec![flow("node-a", 300, 3, 53), flow("node-a", 100, 1, 53)];
+    let mut b = FakeAgent::new("node-b");
+    b.flows = vec![flow("node-b", 200, 2, 53), flow("node-b", 50, 5, 80)];
+    (serve_tcp(a), serve_tcp(b))
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not one JSON document ({e}): {}", stdout(o)))
+}
+
+#[test]
+fn flows_from_two_agents_merge_into_one_json_array() {
+    let (a, b) = two_agents();
+    let o = run(&[
+        "--agent",
+        &a.addr,
+        "--agent",
+        &b.addr,
+        "flows",
+        "-o",
+        "json",
+        "--duration",
+        "1s",
+    ]);
+    assert_ok(&o);
+    let doc = json(&o);
+    let flows = doc.as_array().expect("an array");
+    let got: Vec<(&str, u64)> = flows
+        .iter()
+        .map(|f| {
+            (
+                f["node"].as_str().expect("node"),
+                f["bytes"].as_u64().expect("exact integer bytes"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("node-a", 300),
+            ("node-b", 200),
+            ("node-a", 100),
+            ("node-b", 50)
+        ],
+        "merged and sorted by bytes"
+    );
+    assert_eq!(
+        flows[0],
+        serde_json::json!({
+            "node": "node-a",
+            "interface": "eth0",
+            "direction": "egress",
+            "protocol": "udp",
+            "src": "10.0.0.1",
+            "src_port": 40000,
+            "dst": "10.0.0.2",
+            "dst_port": 53,
+            "fragment": false,
+            "packets": 3,
+            "bytes": 300,
+            "tcp_flags": "",
+            "first_seen": "2023-11-14T22:13:20.123456789Z",
+            "last_seen": "2023-11-14T22:13:21.000000000Z"
+        })
+    );
+    // The whole table was asked of each agent once, sorted by bytes.
+    for agent in [&a, &b] {
+        let queries = agent.seen.queries.lock().expect("lock").clone();
+        assert_eq!(queries.len(), 1);
+        assert_eq!(queries[0].sort, orb8_proto::SortBy::Bytes as i32);
+    }
+}
+
+#[test]
+fn flows_filters_and_limits_the_merged_table_on_the_client_too() {
+    let (a, b) = two_agents();
+    let o = run(&[
+        "--agent",
+        &a.addr,
+        "--agent",
+        &b.addr,
+        "flows",
+        "-o",
+        "json",
+        "--duration",
+        "0s",
+        "--port",
+        "53",
+        "--protocol",
+        "udp",
+        "--cidr",
+        "10.0.0.0/24",
+        "--direction",
+        "egress",
+        "--sort",
+        "packets",
+        "--limit",
+        "2",
+    ]);
+    assert_ok(&o);
+    let doc = json(&o);
+    let got: Vec<(String, u64)> = doc
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|f| {
+            (
+                f["node"].as_str().unwrap_or("").to_string(),
+                f["packets"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    // node-b's 5-packet flow is on port 80: filtered out although the fake agent sent it.
+    assert_eq!(
+        got,
+        vec![("node-a".to_string(), 3), ("node-b".to_string(), 2)]
+    );
+    let q = a.seen.queries.lock().expect("lock").clone();
+    let filter = q[0].filter.clone().expect("filter sent");
+    assert_eq!(filter.ports, vec![53]);
+    assert_eq!(filter.protocols, vec![17]);
+    assert_eq!(filter.cidrs, vec!["10.0.0.0/24"]);
+    assert_eq!(filter.direction, orb8_proto::Direction::Egress as i32);
+    assert_eq!(q[0].limit, 2);
+    assert_eq!(q[0].sort, orb8_proto::SortBy::Packets as i32);
+}
+
+#[test]
+fn flows_as_yaml_and_as_tables() {
+    let (a, b) = two_agents();
+    let o = run(&[
+        "--agent",
+        &a.addr,
+        "--agent",
+        &b.addr,
+        "flows",
+        "-o",
+        "yaml",
+        "--duration",
+        "0s",
+    ]);
+    assert_ok(&o);
+    let doc: Value = serde_norway::from_slice(&o.stdout).expect("YAML");
+    assert_eq!(doc.as_array().map(Vec::len), Some(4));
+    assert_eq!(doc[0]["bytes"].as_u64(), Some(300));
+
+    let o = run(&[
+        "--agent",
+        &a.addr,
+        "--agent",
+        &b.addr,
+        "flows",
+        "--duration",
+        "0s",
+    ]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    let header = out.lines().next().expect("header");
+    for col in [
+        "NODE",
+        "DIRECTION",
+        "PROTO",
+        "SOURCE",
+        "DESTINATION",
+        "PACKETS",
+        "BYTES",
+        "FLAGS",
+    ] {
+        assert!(header.contains(col), "{header}");
+    }
+    assert!(!header.contains("INTERFACE"));
+    assert_eq!(out.lines().count(), 5);
+    assert!(out.contains("300 B"), "{out}");
+
+    let o = run(&[
+        "--agent",
+        &a.addr,
+        "flows",
+        "-o",
+        "wide",
+        "--duration",
+        "0s",
+    ]);
+    assert_ok(&o);
+    assert!(
+        stdout(&o)
+            .lines()
+            .next()
+            .expect("header")
+            .contains("INTERFACE")
+    );
+}
+
+#[test]
+fn status_lists_every_agent() {
+    let (a, b) = two_agents();
+    let o = run(&[
+        "--agent", &a.addr, "--agent", &b.addr, "status", "-o", "json",
+    ]);
+    assert_ok(&o);
+    let doc = json(&o);
+    let agents = doc.as_array().expect("array");
+    assert_eq!(agents.len(), 2);
+    assert_eq!(agents[0]["node"], "node-a");
+    assert_eq!(agents[0]["address"], a.addr.as_str());
+    assert_eq!(agents[1]["node"], "node-b");
+    assert_eq!(agents[0]["active_flows"], 12);
+    assert_eq!(agents[0]["drops_total"], 3);
+    assert_eq!(agents[0]["drops"][0]["reason"], "ringbuf_full");
+    assert_eq!(agents[0]["interfaces"][1]["name"], "veth9");
+
+    let o = run(&["--agent", &a.addr, "--agent", &b.addr, "status"]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(
+        out.lines().next().expect("header").starts_with("NODE"),
+        "{out}"
+    );
+    assert!(
+        out.contains("node-a") && out.contains("node-b") && out.contains("tcx"),
+        "{out}"
+    );
+    let o = run(&["--agent", &a.addr, "status", "-o", "wide"]);
+    assert!(stdout(&o).contains("eth0,veth9"), "{}", stdout(&o));
+}
+
+#[test]
+fn version_with_and_without_agents() {
+    let o = run(&["version"]);
+    assert_ok(&o);
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "Client Version: {} (protocol {})\n",
+            env!("CARGO_PKG_VERSION"),
+            orb8_proto::PROTOCOL_VERSION
+        )
+    );
+    let (a, _b) = two_agents();
+    let o = run(&["--agent", &a.addr, "version", "-o", "json"]);
+    assert_ok(&o);
+    let doc = json(&o);
+    assert_eq!(doc["client"]["protocol"], orb8_proto::PROTOCOL_VERSION);
+    assert_eq!(doc["agents"][0]["node"], "node-a");
+    assert_eq!(doc["agents"][0]["version"], "0.1.0");
+}
+
+#[test]
+fn trace_prints_ndjson_with_gaps_and_lost_agents() {
+    let mut a = FakeAgent::new("node-a");
+    a.events = vec![
+        new_flow_event("node-a", 1),
+        gap_event("node-a", 2, 4),
+        new_flow_event("node-a", 5),
+    ];
+    let mut b = FakeAgent::new("node-b");
+    b.events = vec![new_flow_event("node-b", 1)];
+    b.end = StreamEnd::Fail(tonic::Code::Internal, "probe detached".into());
+    let (a, b) = (serve_tcp(a), serve_tcp(b));
+    let o = run(&[
+        "--agent",
+        &a.addr,
+        "--agent",
+        &b.addr,
+        "trace",
+        "network",
+        "-o",
+        "json",
+        "--duration",
+        "1s",
+        "--port",
+        "53",
+    ]);
+    assert_ok(&o);
+    let lines: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line {l:?}: {e}")))
+        .collect();
+    let kinds = |node: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l["node"] == node)
+            .map(|l| l["event"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(kinds("node-a"), vec!["new_flow", "gap", "gap", "new_flow"]);
+    assert_eq!(kinds("node-b"), vec!["new_flow", "agent_lost"]);
+    let gaps: Vec<(u64, &str)> = lines
+        .iter()
+        .filter(|l| l["event"] == "gap")
+        .map(|l| {
+            (
+                l["lost"].as_u64().unwrap_or(0),
+                l["reason"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(gaps, vec![(4, "slow_client"), (2, "seq_jump")]);
+    let first = lines
+        .iter()
+        .find(|l| l["event"] == "new_flow")
+        .expect("a flow");
+    assert_eq!(first["seq"], 1);
+    assert_eq!(first["dst_port"], 53);
+    assert!(first["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+    let lost = lines
+        .iter()
+        .find(|l| l["event"] == "agent_lost")
+        .expect("lost");
+    assert_eq!(lost["error"], "Internal: probe detached");
+    let err = stderr(&o);
+    assert!(
+        err.contains("orb8: warning: node-a: 4 events lost"),
+        "{err}"
+    );
+    assert!(
+        err.contains("orb8: warning: lost agent node-b: Internal: probe detached"),
+        "{err}"
+    );
+    assert_eq!(
+        a.seen.streams.lock().expect("lock")[0]
+            .filter
+            .clone()
+            .expect("filter")
+            .ports,
+        vec![53]
+    );
+}
+
+#[test]
+fn trace_text_mode_prints_one_line_per_flow() {
+    let mut a = FakeAgent::new("node-a");
+    a.events = vec![new_flow_event("node-a", 1), new_flow_event("node-a", 2)];
+    let a = serve_tcp(a);
+    let o = run(&[
+        "--agent",
+        &a.addr,
+        "trace",
+        "network",
+        "--duration",
+        "500ms",
+    ]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        out.lines()
+            .all(|l| l.ends_with("node-a eth0 egress udp 10.0.0.1:40000 -> 10.0.0.2:53 60 B")),
+        "{out}"
+    );
+}
+
+#[test]
+fn trace_fails_when_every_agent_is_gone() {
+    let mut a = FakeAgent::new("node-a");
+    a.end = StreamEnd::Close;
+    let a = serve_tcp(a);
+    let o = run(&["--agent", &a.addr, "trace", "network"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o)
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("orb8: every agent's event stream ended")),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn the_token_comes_from_the_flag_or_the_environment() {
+    let mut fake = FakeAgent::new("node-a");
+    fake.token = Some("0123456789abcdef".into());
+    let a = serve_tcp(fake);
+
+    let o = run(&["--agent", &a.addr, "--token", "0123456789abcdef", "status"]);
+    assert_ok(&o);
+    let o = orb8(&["--agent", &a.addr, "status"])
+        .env("ORB8_TOKEN", "0123456789abcdef")
+        .output()
+        .expect("runs");
+    assert_ok(&o);
+    assert!(
+        a.tokens()
+            .iter()
+            .all(|t| t.as_deref() == Some("Bearer 0123456789abcdef")),
+        "{:?}",
+        a.tokens()
+    );
+
+    let o = run(&[
+        "--agent",
+        &a.addr,
+        "--token",
+        "wrong",
+        "flows",
+        "--duration",
+        "0s",
+    ]);
+    let line = assert_one_line_error(&o);
+    assert_eq!(
+        line,
+        format!(
+            "orb8: the agent at {} rejected the token (check --token or ORB8_TOKEN)",
+            a.addr
+        )
+    );
+}
+
+#[test]
+fn a_protocol_mismatch_is_refused_by_every_command() {
+    let mut old = FakeAgent::new("old-node");
+    old.status.protocol_version = orb8_proto::PROTOCOL_VERSION - 1;
+    let old = serve_tcp(old);
+    for cmd in [
+        &["status"][..],
+        &["flows", "--duration", "0s"],
+        &["trace", "network"],
+        &["version"],
+    ] {
+        let mut args = vec!["--agent", old.addr.as_str()];
+        args.extend_from_slice(cmd);
+        let line = assert_one_line_error(&run(&args));
+        assert!(line.ends_with(": upgrade the agent"), "{cmd:?}: {line}");
+    }
+}
+
+#[test]
+fn an_unreachable_agent_is_one_line_naming_it() {
+    let (a, _b) = two_agents();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let dead = format!("127.0.0.1:{port}");
+    let o = run(&[
+        "--agent",
+        &a.addr,
+        "--agent",
+        &dead,
+        "flows",
+        "--duration",
+        "0s",
+    ]);
+    let line = assert_one_line_error(&o);
+    assert!(
+        line.starts_with(&format!("orb8: cannot reach agent {dead}: ")),
+        "{line}"
+    );
+}
+
+#[test]
+fn bad_flag_values_are_one_line_errors() {
+    for (args, needle) in [
+        (
+            &["--agent", "127.0.0.1:1", "flows", "--cidr", "10.0.0.0/33"][..],
+            "--cidr",
+        ),
+        (
+            &["--agent", "127.0.0.1:1", "flows", "--cidr", "10.0.0/8"][..],
+            "not an IP address",
+        ),
+        (
+            &["--agent", "127.0.0.1:1", "flows", "--duration", "10x"][..],
+            "--duration",
+        ),
+        (
+            &[
+                "--agent",
+                "127.0.0.1:1",
+                "trace",
+                "network",
+                "--duration",
+                "soon",
+            ][..],
+            "--duration",
+        ),
+        (
+            &[
+                "--agent",
+                "127.0.0.1:1",
+                "--connect-timeout",
+                "1y2",
+                "status",
+            ][..],
+            "--connect-timeout",
+        ),
+        (
+            &["--agent", "127.0.0.1:1", "flows", "--protocol", "tcpx"][..],
+            "--protocol",
+        ),
+        (
+            &["--agent", "127.0.0.1:1", "flows", "--port", "70000"][..],
+            "--port",
+        ),
+        (&["--agent", "nohost", "status"][..], "host:port"),
+        (
+            &["--agent", "127.0.0.1:1", "--local", "status"][..],
+            "--local",
+        ),
+        (
+            &["--agent", "127.0.0.1:1", "flows", "--bogus"][..],
+            "--bogus",
+        ),
+    ] {
+        let line = assert_one_line_error(&run(args));
+        assert!(line.contains(needle), "{args:?}: {line}");
+    }
+}
+
+#[test]
+fn without_agents_it_says_how_to_get_some() {
+    for args in [&["status"][..], &["flows"], &["trace", "network"]] {
+        let line = assert_one_line_error(&run(args));
+        assert_eq!(
+            line,
+            "orb8: no agents: use --local or --agent ADDR (cluster mode is not available yet)"
+        );
+    }
+    let line = assert_one_line_error(&run(&["--local-arg=--x", "status"]));
+    assert_eq!(line, "orb8: --local-arg is only used with --local");
+}
+
+fn help(args: &[&str]) -> String {
+    let o = run(args);
+    assert_ok(&o);
+    stdout(&o)
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let global = [
+        "--output",
+        "-o",
+        "--agent",
+        "--token",
+        "ORB8_TOKEN",
+        "--local",
+        "--local-arg",
+        "--connect-timeout",
+    ];
+    let top = help(&["--help"]);
+    assert!(top.contains("Usage: kubectl orb8"), "{top}");
+    for word in global
+        .iter()
+        .chain(&["status", "flows", "trace", "version"])
+    {
+        assert!(top.contains(word), "top-level help lacks {word}: {top}");
+    }
+    let filters = [
+        "--port",
+        "--protocol",
+        "--ip",
+        "--cidr",
+        "--direction",
+        "--interface",
+    ];
+    let flows = help(&["flows", "--help"]);
+    for word in global
+        .iter()
+        .chain(&filters)
+        .chain(&["--duration", "--sort", "--limit"])
+    {
+        assert!(flows.contains(word), "flows help lacks {word}: {flows}");
+    }
+    let trace = help(&["trace", "--help"]);
+    assert!(trace.contains("network"), "{trace}");
+    let network = help(&["trace", "network", "--help"]);
+    for word in global.iter().chain(&filters).chain(&["--duration"]) {
+        assert!(
+            network.contains(word),
+            "trace network help lacks {word}: {network}"
+        );
+    }
+    for cmd in ["status", "version"] {
+        let h = help(&[cmd, "--help"]);
+        for word in global {
+            assert!(h.contains(word), "{cmd} help lacks {word}: {h}");
+        }
+    }
+    let version = help(&["--version"]);
+    assert_eq!(
+        version,
+        format!("kubectl-orb8 {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn a_closed_stdout_pipe_ends_quietly() {
+    let mut fake = FakeAgent::new("node-a");
+    fake.flows = (0..20_000u64).map(|i| flow("node-a", i, 1, 53)).collect();
+    let a = serve_tcp(fake);
+    for format in ["json", "table"] {
+        let mut child = orb8(&[
+            "--agent",
+            &a.addr,
+            "flows",
+            "-o",
+            format,
+            "--duration",
+            "0s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawns");
+        let mut first = [0u8; 64];
+        child
+            .stdout
+            .as_mut()
+            .expect("stdout")
+            .read_exact(&mut first)
+            .expect("some output");
+        drop(child.stdout.take()); // like `| head -c 64`
+        let o = child.wait_with_output().expect("exits");
+        assert_eq!(o.status.code(), Some(0), "{format}: {}", stderr(&o));
+        assert_eq!(stderr(&o), "", "{format}: nothing on stderr");
+    }
+}
