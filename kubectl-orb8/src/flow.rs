@@ -192,7 +192,7 @@ pub fn time_of_day(unix_nanos: i64) -> String {
     }
 }
 
-/// How long before `now` a timestamp was, compactly (`0.4s ago`, `12s ago`, `3m12s ago`).
+/// How long before `now` a timestamp was, compactly (`0.4s`, `12s`, `3m12s`), like kubectl's AGE.
 pub fn age(unix_nanos: i64, now: SystemTime) -> String {
     let Some(t) = system_time(unix_nanos) else {
         return "-".to_string();
@@ -202,15 +202,15 @@ pub fn age(unix_nanos: i64, now: SystemTime) -> String {
     };
     let secs = d.as_secs();
     if secs < 10 {
-        format!("{:.1}s ago", d.as_secs_f64())
+        format!("{:.1}s", d.as_secs_f64())
     } else if secs < 60 {
-        format!("{secs}s ago")
+        format!("{secs}s")
     } else if secs < 3600 {
-        format!("{}m{}s ago", secs / 60, secs % 60)
+        format!("{}m{}s", secs / 60, secs % 60)
     } else if secs < 86400 {
-        format!("{}h{}m ago", secs / 3600, (secs % 3600) / 60)
+        format!("{}h{}m", secs / 3600, (secs % 3600) / 60)
     } else {
-        format!("{}d{}h ago", secs / 86400, (secs % 86400) / 3600)
+        format!("{}d{}h", secs / 86400, (secs % 86400) / 3600)
     }
 }
 
@@ -314,8 +314,8 @@ mod tests {
         assert_eq!(rfc3339_nanos(-5), None);
         assert_eq!(time_of_day(1_700_000_000_123_456_789), "22:13:20.123Z");
         let now = UNIX_EPOCH + Duration::from_secs(1_700_000_100);
-        assert_eq!(age(1_700_000_099_600_000_000, now), "0.4s ago");
-        assert_eq!(age(1_700_000_000_000_000_000, now), "1m40s ago");
+        assert_eq!(age(1_700_000_099_600_000_000, now), "0.4s");
+        assert_eq!(age(1_700_000_000_000_000_000, now), "1m40s");
         assert_eq!(age(0, now), "-");
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");

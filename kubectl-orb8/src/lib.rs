@@ -5,6 +5,8 @@
 //! ([`filter`], [`flow`], [`merge`], [`render`]) takes data and returns data; [`transport`],
 //! [`local`] and [`session`] do the I/O with agents.
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod commands;
 pub mod filter;

@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets};
+use comfy_table::{CellAlignment, ColumnConstraint, ContentArrangement, Table, Width, presets};
 
 use super::StatusView;
 use crate::flow::{FlowRecord, age, direction_name, human_bytes, human_count};
@@ -32,6 +32,31 @@ fn right_align(table: &mut Table, columns: &[usize]) {
     }
 }
 
+/// Gives each column a minimum width: its widest cell, capped at `caps[i]`. Narrow terminals
+/// then shrink columns only down to readable widths (an IPv4 `address:port` never breaks) and
+/// overflow past that rather than squeezing columns to a letter, as kubectl does.
+fn set_minimums(table: &mut Table, rows: &[Vec<String>], header: &[&str], caps: &[u16]) {
+    for (i, cap) in caps.iter().enumerate() {
+        let widest = rows
+            .iter()
+            .filter_map(|r| r.get(i))
+            .map(|c| c.chars().count())
+            .chain(
+                header
+                    .get(i)
+                    .map(|h| h.split(' ').map(str::len).max().unwrap_or(0)),
+            )
+            .max()
+            .unwrap_or(0);
+        // Fixed widths include the cell padding: one space on each side, none left of column 0.
+        let padding = if i == 0 { 1 } else { 2 };
+        let min = u16::try_from(widest).unwrap_or(u16::MAX).min(*cap) + padding;
+        if let Some(c) = table.column_mut(i) {
+            c.set_constraint(ColumnConstraint::LowerBoundary(Width::Fixed(min)));
+        }
+    }
+}
+
 fn finish(table: &Table) -> String {
     table
         .lines()
@@ -40,11 +65,13 @@ fn finish(table: &Table) -> String {
         .join("\n")
 }
 
-/// The flow table; `wide` adds the interface column.
+/// The flow table; `wide` adds the interface column and shows exact counts.
 pub fn flows(flows: &[FlowRecord], wide: bool, now: SystemTime, width: Option<u16>) -> String {
     let mut header = vec!["NODE"];
+    let mut caps: Vec<u16> = vec![12];
     if wide {
         header.push("INTERFACE");
+        caps.push(9);
     }
     header.extend([
         "DIRECTION",
@@ -57,38 +84,44 @@ pub fn flows(flows: &[FlowRecord], wide: bool, now: SystemTime, width: Option<u1
         "FIRST SEEN",
         "LAST SEEN",
     ]);
+    caps.extend([9, 6, 21, 21, 7, 10, 8, 6, 6]);
+    let rows: Vec<Vec<String>> = flows
+        .iter()
+        .map(|f| {
+            let mut row = vec![f.node.clone()];
+            if wide {
+                row.push(f.interface.clone());
+            }
+            let proto = if f.fragment {
+                format!("{} (frag)", f.protocol_text())
+            } else {
+                f.protocol_text()
+            };
+            let flags = f.tcp_flag_letters();
+            let (packets, bytes) = if wide {
+                (f.packets.to_string(), f.bytes.to_string())
+            } else {
+                (human_count(f.packets), human_bytes(f.bytes))
+            };
+            row.extend([
+                direction_name(f.direction).to_string(),
+                proto,
+                f.src_endpoint(),
+                f.dst_endpoint(),
+                packets,
+                bytes,
+                if flags.is_empty() { "-".into() } else { flags },
+                age(f.first_seen_nanos, now),
+                age(f.last_seen_nanos, now),
+            ]);
+            row
+        })
+        .collect();
     let mut table = new_table(&header, width);
-    for f in flows {
-        let mut row = vec![Cell::new(&f.node)];
-        if wide {
-            row.push(Cell::new(&f.interface));
-        }
-        let proto = if f.fragment {
-            format!("{} (frag)", f.protocol_text())
-        } else {
-            f.protocol_text()
-        };
-        let flags = f.tcp_flag_letters();
-        let (packets, bytes) = if wide {
-            (f.packets.to_string(), f.bytes.to_string())
-        } else {
-            (human_count(f.packets), human_bytes(f.bytes))
-        };
-        row.extend([
-            Cell::new(direction_name(f.direction)),
-            Cell::new(proto),
-            Cell::new(f.src_endpoint()),
-            Cell::new(f.dst_endpoint()),
-            Cell::new(packets),
-            Cell::new(bytes),
-            Cell::new(if flags.is_empty() { "-".into() } else { flags }),
-            Cell::new(age(f.first_seen_nanos, now)),
-            Cell::new(age(f.last_seen_nanos, now)),
-        ]);
-        table.add_row(row);
-    }
+    table.add_rows(rows.iter().cloned());
     let offset = usize::from(wide);
     right_align(&mut table, &[5 + offset, 6 + offset]);
+    set_minimums(&mut table, &rows, &header, &caps);
     finish(&table)
 }
 
@@ -187,8 +220,8 @@ mod tests {
             "10.0.0.1:40000",
             "10.0.0.2:53",
             "150 B",
-            "4.9s ago",
-            "4.0s ago",
+            "4.9s",
+            "4.0s",
         ] {
             assert!(row.contains(cell), "missing {cell} in {row:?}");
         }
@@ -208,17 +241,22 @@ mod tests {
     }
 
     #[test]
-    fn tables_fit_the_width() {
+    fn tables_fit_the_width_without_breaking_addresses() {
         let mut f = FlowRecord::test_flow();
-        f.src = Some(
-            "fd00:1234:5678:9abc:def0:1234:5678:9abc"
-                .parse()
-                .expect("ip"),
-        );
-        let out = flows(&[f], true, now(), Some(80));
+        f.node = "a-rather-long-node-name.example.internal".into();
+        let out = flows(std::slice::from_ref(&f), false, now(), Some(100));
         for line in out.lines() {
-            assert!(line.chars().count() <= 80, "{line:?} is wider than 80");
+            assert!(line.chars().count() <= 100, "{line:?} is wider than 100");
         }
+        assert!(out.contains("10.0.0.1:40000"), "{out}");
+        assert!(out.contains("10.0.0.2:53"), "{out}");
+
+        let roomy = flows(std::slice::from_ref(&f), false, now(), Some(250));
+        assert_eq!(roomy.lines().count(), 2, "no wrapping with room: {roomy}");
+
+        let cramped = flows(&[f], true, now(), Some(40));
+        assert!(cramped.contains("10.0.0.1:40000"), "{cramped}");
+        assert!(cramped.contains("DIRECTION"), "{cramped}");
     }
 
     #[test]
