@@ -1,3 +1,4 @@
+#![cfg(unix)]
 //! `--local` with stand-in agent binaries (shell scripts named by ORB8_AGENT_BINARY): the
 //! command line and token the agent gets, its ready line, failure before ready, and that it is
 //! stopped at the end. Starting a local agent needs root; as another user only the refusal is

@@ -7,7 +7,6 @@
 )]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -328,7 +327,7 @@ pub fn serve_tcp(agent: FakeAgent) -> Running {
 pub fn serve_unix(agent: FakeAgent) -> Running {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path: PathBuf =
+    let path: std::path::PathBuf =
         std::env::temp_dir().join(format!("orb8-fake-{}-{n}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let l = std::os::unix::net::UnixListener::bind(&path).expect("bind unix socket");
