@@ -16,7 +16,7 @@ use aya::{
     },
     util::KernelVersion,
 };
-use orb8_common::{FlowKey, FlowStats, names};
+use orb8_common::{FlowKey, FlowStats, counter, names};
 
 use crate::interfaces::Selected;
 
@@ -123,8 +123,8 @@ pub struct Maps {
     pub flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
     /// New-flow events.
     pub events: RingBuf<MapData>,
-    /// Per-CPU counters, indexed by `orb8_common::counter`.
-    pub counters: PerCpuArray<MapData, u64>,
+    /// Per-CPU counters: one entry, an array indexed by `orb8_common::counter`.
+    pub counters: PerCpuArray<MapData, [u64; counter::COUNT as usize]>,
 }
 
 const PROGRAMS: [(&str, TcAttachType, &str); 2] = [
@@ -288,6 +288,32 @@ impl Probes {
         }
     }
 
+    /// Runs a loaded program (or [`names::BENCH_NOOP`], loaded on first use) on a frame with
+    /// `BPF_PROG_TEST_RUN`, `repeat` times, without attaching it anywhere. Effects on the maps
+    /// are real: this is how tests feed the parser frames no interface would carry, and how the
+    /// benchmark measures the probe's cost per packet.
+    pub fn test_run(
+        &mut self,
+        program: &'static str,
+        frame: &[u8],
+        ctx: Option<&[u8]>,
+        repeat: u32,
+    ) -> Result<aya::programs::TestRunResult, ProbeError> {
+        use aya::programs::TestRun as _;
+        let prog = self.program(program)?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|source| ProbeError::Program { program, source })?;
+        }
+        prog.test_run(aya::programs::TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: ctx,
+            repeat,
+            ..Default::default()
+        })
+        .map_err(|source| ProbeError::Program { program, source })
+    }
+
     fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, ProbeError> {
         self.ebpf
             .program_mut(name)
@@ -298,6 +324,21 @@ impl Probes {
                 source,
             })
     }
+}
+
+/// Kernel counters summed over CPUs, indexed by `orb8_common::counter`.
+pub fn read_counters(
+    map: &PerCpuArray<MapData, [u64; counter::COUNT as usize]>,
+) -> [u64; counter::COUNT as usize] {
+    let mut out = [0u64; counter::COUNT as usize];
+    if let Ok(per_cpu) = map.get(&0, 0) {
+        for cpu in per_cpu.iter() {
+            for (o, v) in out.iter_mut().zip(cpu) {
+                *o += v;
+            }
+        }
+    }
+    out
 }
 
 impl Drop for Probes {

@@ -93,7 +93,7 @@ pub struct Snapshot {
 pub struct Agent {
     probes: Mutex<Probes>,
     flows: Mutex<PerCpuHashMap<MapData, FlowKey, FlowStats>>,
-    counters: Mutex<PerCpuArray<MapData, u64>>,
+    counters: Mutex<PerCpuArray<MapData, [u64; counter::COUNT as usize]>>,
     interfaces: Mutex<Vec<Selected>>,
     /// Names of every interface attached so far, so flows of removed ones keep their name.
     names: Mutex<std::collections::BTreeMap<u32, String>>,
@@ -195,14 +195,7 @@ impl Agent {
 
     /// Kernel counters summed over CPUs.
     pub fn counters(&self) -> [u64; counter::COUNT as usize] {
-        let map = self.counters.lock().expect("counters lock");
-        let mut out = [0u64; counter::COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            if let Ok(values) = map.get(&(i as u32), 0) {
-                *slot = values.iter().sum();
-            }
-        }
-        out
+        crate::probes::read_counters(&self.counters.lock().expect("counters lock"))
     }
 
     /// Reads the flow table and the counters. Counters are read after the table, so a flow

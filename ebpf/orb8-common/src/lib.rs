@@ -92,7 +92,7 @@ pub struct Event {
     /// TCP flags of the first packet (0 for other protocols).
     pub tcp_flags: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
 }
 
 /// Indexes into the per-CPU `COUNTERS` array.
@@ -150,6 +150,8 @@ pub mod names {
     pub const TC_INGRESS: &str = "orb8_tc_ingress";
     /// TC program for the egress hook.
     pub const TC_EGRESS: &str = "orb8_tc_egress";
+    /// A TC program that does nothing, loaded only by benchmarks as their baseline.
+    pub const BENCH_NOOP: &str = "orb8_bench_noop";
 }
 
 #[cfg(feature = "user")]
@@ -172,6 +174,7 @@ mod tests {
     fn abi_sizes_have_no_implicit_padding() {
         assert_eq!(size_of::<FlowKey>(), 4 + 4 + 16 + 16 + 2 + 2);
         assert_eq!(size_of::<FlowStats>(), 8 * 4 + 8);
-        assert_eq!(size_of::<Event>(), 4 + 4 + 8 + size_of::<FlowKey>() + 8);
+        assert_eq!(size_of::<Event>(), 4 + 4 + 8 + size_of::<FlowKey>() + 4);
+        assert_eq!(size_of::<Event>() % 8, 0);
     }
 }

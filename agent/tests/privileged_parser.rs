@@ -1,0 +1,227 @@
+//! Privileged: the TC parser in the running kernel, fed frames with `BPF_PROG_TEST_RUN`, for
+//! what no veth pair in a test can carry (VLAN tags left in the frame, extension-header chains,
+//! SCTP, GSO super-packets). Each test loads its own copy of the programs and maps.
+
+use orb8_agent::{
+    flows::{self, Flow},
+    probes::{AttachMode, Maps, ProbeConfig, Probes},
+};
+use orb8_common::{counter, names};
+
+fn load() -> (Probes, Maps) {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "privileged test: run as root"
+    );
+    Probes::load(&ProbeConfig {
+        flow_map_entries: 1024,
+        ringbuf_bytes: 1 << 16,
+        mode: AttachMode::detect(),
+    })
+    .expect("loading the probes")
+}
+
+const MAC: [u8; 12] = [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+
+fn eth(tags: &[(u16, u16)], ethertype: u16, l3: &[u8]) -> Vec<u8> {
+    let mut f = MAC.to_vec();
+    for (tpid, tci) in tags {
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&tci.to_be_bytes());
+    }
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(l3);
+    f
+}
+
+fn ipv4(proto: u8, l4: &[u8], options: usize) -> Vec<u8> {
+    let hlen = 20 + options;
+    let tot = (hlen + l4.len()) as u16;
+    let mut h = vec![0x40 | (hlen / 4) as u8, 0];
+    h.extend_from_slice(&tot.to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0, 10, 9, 0, 1, 10, 9, 0, 2]);
+    h.extend(std::iter::repeat_n(1u8, options)); // NOP options
+    h.extend_from_slice(l4);
+    h
+}
+
+fn ipv6(next: u8, rest: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(rest.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[next, 64]);
+    h.extend_from_slice(&"fd09::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    h.extend_from_slice(&"fd09::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    h.extend_from_slice(rest);
+    h
+}
+
+fn udp(sport: u16, dport: u16, payload: usize) -> Vec<u8> {
+    let mut u = sport.to_be_bytes().to_vec();
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend(std::iter::repeat_n(0xabu8, payload));
+    u
+}
+
+fn tcp(sport: u16, dport: u16, flags: u8, payload: usize) -> Vec<u8> {
+    let mut t = sport.to_be_bytes().to_vec();
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    t.extend(std::iter::repeat_n(0xcdu8, payload));
+    t
+}
+
+fn run(p: &mut Probes, program: &'static str, frame: &[u8], ctx: Option<&[u8]>) {
+    let r = p.test_run(program, frame, ctx, 1).expect("test run");
+    assert_eq!(
+        r.return_value as i32, -1,
+        "the probe never changes a packet's fate"
+    );
+}
+
+fn only_flow(maps: &Maps) -> Flow {
+    let all = flows::read_flows(&maps.flows);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    all.into_iter().next().unwrap()
+}
+
+fn counters(maps: &Maps) -> [u64; counter::COUNT as usize] {
+    orb8_agent::probes::read_counters(&maps.counters)
+}
+
+#[test]
+fn privileged_vlan_tags_in_the_frame_are_skipped() {
+    for tpid in [0x8100u16, 0x88a8] {
+        let (mut p, maps) = load();
+        let frame = eth(&[(tpid, 42)], 0x0800, &ipv4(17, &udp(1111, 53, 30), 0));
+        run(&mut p, names::TC_INGRESS, &frame, None);
+        run(&mut p, names::TC_INGRESS, &frame, None);
+        let f = only_flow(&maps);
+        assert_eq!(
+            (f.key.src_port, f.key.dst_port, f.key.protocol),
+            (1111, 53, 17)
+        );
+        assert_eq!(
+            (f.src().to_string(), f.dst().to_string()),
+            ("10.9.0.1".into(), "10.9.0.2".into())
+        );
+        assert_eq!((f.stats.packets, f.stats.bytes), (2, 2 * (20 + 8 + 30)));
+        assert_eq!(f.direction(), "ingress");
+    }
+}
+
+#[test]
+fn privileged_ipv4_options_and_egress_direction() {
+    let (mut p, maps) = load();
+    let frame = eth(&[], 0x0800, &ipv4(6, &tcp(40000, 443, 0x02, 0), 12));
+    run(&mut p, names::TC_EGRESS, &frame, None);
+    let f = only_flow(&maps);
+    assert_eq!((f.key.src_port, f.key.dst_port), (40000, 443));
+    assert_eq!(
+        (f.stats.packets, f.stats.bytes, f.stats.tcp_flags),
+        (1, 32 + 20, 0x02)
+    );
+    assert_eq!(f.direction(), "egress");
+}
+
+#[test]
+fn privileged_ipv6_extension_header_chain_is_walked() {
+    let (mut p, maps) = load();
+    // hop-by-hop (8) -> routing (16) -> destination options (8) -> AH (12 + 4 ICV = 16) -> TCP
+    let mut ext = vec![43, 0, 1, 4, 0, 0, 0, 0];
+    ext.extend_from_slice(&[60, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    ext.extend_from_slice(&[51, 0, 1, 4, 0, 0, 0, 0]);
+    ext.extend_from_slice(&[6, 2, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0]);
+    ext.extend_from_slice(&tcp(5000, 22, 0x18, 100));
+    let frame = eth(&[], 0x86dd, &ipv6(0, &ext));
+    run(&mut p, names::TC_INGRESS, &frame, None);
+    let f = only_flow(&maps);
+    assert_eq!(
+        (f.key.protocol, f.key.src_port, f.key.dst_port),
+        (6, 5000, 22)
+    );
+    assert_eq!(
+        (f.stats.bytes, f.stats.tcp_flags),
+        ((40 + ext.len()) as u64, 0x18)
+    );
+    assert_eq!(f.src().to_string(), "fd09::1");
+}
+
+#[test]
+fn privileged_sctp_ports_and_unknown_protocols() {
+    let (mut p, maps) = load();
+    let mut sctp = 3868u16.to_be_bytes().to_vec();
+    sctp.extend_from_slice(&2905u16.to_be_bytes());
+    sctp.extend_from_slice(&[0; 8]);
+    run(
+        &mut p,
+        names::TC_INGRESS,
+        &eth(&[], 0x0800, &ipv4(132, &sctp, 0)),
+        None,
+    );
+    // GRE (47): a flow with no ports.
+    run(
+        &mut p,
+        names::TC_INGRESS,
+        &eth(&[], 0x0800, &ipv4(47, &[0u8; 24], 0)),
+        None,
+    );
+    let mut all = flows::read_flows(&maps.flows);
+    all.sort_by_key(|f| f.key.protocol);
+    let got: Vec<_> = all
+        .iter()
+        .map(|f| {
+            (
+                f.key.protocol,
+                f.key.src_port,
+                f.key.dst_port,
+                f.stats.bytes,
+            )
+        })
+        .collect();
+    assert_eq!(got, vec![(47, 0, 0, 44), (132, 3868, 2905, 32)]);
+}
+
+#[test]
+fn privileged_gso_super_packets_count_every_segment() {
+    let (mut p, maps) = load();
+    // A TSO packet carrying 3 segments of 1000 bytes; on the wire each has its own 40 bytes of
+    // IPv4 + TCP header.
+    let frame = eth(&[], 0x0800, &ipv4(6, &tcp(40000, 80, 0x10, 3000), 0));
+    let mut ctx = [0u8; 192];
+    ctx[164..168].copy_from_slice(&3u32.to_ne_bytes()); // gso_segs
+    ctx[176..180].copy_from_slice(&1000u32.to_ne_bytes()); // gso_size
+    run(&mut p, names::TC_EGRESS, &frame, Some(&ctx));
+    let f = only_flow(&maps);
+    assert_eq!((f.stats.packets, f.stats.bytes), (3, 3040 + 2 * 40));
+}
+
+#[test]
+fn privileged_new_flows_send_one_event_each() {
+    let (mut p, mut maps) = load();
+    let a = eth(&[], 0x0800, &ipv4(17, &udp(1, 2, 10), 0));
+    let b = eth(&[], 0x0800, &ipv4(17, &udp(1, 3, 10), 0));
+    for f in [&a, &a, &b, &a, &b] {
+        run(&mut p, names::TC_INGRESS, f, None);
+    }
+    let mut events = Vec::new();
+    while let Some(item) = maps.events.next() {
+        // SAFETY: the kernel wrote a whole Event.
+        events
+            .push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const orb8_common::Event) });
+    }
+    let ports: Vec<u16> = events.iter().map(|e| e.key.dst_port).collect();
+    assert_eq!(ports, vec![2, 3]);
+    assert!(
+        events
+            .iter()
+            .all(|e| e.bytes == 38 && e.kind == orb8_common::event_kind::NEW_FLOW)
+    );
+    let c = counters(&maps);
+    assert_eq!(c[counter::FLOWS_CREATED as usize], 2);
+    assert_eq!(c[counter::PACKETS_SEEN as usize], 5);
+    assert_eq!(c[counter::PACKETS_ACCOUNTED as usize], 5);
+}
