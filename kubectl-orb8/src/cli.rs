@@ -93,6 +93,7 @@ pub struct Cli {
 
 /// Flags every command takes.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
@@ -173,6 +174,7 @@ impl From<DirectionArg> for Direction {
 
 /// Flow filters shared by `flows` and `trace network`.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Filters")]
 pub struct FilterArgs {
     /// Only flows with this source or destination port (repeatable).
     #[arg(long = "port", value_name = "N")]
@@ -217,10 +219,6 @@ impl FilterArgs {
 /// `flows` flags.
 #[derive(Debug, Clone, Args)]
 pub struct FlowsArgs {
-    /// Filters.
-    #[command(flatten)]
-    pub filter: FilterArgs,
-
     /// How long to collect before printing (Ctrl-C ends early and still prints).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -232,18 +230,22 @@ pub struct FlowsArgs {
     /// Print at most N flows (of the merged table).
     #[arg(long, value_name = "N")]
     pub limit: Option<u32>,
+
+    /// Filters (last, so that their help heading does not spill onto the flags above).
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 /// `trace network` flags.
 #[derive(Debug, Clone, Args)]
 pub struct TraceNetworkArgs {
-    /// Filters.
-    #[command(flatten)]
-    pub filter: FilterArgs,
-
     /// Stop after this long (default: until Ctrl-C).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+
+    /// Filters (last, so that their help heading does not spill onto the flags above).
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 #[cfg(test)]
