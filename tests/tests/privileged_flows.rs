@@ -2,12 +2,7 @@
 //! Each test builds its own node/pod namespaces and sends a known number of packets of known
 //! sizes between them, then checks the agent's flow table for exact counts.
 
-use std::{
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
-    thread,
-    time::Duration,
-};
+use std::time::Duration;
 
 use orb8_tests::*;
 
@@ -95,131 +90,6 @@ fn privileged_udp_and_icmp_are_counted_exactly_per_flow_and_direction() {
     );
 }
 
-/// Per-direction packets, IP bytes, payload bytes and OR of flags of TCP frames on one port, as
-/// an AF_PACKET socket on the same interface saw them.
-#[derive(Debug, Default, PartialEq)]
-struct Seen {
-    packets: u64,
-    bytes: u64,
-    payload: u64,
-    flags: u8,
-}
-
-fn capture_tcp(ns: &NetNs, iface: &str, port: u16) -> thread::JoinHandle<(Seen, Seen)> {
-    let ifindex = ns.ifindex(iface);
-    spawn_in(ns, move |ready| {
-        // SAFETY: plain socket syscalls with checked results.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW,
-                (libc::ETH_P_ALL as u16).to_be() as i32,
-            )
-        };
-        assert!(
-            fd >= 0,
-            "packet socket: {}",
-            std::io::Error::last_os_error()
-        );
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: sll is a valid sockaddr_ll of the given size.
-        let rc = unsafe {
-            libc::bind(
-                fd,
-                &sll as *const _ as *const libc::sockaddr,
-                size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(rc, 0, "bind packet socket");
-        let tv = libc::timeval {
-            tv_sec: 1,
-            tv_usec: 0,
-        };
-        // SAFETY: valid option value.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const _ as *const libc::c_void,
-                size_of::<libc::timeval>() as u32,
-            )
-        };
-        ready.send(()).unwrap();
-        let (mut to_node, mut from_node) = (Seen::default(), Seen::default());
-        let mut buf = [0u8; 65536];
-        let mut quiet = 0;
-        while quiet < 2 {
-            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut len = size_of::<libc::sockaddr_ll>() as u32;
-            // SAFETY: buffers are valid for the sizes given.
-            let n = unsafe {
-                libc::recvfrom(
-                    fd,
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    0,
-                    &mut from as *mut _ as *mut libc::sockaddr,
-                    &mut len,
-                )
-            };
-            if n < 0 {
-                quiet += 1;
-                continue;
-            }
-            quiet = 0;
-            let f = &buf[..n as usize];
-            if f.len() < 14 + 20 || u16::from_be_bytes([f[12], f[13]]) != 0x0800 || f[14 + 9] != 6 {
-                continue;
-            }
-            let ip = &f[14..];
-            let ihl = ((ip[0] & 0xf) * 4) as usize;
-            let tot = u16::from_be_bytes([ip[2], ip[3]]) as u64;
-            let tcp = &ip[ihl..];
-            let (sp, dp) = (
-                u16::from_be_bytes([tcp[0], tcp[1]]),
-                u16::from_be_bytes([tcp[2], tcp[3]]),
-            );
-            if sp != port && dp != port {
-                continue;
-            }
-            let doff = ((tcp[12] >> 4) * 4) as u64;
-            let side = if from.sll_pkttype == libc::PACKET_OUTGOING {
-                &mut from_node
-            } else {
-                &mut to_node
-            };
-            side.packets += 1;
-            side.bytes += tot;
-            side.payload += tot - ihl as u64 - doff;
-            side.flags |= tcp[13];
-        }
-        // SAFETY: closing our own fd.
-        unsafe { libc::close(fd) };
-        (to_node, from_node)
-    })
-}
-
-fn flags(f: u8) -> String {
-    [
-        (0x01, 'F'),
-        (0x02, 'S'),
-        (0x04, 'R'),
-        (0x08, 'P'),
-        (0x10, '.'),
-        (0x20, 'U'),
-        (0x40, 'E'),
-        (0x80, 'W'),
-    ]
-    .iter()
-    .filter(|(b, _)| f & b != 0)
-    .map(|(_, c)| *c)
-    .collect()
-}
-
 #[test]
 fn privileged_tcp_exchange_matches_what_a_packet_socket_sees() {
     require_root();
@@ -230,30 +100,7 @@ fn privileged_tcp_exchange_matches_what_a_packet_socket_sees() {
     const SIZE: usize = 64;
 
     let cap = capture_tcp(&topo.node, &a.host_if, 6000);
-    let server_addr = format!("{}:6000", b.ip4);
-    let server = spawn_in(&b.ns, move |ready| {
-        let l = TcpListener::bind(&server_addr).unwrap();
-        ready.send(()).unwrap();
-        let (mut c, _) = l.accept().unwrap();
-        let mut buf = [0u8; SIZE];
-        for _ in 0..ROUNDS {
-            c.read_exact(&mut buf).unwrap();
-            c.write_all(&buf).unwrap();
-        }
-        let mut rest = Vec::new();
-        c.read_to_end(&mut rest).unwrap();
-    });
-    let dst = format!("{}:6000", b.ip4);
-    a.ns.run_in(move || {
-        let mut c = TcpStream::connect(&dst).unwrap();
-        c.set_nodelay(true).unwrap();
-        let mut buf = [7u8; SIZE];
-        for _ in 0..ROUNDS {
-            c.write_all(&buf).unwrap();
-            c.read_exact(&mut buf).unwrap();
-        }
-    });
-    server.join().unwrap();
+    tcp_exchange(&a.ns, &b.ns, &b.ip4, 6000, ROUNDS, SIZE);
     let (to_node, from_node) = cap.join().unwrap();
     let s = agent.stop();
 

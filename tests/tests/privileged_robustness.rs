@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use aya::programs::{SchedClassifier, TcAttachType};
 use orb8_tests::*;
 
 fn mac(ns: &NetNs, iface: &str) -> [u8; 6] {
@@ -288,23 +287,6 @@ fn privileged_pods_created_later_are_attached_and_removed_ones_forgotten() {
         one_flow(&s, &late_if, "ingress", "udp", &late_ip, &target).1,
         10 * 128
     );
-}
-
-/// Names of the TCX programs on an interface of a namespace.
-fn tcx_programs(ns: &NetNs, iface: &str) -> Vec<String> {
-    let iface = iface.to_string();
-    ns.run_in(move || {
-        let mut names = Vec::new();
-        for t in [TcAttachType::Ingress, TcAttachType::Egress] {
-            let (_, progs) = SchedClassifier::query_tcx(&iface, t).expect("query tcx");
-            names.extend(
-                progs
-                    .iter()
-                    .filter_map(|p| p.name_as_str().map(String::from)),
-            );
-        }
-        names
-    })
 }
 
 fn tc_filters(ns: &NetNs, iface: &str) -> String {
