@@ -12,6 +12,7 @@ pub mod commands;
 pub mod filter;
 pub mod flow;
 pub mod interrupt;
+pub mod k8s;
 pub mod local;
 pub mod merge;
 pub mod progress;

@@ -1,0 +1,375 @@
+//! The agent pod and its namespace, built from plain parameters (no cluster needed to test).
+//!
+//! The pod follows DESIGN.md's agent pod contract: pinned to its node with `nodeName`,
+//! `hostNetwork` and `hostPID`, the capabilities eBPF needs instead of `privileged`, a read-only
+//! root filesystem, the host mounts the probes read, every taint tolerated, no service-account
+//! token, a hard deadline, small requests and limits, and labels that `kubectl orb8 cleanup`
+//! finds it by.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EnvVar, EnvVarSource, HostPathVolumeSource, Namespace,
+    ObjectFieldSelector, Pod, PodSpec, ResourceRequirements, SecurityContext, Toleration, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+/// `app.kubernetes.io/name` of every agent pod.
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+/// `app.kubernetes.io/managed-by` of every agent pod.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The session that created a pod.
+pub const LABEL_SESSION: &str = "orb8.dev/session";
+/// Annotation carrying the node a pod was created for.
+pub const ANNOTATION_NODE: &str = "orb8.dev/node";
+/// Value of [`LABEL_NAME`].
+pub const APP_NAME: &str = "orb8-agent";
+/// Value of [`LABEL_MANAGED_BY`].
+pub const MANAGED_BY: &str = "kubectl-orb8";
+/// The label selector matching every agent pod orb8 created.
+pub const SELECTOR: &str =
+    "app.kubernetes.io/managed-by=kubectl-orb8,app.kubernetes.io/name=orb8-agent";
+/// Default namespace of agent pods.
+pub const DEFAULT_NAMESPACE: &str = "orb8-system";
+/// Name of the agent container.
+pub const CONTAINER: &str = "agent";
+/// Where the agent binary lives in the image.
+pub const AGENT_PATH: &str = "/usr/local/bin/orb8-agent";
+
+/// The published agent image for this client's version.
+pub fn default_image() -> String {
+    format!("ghcr.io/orb8/orb8-agent:v{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Everything that varies between agent pods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentPodParams {
+    /// Session id (lowercase hex), shared by the pods of one command.
+    pub session: String,
+    /// The node to pin the pod to.
+    pub node: String,
+    /// Pod name (see [`pod_name`]).
+    pub name: String,
+    /// Namespace of the pod.
+    pub namespace: String,
+    /// Agent image.
+    pub image: String,
+    /// `imagePullPolicy`, or the cluster's default when `None`.
+    pub pull_policy: Option<String>,
+    /// Loopback port the agent listens on (host network: must be free on the node).
+    pub port: u16,
+    /// Per-session token the agent requires.
+    pub token: String,
+    /// The agent exits after this long without a client.
+    pub idle_timeout: Duration,
+    /// `activeDeadlineSeconds`: the pod is killed after this long whatever happens.
+    pub deadline: Duration,
+    /// Run privileged (kernels without CAP_BPF) instead of with listed capabilities.
+    pub privileged: bool,
+}
+
+/// Name of the `index`th agent pod of a session.
+pub fn pod_name(session: &str, index: usize) -> String {
+    format!("orb8-agent-{session}-{index}")
+}
+
+/// The labels of an agent pod of `session`.
+pub fn labels(session: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_string(), APP_NAME.to_string()),
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        (LABEL_SESSION.to_string(), session.to_string()),
+    ])
+}
+
+/// The namespace for agent pods, labelled so Pod Security admits privileged pods in it.
+pub fn agent_namespace(name: &str) -> Namespace {
+    let labels = ["enforce", "audit", "warn"]
+        .iter()
+        .map(|mode| {
+            (
+                format!("pod-security.kubernetes.io/{mode}"),
+                "privileged".to_string(),
+            )
+        })
+        .chain([(LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string())])
+        .collect();
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn host_path(name: &str, path: &str) -> Volume {
+    Volume {
+        name: name.to_string(),
+        host_path: Some(HostPathVolumeSource {
+            path: path.to_string(),
+            type_: Some("Directory".to_string()),
+        }),
+        ..Default::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.to_string(),
+        mount_path: path.to_string(),
+        read_only: Some(read_only),
+        ..Default::default()
+    }
+}
+
+fn quantity(s: &str) -> Quantity {
+    Quantity(s.to_string())
+}
+
+/// The capabilities the agent needs: load eBPF (BPF, PERFMON), attach TC programs (NET_ADMIN),
+/// read other processes' cgroups and namespaces (SYS_ADMIN).
+pub const CAPABILITIES: [&str; 4] = ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN"];
+
+/// The agent pod for one node.
+pub fn agent_pod(p: &AgentPodParams) -> Pod {
+    let secs = |d: Duration| d.as_secs().max(1);
+    let env = vec![
+        EnvVar {
+            name: "NODE_NAME".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "spec.nodeName".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        EnvVar {
+            name: "ORB8_AGENT_TOKEN".into(),
+            value: Some(p.token.clone()),
+            ..Default::default()
+        },
+        EnvVar {
+            name: "RUST_LOG".into(),
+            value: Some("warn".into()),
+            ..Default::default()
+        },
+    ];
+    let security = if p.privileged {
+        SecurityContext {
+            privileged: Some(true),
+            read_only_root_filesystem: Some(true),
+            ..Default::default()
+        }
+    } else {
+        SecurityContext {
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                add: Some(CAPABILITIES.iter().map(|c| c.to_string()).collect()),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            read_only_root_filesystem: Some(true),
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            ..Default::default()
+        }
+    };
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(p.image.clone()),
+        image_pull_policy: p.pull_policy.clone(),
+        command: Some(vec![AGENT_PATH.into()]),
+        args: Some(vec![
+            "serve".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", p.port),
+            "--idle-timeout".into(),
+            format!("{}s", secs(p.idle_timeout)),
+        ]),
+        env: Some(env),
+        security_context: Some(security),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), quantity("50m")),
+                ("memory".to_string(), quantity("64Mi")),
+            ])),
+            limits: Some(BTreeMap::from([
+                ("cpu".to_string(), quantity("500m")),
+                ("memory".to_string(), quantity("256Mi")),
+            ])),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            mount("bpffs", "/sys/fs/bpf", false),
+            mount("cgroup", "/sys/fs/cgroup", true),
+            mount("host-proc", "/host/proc", true),
+        ]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    };
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(p.name.clone()),
+            namespace: Some(p.namespace.clone()),
+            labels: Some(labels(&p.session)),
+            annotations: Some(BTreeMap::from([(
+                ANNOTATION_NODE.to_string(),
+                p.node.clone(),
+            )])),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some(p.node.clone()),
+            host_network: Some(true),
+            host_pid: Some(true),
+            dns_policy: Some("ClusterFirstWithHostNet".into()),
+            restart_policy: Some("Never".into()),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            active_deadline_seconds: Some(secs(p.deadline) as i64),
+            termination_grace_period_seconds: Some(5),
+            tolerations: Some(vec![Toleration {
+                operator: Some("Exists".into()),
+                ..Default::default()
+            }]),
+            containers: vec![container],
+            volumes: Some(vec![
+                host_path("bpffs", "/sys/fs/bpf"),
+                host_path("cgroup", "/sys/fs/cgroup"),
+                host_path("host-proc", "/proc"),
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> AgentPodParams {
+        AgentPodParams {
+            session: "a1b2c3d4".into(),
+            node: "worker-1".into(),
+            name: pod_name("a1b2c3d4", 0),
+            namespace: DEFAULT_NAMESPACE.into(),
+            image: "example.test/orb8-agent:v1".into(),
+            pull_policy: Some("IfNotPresent".into()),
+            port: 47001,
+            token: "0123456789abcdef0123456789abcdef".into(),
+            idle_timeout: Duration::from_secs(60),
+            deadline: Duration::from_secs(600),
+            privileged: false,
+        }
+    }
+
+    #[test]
+    fn pod_follows_the_contract() {
+        let pod = agent_pod(&params());
+        let v = serde_json::to_value(&pod).unwrap();
+        assert_eq!(v["metadata"]["name"], "orb8-agent-a1b2c3d4-0");
+        assert_eq!(v["metadata"]["namespace"], "orb8-system");
+        assert_eq!(
+            v["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "kubectl-orb8"
+        );
+        assert_eq!(
+            v["metadata"]["labels"]["app.kubernetes.io/name"],
+            "orb8-agent"
+        );
+        assert_eq!(v["metadata"]["labels"]["orb8.dev/session"], "a1b2c3d4");
+        let spec = &v["spec"];
+        assert_eq!(spec["nodeName"], "worker-1");
+        assert_eq!(spec["hostNetwork"], true);
+        assert_eq!(spec["hostPID"], true);
+        assert_eq!(spec["automountServiceAccountToken"], false);
+        assert_eq!(spec["activeDeadlineSeconds"], 600);
+        assert_eq!(spec["restartPolicy"], "Never");
+        assert_eq!(
+            spec["tolerations"],
+            serde_json::json!([{"operator": "Exists"}])
+        );
+        let c = &spec["containers"][0];
+        assert_eq!(c["image"], "example.test/orb8-agent:v1");
+        assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(
+            c["args"],
+            serde_json::json!([
+                "serve",
+                "--listen",
+                "127.0.0.1:47001",
+                "--idle-timeout",
+                "60s"
+            ])
+        );
+        let sc = &c["securityContext"];
+        assert_eq!(sc["privileged"], false);
+        assert_eq!(sc["readOnlyRootFilesystem"], true);
+        assert_eq!(
+            sc["capabilities"]["add"],
+            serde_json::json!(["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN"])
+        );
+        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        let mounts: Vec<(&str, bool)> = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["mountPath"].as_str().unwrap(),
+                    m["readOnly"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            mounts,
+            vec![
+                ("/sys/fs/bpf", false),
+                ("/sys/fs/cgroup", true),
+                ("/host/proc", true)
+            ]
+        );
+        assert_eq!(c["resources"]["limits"]["memory"], "256Mi");
+        let env: Vec<&str> = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(env, vec!["NODE_NAME", "ORB8_AGENT_TOKEN", "RUST_LOG"]);
+        assert_eq!(
+            c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+            "spec.nodeName"
+        );
+    }
+
+    #[test]
+    fn privileged_when_asked() {
+        let mut p = params();
+        p.privileged = true;
+        let v = serde_json::to_value(agent_pod(&p)).unwrap();
+        let sc = &v["spec"]["containers"][0]["securityContext"];
+        assert_eq!(sc["privileged"], true);
+        assert!(sc.get("capabilities").is_none());
+    }
+
+    #[test]
+    fn namespace_admits_privileged_pods() {
+        let v = serde_json::to_value(agent_namespace("orb8-system")).unwrap();
+        assert_eq!(
+            v["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+            "privileged"
+        );
+        assert_eq!(
+            v["metadata"]["labels"]["pod-security.kubernetes.io/warn"],
+            "privileged"
+        );
+    }
+}

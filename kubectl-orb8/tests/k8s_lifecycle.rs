@@ -1,0 +1,406 @@
+//! Agent pod lifecycle with kube's real `Client` over a `tower_test` mock that checks every
+//! request: the exact pod spec sent, the watch until Running, and a DELETE on every exit path
+//! (success, each failure kind, timeout, cancellation).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
+use kube::Client;
+use kube::client::Body;
+use kubectl_orb8::k8s::ephemeral::{self, AgentPods, EphemeralConfig, RunningAgent};
+use kubectl_orb8::k8s::lifecycle::StartFailure;
+use serde_json::{Value, json};
+use tower_test::mock;
+
+/// One request as the mock API server saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: Method,
+    path: String,
+    query: String,
+    body: Option<Value>,
+}
+
+type Script = Box<dyn FnMut(&Seen) -> (StatusCode, String) + Send>;
+
+/// Serves kube's requests with `script` until the client is dropped; returns what it saw.
+fn api_server(script: Script) -> (Client, Arc<Mutex<Vec<Seen>>>) {
+    let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let mut script = script;
+    tokio::spawn(async move {
+        while let Some((req, send)) = handle.next_request().await {
+            let (parts, body) = req.into_parts();
+            let bytes = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let s = Seen {
+                method: parts.method.clone(),
+                path: parts.uri.path().to_string(),
+                query: parts.uri.query().unwrap_or_default().to_string(),
+                body: serde_json::from_slice(&bytes).ok(),
+            };
+            let (status, text) = script(&s);
+            log.lock().unwrap().push(s);
+            send.send_response(
+                Response::builder()
+                    .status(status)
+                    .body(Body::from(text.into_bytes()))
+                    .unwrap(),
+            );
+        }
+    });
+    (Client::new(svc, "default"), seen)
+}
+
+const NS: &str = "orb8-system";
+const POD_PATH: &str = "/api/v1/namespaces/orb8-system/pods";
+
+fn not_found(what: &str) -> (StatusCode, String) {
+    (
+        StatusCode::NOT_FOUND,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": format!("{what} not found"),
+               "reason": "NotFound", "code": 404})
+        .to_string(),
+    )
+}
+
+fn pod_json(status: Value, rv: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "orb8-agent-s1-0", "namespace": NS, "resourceVersion": rv},
+           "spec": {"nodeName": "node-a", "containers": [{"name": "agent", "image": "example.test/orb8-agent:v1"}]},
+           "status": status})
+}
+
+fn watch_events(statuses: &[Value]) -> String {
+    statuses
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            json!({"type": "MODIFIED", "object": pod_json(s.clone(), &format!("{}", 10 + i))})
+                .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+fn running() -> Value {
+    json!({"phase": "Running", "containerStatuses": [{"name": "agent", "image": "example.test/orb8-agent:v1",
+        "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {"startedAt": "2026-11-28T10:00:00Z"}}}]})
+}
+
+fn config(timeout: Duration) -> EphemeralConfig {
+    EphemeralConfig {
+        namespace: NS.into(),
+        image: "example.test/orb8-agent:v1".into(),
+        pull_policy: None,
+        timeout,
+        idle_timeout: Duration::from_secs(60),
+        deadline: Duration::from_secs(900),
+        privileged: false,
+    }
+}
+
+/// A script for one pod: the namespace exists, the pod is created, its watch reports `watch`
+/// (again on every re-watch), and DELETE / GET-after-delete succeed / 404.
+fn one_pod(watch: Vec<Value>) -> Script {
+    let mut deleted = false;
+    Box::new(move |s: &Seen| match (s.method.clone(), s.path.as_str()) {
+        (Method::GET, "/api/v1/namespaces/orb8-system") => (
+            StatusCode::OK,
+            json!({"metadata": {"name": NS}}).to_string(),
+        ),
+        (Method::POST, POD_PATH) => (
+            StatusCode::CREATED,
+            pod_json(json!({"phase": "Pending"}), "1").to_string(),
+        ),
+        (Method::GET, POD_PATH) if s.query.contains("watch=true") => {
+            (StatusCode::OK, watch_events(&watch))
+        }
+        (Method::DELETE, p) if p == format!("{POD_PATH}/orb8-agent-s1-0") => {
+            deleted = true;
+            (
+                StatusCode::OK,
+                pod_json(json!({"phase": "Running"}), "99").to_string(),
+            )
+        }
+        (Method::GET, p) if p == format!("{POD_PATH}/orb8-agent-s1-0") && deleted => {
+            not_found("pod")
+        }
+        _ => panic!("unexpected request {s:?}"),
+    })
+}
+
+async fn run(
+    client: &Client,
+    cfg: &EphemeralConfig,
+) -> (AgentPods, Vec<Result<RunningAgent, (String, StartFailure)>>) {
+    kubectl_orb8::k8s::lifecycle::ensure_namespace(client, NS)
+        .await
+        .unwrap();
+    let pods = AgentPods::new(client, NS);
+    let result = ephemeral::start(
+        &pods,
+        cfg,
+        "s1",
+        "tok-0123456789abcdef",
+        21000,
+        &["node-a".to_string()],
+        &|_, _| {},
+    )
+    .await;
+    (pods, result)
+}
+
+fn methods(seen: &Arc<Mutex<Vec<Seen>>>) -> Vec<(Method, String)> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|s| (s.method.clone(), s.path.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn runs_then_deletes_with_the_contracted_pod_spec() {
+    let (client, seen) = api_server(one_pod(vec![json!({"phase": "Pending"}), running()]));
+    let (pods, result) = run(&client, &config(Duration::from_secs(10))).await;
+    assert_eq!(
+        result,
+        vec![Ok(RunningAgent {
+            node: "node-a".into(),
+            pod: "orb8-agent-s1-0".into(),
+            port: 21000
+        })]
+    );
+    assert!(pods.delete_all(Duration::from_secs(5)).await.is_empty());
+
+    let log = seen.lock().unwrap().clone();
+    let post = log.iter().find(|s| s.method == Method::POST).unwrap();
+    let body = post.body.as_ref().unwrap();
+    assert_eq!(body["spec"]["nodeName"], "node-a");
+    assert_eq!(body["spec"]["hostNetwork"], true);
+    assert_eq!(body["spec"]["hostPID"], true);
+    assert_eq!(body["spec"]["automountServiceAccountToken"], false);
+    assert_eq!(body["spec"]["activeDeadlineSeconds"], 900);
+    assert_eq!(body["spec"]["tolerations"], json!([{"operator": "Exists"}]));
+    assert_eq!(
+        body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "kubectl-orb8"
+    );
+    assert_eq!(body["metadata"]["labels"]["orb8.dev/session"], "s1");
+    let c = &body["spec"]["containers"][0];
+    assert_eq!(
+        c["securityContext"]["capabilities"]["add"],
+        json!(["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN"])
+    );
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        c["args"],
+        json!([
+            "serve",
+            "--listen",
+            "127.0.0.1:21000",
+            "--idle-timeout",
+            "60s"
+        ])
+    );
+    let mounts: Vec<&str> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert_eq!(mounts, vec!["/sys/fs/bpf", "/sys/fs/cgroup", "/host/proc"]);
+    let env = c["env"].as_array().unwrap();
+    assert_eq!(
+        env[1],
+        json!({"name": "ORB8_AGENT_TOKEN", "value": "tok-0123456789abcdef"})
+    );
+
+    let watch = log.iter().find(|s| s.query.contains("watch=true")).unwrap();
+    assert!(
+        watch
+            .query
+            .contains("fieldSelector=metadata.name%3Dorb8-agent-s1-0"),
+        "{}",
+        watch.query
+    );
+    assert!(
+        watch.query.contains("resourceVersion=1"),
+        "watches from the created version: {}",
+        watch.query
+    );
+    assert_eq!(
+        methods(&seen),
+        vec![
+            (Method::GET, "/api/v1/namespaces/orb8-system".to_string()),
+            (Method::POST, POD_PATH.to_string()),
+            (Method::GET, POD_PATH.to_string()),
+            (Method::DELETE, format!("{POD_PATH}/orb8-agent-s1-0")),
+            (Method::GET, format!("{POD_PATH}/orb8-agent-s1-0")),
+        ]
+    );
+}
+
+fn waiting(reason: &str, message: &str) -> Value {
+    json!({"phase": "Pending", "containerStatuses": [{"name": "agent", "image": "example.test/orb8-agent:v1",
+        "imageID": "", "ready": false, "restartCount": 0, "state": {"waiting": {"reason": reason, "message": message}}}]})
+}
+
+async fn failure_then_delete(status: Value) -> StartFailure {
+    let (client, seen) = api_server(one_pod(vec![status]));
+    let (pods, mut result) = run(&client, &config(Duration::from_secs(10))).await;
+    assert!(pods.delete_all(Duration::from_secs(5)).await.is_empty());
+    assert!(
+        methods(&seen).contains(&(Method::DELETE, format!("{POD_PATH}/orb8-agent-s1-0"))),
+        "a failed pod is deleted"
+    );
+    let (node, f) = result.remove(0).unwrap_err();
+    assert_eq!(node, "node-a");
+    f
+}
+
+#[tokio::test]
+async fn image_pull_failure_names_the_image_and_deletes() {
+    let f = failure_then_delete(waiting(
+        "ImagePullBackOff",
+        "Back-off pulling image \"example.test/orb8-agent:v1\"",
+    ))
+    .await;
+    assert_eq!(
+        f.to_string(),
+        "cannot pull image example.test/orb8-agent:v1: ImagePullBackOff: Back-off pulling image \"example.test/orb8-agent:v1\""
+    );
+}
+
+#[tokio::test]
+async fn unschedulable_gives_the_schedulers_reason_and_deletes() {
+    let f = failure_then_delete(
+        json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+        "reason": "Unschedulable", "message": "0/1 nodes are available: 1 Insufficient memory."}]}),
+    )
+    .await;
+    assert_eq!(
+        f.to_string(),
+        "unschedulable: 0/1 nodes are available: 1 Insufficient memory."
+    );
+}
+
+#[tokio::test]
+async fn failed_agent_reports_its_message_and_deletes() {
+    let f = failure_then_delete(json!({"phase": "Failed", "containerStatuses": [{"name": "agent", "image": "i",
+        "imageID": "", "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 1, "reason": "Error",
+        "message": "orb8-agent: loading the eBPF object: Operation not permitted"}}}]}))
+    .await;
+    assert_eq!(
+        f.to_string(),
+        "agent failed: orb8-agent: loading the eBPF object: Operation not permitted"
+    );
+}
+
+#[tokio::test]
+async fn pending_forever_times_out_saying_what_it_waited_for_and_deletes() {
+    let (client, seen) = api_server(one_pod(vec![json!({"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "True"}]})]));
+    let (pods, mut result) = run(&client, &config(Duration::from_millis(800))).await;
+    let (_, f) = result.remove(0).unwrap_err();
+    assert_eq!(
+        f.to_string(),
+        "timed out after 800ms waiting for the image to be pulled and the container created"
+    );
+    assert!(
+        matches!(f, StartFailure::Timeout { after, .. } if after == Duration::from_millis(800))
+    );
+    assert!(pods.delete_all(Duration::from_secs(5)).await.is_empty());
+    assert!(methods(&seen).contains(&(Method::DELETE, format!("{POD_PATH}/orb8-agent-s1-0"))));
+}
+
+#[tokio::test]
+async fn cancelled_start_still_deletes_the_pod() {
+    let (client, seen) = api_server(one_pod(vec![json!({"phase": "Pending"})]));
+    kubectl_orb8::k8s::lifecycle::ensure_namespace(&client, NS)
+        .await
+        .unwrap();
+    let pods = AgentPods::new(&client, NS);
+    let cfg = config(Duration::from_secs(60));
+    let nodes = ["node-a".to_string()];
+    // Ctrl-C: the start future is dropped while the pod is pending.
+    let start = ephemeral::start(
+        &pods,
+        &cfg,
+        "s1",
+        "tok-0123456789abcdef",
+        21000,
+        &nodes,
+        &|_, _| {},
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), start)
+            .await
+            .is_err()
+    );
+    assert_eq!(pods.names(), vec!["orb8-agent-s1-0"]);
+    assert!(pods.delete_all(Duration::from_secs(5)).await.is_empty());
+    assert_eq!(
+        methods(&seen).last(),
+        Some(&(Method::GET, format!("{POD_PATH}/orb8-agent-s1-0")))
+    );
+    assert!(methods(&seen).contains(&(Method::DELETE, format!("{POD_PATH}/orb8-agent-s1-0"))));
+}
+
+#[tokio::test]
+async fn missing_namespace_is_created_privileged() {
+    let (client, seen) = api_server(Box::new(|s: &Seen| {
+        match (s.method.clone(), s.path.as_str()) {
+            (Method::GET, "/api/v1/namespaces/orb8-system") => not_found("namespace"),
+            (Method::POST, "/api/v1/namespaces") => {
+                (StatusCode::CREATED, s.body.clone().unwrap().to_string())
+            }
+            _ => panic!("unexpected {s:?}"),
+        }
+    }));
+    kubectl_orb8::k8s::lifecycle::ensure_namespace(&client, NS)
+        .await
+        .unwrap();
+    let log = seen.lock().unwrap().clone();
+    let ns = log[1].body.as_ref().unwrap();
+    assert_eq!(ns["metadata"]["name"], NS);
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+}
+
+#[tokio::test]
+async fn forbidden_create_says_which_rbac_is_missing() {
+    let (client, _) = api_server(Box::new(|s: &Seen| {
+        match (s.method.clone(), s.path.as_str()) {
+        (Method::GET, "/api/v1/namespaces/orb8-system") => (StatusCode::OK, json!({"metadata": {"name": NS}}).to_string()),
+        (Method::POST, POD_PATH) => (
+            StatusCode::FORBIDDEN,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+                   "message": "pods is forbidden: User \"dev\" cannot create resource \"pods\" in the namespace \"orb8-system\""})
+            .to_string(),
+        ),
+        (Method::DELETE, _) => not_found("pod"),
+        _ => panic!("unexpected {s:?}"),
+    }
+    }));
+    let (pods, mut result) = run(&client, &config(Duration::from_secs(5))).await;
+    let (_, f) = result.remove(0).unwrap_err();
+    assert!(
+        f.to_string()
+            .starts_with("creating the agent pod: forbidden (pods is forbidden: User \"dev\""),
+        "{f}"
+    );
+    assert!(
+        f.to_string()
+            .ends_with("see manifests/clusterrole.yaml for the RBAC orb8 needs")
+    );
+    assert!(pods.delete_all(Duration::from_secs(1)).await.is_empty());
+}
