@@ -39,7 +39,7 @@ fn parse_agent(input: &str) -> Result<AgentAddr, String> {
 }
 
 /// Repeatable global flags whose every occurrence counts, wherever it is written.
-const REPEATABLE_GLOBALS: [&str; 2] = ["--agent", "--local-arg"];
+const REPEATABLE_GLOBALS: [&str; 3] = ["--agent", "--local-arg", "--node"];
 
 /// Moves every `--agent`/`--local-arg` (and its value) before the subcommand, so that
 /// `--agent A flows --agent B` means both agents: clap keeps only the last level's values of a
@@ -131,6 +131,60 @@ pub struct GlobalArgs {
     /// How long to wait for each agent to answer when connecting.
     #[arg(long, value_name = "DURATION", global = true, default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+
+    /// Cluster mode (the default when neither --local nor --agent is given).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// How `kubectl orb8` reaches the cluster and starts agents there, kubectl style.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Cluster options")]
+pub struct ClusterArgs {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster).
+    #[arg(long, value_name = "PATH", global = true)]
+    pub kubeconfig: Option<std::path::PathBuf>,
+
+    /// The kubeconfig context to use.
+    #[arg(long, value_name = "NAME", global = true)]
+    pub context: Option<String>,
+
+    /// Namespace of the pods to observe (default: the context's).
+    #[arg(short = 'n', long, value_name = "NS", global = true)]
+    pub namespace: Option<String>,
+
+    /// Observe every namespace: agents on every node.
+    #[arg(short = 'A', long, global = true, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+
+    /// Only pods matching this label selector (e.g. app=checkout).
+    #[arg(short = 'l', long, value_name = "SELECTOR", global = true)]
+    pub selector: Option<String>,
+
+    /// Run agents on this node, whatever runs there (repeatable).
+    #[arg(long = "node", value_name = "NAME", global = true)]
+    pub nodes: Vec<String>,
+
+    /// Namespace for the agent pods (created if missing, labelled for privileged pods).
+    #[arg(long, value_name = "NS", global = true, default_value = crate::k8s::pod_spec::DEFAULT_NAMESPACE)]
+    pub agent_namespace: String,
+
+    /// Agent image (default: the published orb8-agent image of this client's version).
+    #[arg(long, value_name = "IMAGE", global = true)]
+    pub image: Option<String>,
+
+    /// Image pull policy of the agent pods.
+    #[arg(long, value_name = "POLICY", global = true, value_parser = ["Always", "IfNotPresent", "Never"])]
+    pub image_pull_policy: Option<String>,
+
+    /// How long agent pods may take to start.
+    #[arg(long, value_name = "DURATION", global = true, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Run agent pods privileged (kernels without CAP_BPF, before 5.8) instead of with listed
+    /// capabilities.
+    #[arg(long, global = true)]
+    pub privileged: bool,
 }
 
 /// The verbs.
@@ -145,6 +199,16 @@ pub enum Command {
     Trace(TraceCommand),
     /// Print the client's version and protocol, and each reachable agent's.
     Version,
+    /// List and delete agent pods a killed session left behind (found by label).
+    Cleanup(CleanupArgs),
+}
+
+/// `cleanup` flags.
+#[derive(Debug, Clone, Args)]
+pub struct CleanupArgs {
+    /// Only list what would be deleted.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// What `trace` can follow.

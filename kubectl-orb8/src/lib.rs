@@ -62,6 +62,16 @@ pub fn main() -> ExitCode {
 /// Runs a parsed command line against its agents, stopping a local agent on every path.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let interrupt = Interrupt::install();
+    if let Command::Cleanup(args) = &cli.command {
+        let (client, _) = k8s::client::connect(&cli.global.cluster).await?;
+        let mut out = BufWriter::new(io::stdout().lock());
+        tokio::select! {
+            r = commands::cleanup::run(&client, args.dry_run, cli.global.output, &mut out) => r?,
+            () = interrupt.wait() => return Err(Interrupted.into()),
+        }
+        out.flush()?;
+        return Ok(());
+    }
     let require_agents = !matches!(cli.command, Command::Version);
     let session = tokio::select! {
         session = Session::open(&cli.global, require_agents) => session?,
@@ -90,6 +100,7 @@ async fn run_command(cli: &Cli, session: &Session, interrupt: &Interrupt) -> any
             commands::trace::network(session, args, format, interrupt, &mut out).await?;
         }
         Command::Version => commands::version::run(session, format, &mut out)?,
+        Command::Cleanup(_) => anyhow::bail!("cleanup does not use agents"),
     }
     out.flush()?;
     Ok(())

@@ -1,6 +1,7 @@
 //! One file per verb. Each takes the open [`Session`](crate::session::Session), its flags and
 //! where to write, and returns when done.
 
+pub mod cleanup;
 pub mod flows;
 pub mod status;
 pub mod trace;

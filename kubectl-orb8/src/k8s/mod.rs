@@ -4,3 +4,4 @@ pub mod ephemeral;
 pub mod lifecycle;
 pub mod pod_spec;
 pub mod target;
+pub mod client;
