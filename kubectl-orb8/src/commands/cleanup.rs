@@ -11,7 +11,12 @@ use crate::k8s::lifecycle::{self, Leftover};
 use crate::render::OutputFormat;
 
 /// Lists leftover agent pods in every namespace and, unless `dry_run`, deletes them.
-pub async fn run(client: &Client, dry_run: bool, format: OutputFormat, out: &mut impl Write) -> anyhow::Result<()> {
+pub async fn run(
+    client: &Client,
+    dry_run: bool,
+    format: OutputFormat,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     let leftovers = lifecycle::list_leftovers(client)
         .await
         .map_err(|e| anyhow::anyhow!(lifecycle::api_error("listing agent pods", &e)))?;
@@ -20,7 +25,12 @@ pub async fn run(client: &Client, dry_run: bool, format: OutputFormat, out: &mut
         for l in &leftovers {
             let api: Api<Pod> = Api::namespaced(client.clone(), &l.namespace);
             if let Err(e) = lifecycle::delete_pod(&api, &l.name, Duration::from_secs(10)).await {
-                failed.push(format!("{}/{}: {}", l.namespace, l.name, lifecycle::api_error("deleting", &e)));
+                failed.push(format!(
+                    "{}/{}: {}",
+                    l.namespace,
+                    l.name,
+                    lifecycle::api_error("deleting", &e)
+                ));
             }
         }
     }
@@ -31,7 +41,12 @@ pub async fn run(client: &Client, dry_run: bool, format: OutputFormat, out: &mut
     Ok(())
 }
 
-fn render(leftovers: &[Leftover], dry_run: bool, format: OutputFormat, out: &mut impl Write) -> anyhow::Result<()> {
+fn render(
+    leftovers: &[Leftover],
+    dry_run: bool,
+    format: OutputFormat,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     let action = if dry_run { "would delete" } else { "deleted" };
     match format {
         OutputFormat::Json | OutputFormat::Yaml => {
@@ -54,7 +69,11 @@ fn render(leftovers: &[Leftover], dry_run: bool, format: OutputFormat, out: &mut
                 writeln!(out, "no orb8 agent pods found")?;
             }
             for l in leftovers {
-                writeln!(out, "{action} {}/{} (node {}, session {}, {})", l.namespace, l.name, l.node, l.session, l.phase)?;
+                writeln!(
+                    out,
+                    "{action} {}/{} (node {}, session {}, {})",
+                    l.namespace, l.name, l.node, l.session, l.phase
+                )?;
             }
         }
     }

@@ -26,7 +26,10 @@ pub async fn connect(args: &ClusterArgs) -> anyhow::Result<(Client, String)> {
             .await
             .context("no cluster configured: no kubeconfig ($KUBECONFIG, ~/.kube/config) and not running in a cluster; use --kubeconfig, or --local / --agent")?,
     };
-    let namespace = args.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
     let client = Client::try_from(config).context("creating the Kubernetes client")?;
     Ok((client, namespace))
 }
