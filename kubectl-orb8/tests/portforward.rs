@@ -353,3 +353,134 @@ async fn the_channel_alone_carries_grpc() {
         .expect("checked");
     assert_eq!(agent.node(), "node-c");
 }
+
+/// The `orb8-agent` binary of this build (`target/<profile>/orb8-agent`), if it was built.
+#[cfg(unix)]
+fn built_agent_binary() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("orb8-agent");
+    path.exists().then_some(path)
+}
+
+/// As root: a real `orb8-agent serve` on this host's loopback, reached only through the fake
+/// API server's port-forward; UDP sent on 127.0.0.1 to a port nobody else uses is counted
+/// exactly (each datagram twice on lo: egress and ingress; 100 B payload = 128 B at L3).
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_real_agent_through_the_port_forward() {
+    use kubectl_orb8::local::LocalAgent;
+    use orb8_proto::Direction;
+
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED privileged_real_agent_through_the_port_forward: needs root");
+        return;
+    }
+    let Some(binary) = built_agent_binary() else {
+        eprintln!(
+            "SKIPPED privileged_real_agent_through_the_port_forward: orb8-agent is not built \
+             next to this test; run `cargo build -p orb8-agent` (or `cargo test --workspace`)"
+        );
+        return;
+    };
+    let agent = LocalAgent::start(&binary, &["-i".into(), "lo".into()])
+        .await
+        .expect("orb8-agent serve starts");
+    let listening: std::net::SocketAddr = agent.ready.listening.parse().expect("a TCP address");
+    assert!(listening.ip().is_loopback(), "{listening}");
+
+    let api = FakeApiServer::start().await;
+    api.add_pod(NS, "orb8-agent-local");
+    let target = PodPort::new(NS, "orb8-agent-local", listening.port());
+    let remote = connect_agent(api.client(), target.clone(), Some(&agent.token), TIMEOUT)
+        .await
+        .expect("the real agent answers through the port-forward");
+    assert_eq!(remote.node(), agent.ready.node);
+    let status = remote.get_status().await.expect("GetStatus");
+    assert_eq!(status.protocol_version, PROTOCOL_VERSION);
+    assert_eq!(status.attach_mode, agent.ready.attach_mode);
+    assert!(
+        status.interfaces.iter().any(|i| i.name == "lo"),
+        "{:?}",
+        status.interfaces
+    );
+
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind receiver");
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let port = receiver.local_addr().expect("addr").port();
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+    let src_port = sender.local_addr().expect("addr").port();
+    for _ in 0..10 {
+        sender
+            .send_to(&[0x5a; 100], ("127.0.0.1", port))
+            .expect("send");
+    }
+    let mut buf = [0u8; 200];
+    for i in 0..10 {
+        let (n, _) = receiver
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("datagram {i}: {e}"));
+        assert_eq!(n, 100);
+    }
+
+    let request = QueryFlowsRequest {
+        filter: Some(FlowFilter {
+            ports: vec![u32::from(port)],
+            protocols: vec![17],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut flows = loop {
+        let flows = remote
+            .query_flows(request.clone())
+            .await
+            .expect("QueryFlows")
+            .flows;
+        if flows.len() == 2 && flows.iter().all(|f| f.packets == 10) || Instant::now() > deadline {
+            break flows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    flows.sort_by_key(|f| f.direction);
+    let seen: Vec<_> = flows
+        .iter()
+        .map(|f| {
+            (
+                f.interface.as_str(),
+                f.direction(),
+                f.src_port,
+                f.dst_port,
+                f.packets,
+                f.bytes,
+            )
+        })
+        .collect();
+    let (sp, dp) = (u32::from(src_port), u32::from(port));
+    let mut want = vec![
+        ("lo", Direction::Ingress, sp, dp, 10, 1280),
+        ("lo", Direction::Egress, sp, dp, 10, 1280),
+    ];
+    want.sort_by_key(|w| w.1 as i32);
+    assert_eq!(seen, want);
+    assert!(
+        flows
+            .iter()
+            .all(|f| f.src_addr == [127, 0, 0, 1] && f.dst_addr == [127, 0, 0, 1]),
+        "{flows:?}"
+    );
+    assert_eq!(
+        api.requests(),
+        vec![FakeApiServer::port_forward_request(
+            NS,
+            "orb8-agent-local",
+            listening.port()
+        )]
+    );
+
+    drop(remote);
+    agent.stop().await;
+}
