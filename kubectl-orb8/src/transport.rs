@@ -36,6 +36,16 @@ pub enum AgentAddr {
     },
     /// A unix domain socket path.
     Unix(PathBuf),
+    /// A port inside a pod, reached through the API server's port-forward
+    /// ([`crate::k8s::portforward`]); never parsed from `--agent`.
+    PortForward {
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's name.
+        pod: String,
+        /// The port inside the pod.
+        port: u16,
+    },
 }
 
 impl FromStr for AgentAddr {
@@ -88,6 +98,11 @@ impl fmt::Display for AgentAddr {
             AgentAddr::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
             AgentAddr::Tcp { host, port } => write!(f, "{host}:{port}"),
             AgentAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            AgentAddr::PortForward {
+                namespace,
+                pod,
+                port,
+            } => write!(f, "pod/{namespace}/{pod}:{port}"),
         }
     }
 }
@@ -173,6 +188,9 @@ pub enum AgentError {
         /// The address tried.
         addr: String,
     },
+    /// The port-forward to an agent pod failed.
+    #[error(transparent)]
+    PortForward(#[from] crate::k8s::portforward::PortForwardError),
     /// A call failed for another reason.
     #[error("agent {addr}: {rpc} failed: {reason}")]
     Rpc {
@@ -187,7 +205,12 @@ pub enum AgentError {
 
 impl AgentError {
     /// Classifies a failed call to the agent at `addr`.
+    /// A port-forward's own failure (the node's message, a deleted pod) wins over tonic's
+    /// summary of it.
     pub fn from_status(addr: &AgentAddr, rpc: &'static str, status: &Status) -> Self {
+        if let Some(failure) = crate::k8s::portforward::find_port_forward_error(status) {
+            return AgentError::PortForward(failure);
+        }
         let addr = addr.to_string();
         match status.code() {
             Code::Unauthenticated => AgentError::Unauthenticated { addr },
@@ -273,6 +296,9 @@ pub async fn connect_channel(addr: &AgentAddr, timeout: Duration) -> Result<Chan
                 .await
                 .map_err(|e| unreachable(root_cause(&e))),
             AgentAddr::Unix(path) => connect_unix(addr, path.clone(), timeout).await,
+            AgentAddr::PortForward { .. } => Err(unreachable(
+                "a pod port is reached through the Kubernetes API (k8s::portforward)".to_string(),
+            )),
         }
     };
     tokio::time::timeout(timeout, connecting)
@@ -326,8 +352,12 @@ pub async fn connect(
 ) -> Result<AgentClient, AgentError> {
     let interceptor = TokenInterceptor::new(token)?;
     let channel = connect_channel(addr, timeout).await?;
-    Ok(AgentServiceClient::with_interceptor(channel, interceptor)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES))
+    Ok(client_over(channel, interceptor))
+}
+
+fn client_over(channel: Channel, interceptor: TokenInterceptor) -> AgentClient {
+    AgentServiceClient::with_interceptor(channel, interceptor)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 async fn within<T>(
@@ -367,6 +397,26 @@ impl Agent {
         timeout: Duration,
     ) -> Result<Agent, AgentError> {
         let client = connect(&addr, token, timeout).await?;
+        Self::checked(addr, client, timeout).await
+    }
+
+    /// Like [`Agent::connect`], over a channel opened elsewhere (a port-forward): sends
+    /// `token`, asks GetStatus and refuses a protocol mismatch. `timeout` bounds GetStatus.
+    pub async fn from_channel(
+        addr: AgentAddr,
+        channel: Channel,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Agent, AgentError> {
+        let client = client_over(channel, TokenInterceptor::new(token)?);
+        Self::checked(addr, client, timeout).await
+    }
+
+    async fn checked(
+        addr: AgentAddr,
+        client: AgentClient,
+        timeout: Duration,
+    ) -> Result<Agent, AgentError> {
         let status = within(
             &addr,
             "GetStatus",

@@ -1,7 +1,8 @@
 //! Cluster mode: which nodes, the agent pods on them, and reaching them.
 
+pub mod client;
 pub mod ephemeral;
 pub mod lifecycle;
 pub mod pod_spec;
+pub mod portforward;
 pub mod target;
-pub mod client;

@@ -6,6 +6,8 @@
     reason = "each test file uses a different part of the double"
 )]
 
+pub mod fake_apiserver;
+
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
