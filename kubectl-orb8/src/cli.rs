@@ -79,8 +79,9 @@ pub fn hoist_repeatable_globals(args: Vec<OsString>) -> Vec<OsString> {
     version,
     about = "eBPF network observability from orb8 agents",
     long_about = "eBPF network observability from orb8 agents.\n\n\
-        Reach agents with --agent ADDR (repeatable; their results are merged) or start one on \
-        this host with --local (needs root). Cluster mode is not available yet."
+        By default agents run as short-lived pods on the nodes of the selected pods (-n, -l, -A, \
+        --node) and are deleted when the command ends. --local starts one on this host instead \
+        (needs root); --agent ADDR (repeatable, merged) uses agents someone already runs."
 )]
 pub struct Cli {
     /// Flags every command takes.
@@ -132,7 +133,7 @@ pub struct GlobalArgs {
     #[arg(long, value_name = "DURATION", global = true, default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
-    /// Cluster mode (the default when neither --local nor --agent is given).
+    /// Cluster mode (used when neither --local nor --agent is given).
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }

@@ -73,10 +73,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let require_agents = !matches!(cli.command, Command::Version);
-    let session = tokio::select! {
-        session = Session::open(&cli.global, require_agents) => session?,
-        () = interrupt.wait() => return Err(Interrupted.into()),
-    };
+    let deadline = agent_deadline(&cli);
+    let session = Session::open(&cli.global, require_agents, deadline, &interrupt).await?;
     let result = run_command(&cli, &session, &interrupt).await;
     session.close().await;
     result
@@ -104,6 +102,21 @@ async fn run_command(cli: &Cli, session: &Session, interrupt: &Interrupt) -> any
     }
     out.flush()?;
     Ok(())
+}
+
+/// How long cluster agents may live for this command: its collection time plus start-up and a
+/// margin, or an hour for commands that run until Ctrl-C. The agents' idle watchdog ends them
+/// sooner when the client goes away.
+pub fn agent_deadline(cli: &Cli) -> std::time::Duration {
+    use std::time::Duration;
+    let margin = cli.global.cluster.timeout + Duration::from_secs(120);
+    match &cli.command {
+        Command::Flows(a) => a.duration + margin,
+        Command::Trace(TraceCommand::Network(a)) => {
+            a.duration.map_or(Duration::from_secs(3600), |d| d + margin)
+        }
+        _ => margin,
+    }
 }
 
 /// Whether an error is a write to a closed pipe (`kubectl orb8 flows | head`).

@@ -8,13 +8,11 @@ use anyhow::Context as _;
 use futures::future::join_all;
 
 use crate::cli::GlobalArgs;
+use crate::interrupt::Interrupt;
+use crate::k8s::ephemeral::AgentPods;
 use crate::local::{self, LocalAgent, LocalError};
 use crate::progress::Progress;
 use crate::transport::{Agent, AgentAddr};
-
-/// Printed when a command that needs agents got neither `--local` nor `--agent`.
-pub const NO_AGENTS: &str =
-    "no agents: use --local or --agent ADDR (cluster mode is not available yet)";
 
 /// Connected agents, each with a unique display name, and the local agent if one was started.
 #[derive(Debug, Default)]
@@ -24,6 +22,7 @@ pub struct Session {
     /// A unique name per agent (its node name, or `node@address` when names repeat).
     pub names: Vec<String>,
     local: Option<LocalAgent>,
+    cluster: Option<AgentPods>,
 }
 
 /// Names agents by node, adding the address where two report the same node.
@@ -45,20 +44,38 @@ pub fn unique_names(agents: &[(String, AgentAddr)]) -> Vec<String> {
 }
 
 impl Session {
-    /// Starts or reaches the agents the flags name. With `require_agents` false (`version`),
-    /// no agents is fine; otherwise it is an error.
-    pub async fn open(global: &GlobalArgs, require_agents: bool) -> anyhow::Result<Session> {
+    /// Starts or reaches the agents the flags name: `--local`, `--agent`, or else agent pods
+    /// in the cluster (living at most `deadline`). With `require_agents` false (`version`), no
+    /// agents is fine and no cluster is touched. Ctrl-C while opening cleans up what was
+    /// started and returns [`Interrupted`](crate::commands::Interrupted).
+    pub async fn open(
+        global: &GlobalArgs,
+        require_agents: bool,
+        deadline: Duration,
+        interrupt: &Interrupt,
+    ) -> anyhow::Result<Session> {
         if !global.local && !global.local_args.is_empty() {
             anyhow::bail!("--local-arg is only used with --local");
         }
+        if !global.local && global.agents.is_empty() {
+            if !require_agents {
+                return Ok(Session::default());
+            }
+            // Cluster mode handles Ctrl-C itself: its pods must be deleted, not dropped.
+            let c = crate::k8s::cluster::open(global, None, deadline, interrupt).await?;
+            let mut session = Session::new(c.agents, None);
+            session.cluster = Some(c.pods);
+            return Ok(session);
+        }
+        tokio::select! {
+            s = Self::open_direct_or_local(global) => s,
+            () = interrupt.wait() => Err(crate::commands::Interrupted.into()),
+        }
+    }
+
+    async fn open_direct_or_local(global: &GlobalArgs) -> anyhow::Result<Session> {
         if global.local {
             return Self::open_local(global).await;
-        }
-        if global.agents.is_empty() {
-            if require_agents {
-                anyhow::bail!(NO_AGENTS);
-            }
-            return Ok(Session::default());
         }
         let progress = Progress::spinner(format!(
             "connecting to {} agent{}",
@@ -113,6 +130,7 @@ impl Session {
             names: unique_names(&pairs),
             agents,
             local,
+            cluster: None,
         }
     }
 
@@ -121,10 +139,14 @@ impl Session {
         self.local.as_ref().and_then(LocalAgent::last_stderr_line)
     }
 
-    /// Stops the local agent, if one was started; direct agents are left running.
+    /// Stops the local agent or deletes the cluster's agent pods, whichever this session
+    /// started; direct agents are left running.
     pub async fn close(self) {
         if let Some(local) = self.local {
             local.stop().await;
+        }
+        if let Some(pods) = self.cluster {
+            crate::k8s::cluster::teardown(&pods).await;
         }
     }
 }

@@ -574,12 +574,14 @@ fn bad_flag_values_are_one_line_errors() {
 }
 
 #[test]
-fn without_agents_it_says_how_to_get_some() {
+fn without_agents_or_a_cluster_it_says_how_to_get_some() {
     for args in [&["status"][..], &["flows"], &["trace", "network"]] {
-        let line = assert_one_line_error(&run(args));
-        assert_eq!(
-            line,
-            "orb8: no agents: use --local or --agent ADDR (cluster mode is not available yet)"
+        let mut all = vec!["--kubeconfig", "/nonexistent/orb8-kubeconfig"];
+        all.extend_from_slice(args);
+        let line = assert_one_line_error(&run(&all));
+        assert!(
+            line.starts_with("orb8: reading kubeconfig /nonexistent/orb8-kubeconfig"),
+            "{line}"
         );
     }
     let line = assert_one_line_error(&run(&["--local-arg=--x", "status"]));

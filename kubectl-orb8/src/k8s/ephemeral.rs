@@ -51,6 +51,14 @@ pub struct AgentPods {
     names: Arc<Mutex<Vec<String>>>,
 }
 
+impl std::fmt::Debug for AgentPods {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentPods")
+            .field("names", &self.names())
+            .finish()
+    }
+}
+
 impl AgentPods {
     /// No pods yet, in `namespace`.
     pub fn new(client: &Client, namespace: &str) -> Self {

@@ -1,6 +1,7 @@
 //! Cluster mode: which nodes, the agent pods on them, and reaching them.
 
 pub mod client;
+pub mod cluster;
 pub mod ephemeral;
 pub mod lifecycle;
 pub mod pod_spec;
