@@ -387,3 +387,39 @@ fn privileged_readme_run_command_works() {
     let out = out.unwrap();
     assert!(out.contains("icmp") && out.contains("10.77.1.2"), "{out}");
 }
+
+#[test]
+fn privileged_serve_detaches_on_sigterm_and_refuses_wrong_tokens() {
+    require_root();
+    let token = "e2e-token-abcdef0123456789abcd";
+    let topo = Topology::new(1);
+    let iface = topo.pods[0].host_if.clone();
+    let mut agent = ServeAgent::start(&topo.node, "node-x", token);
+    wait_attached(&topo.node, &iface);
+    let out = Command::new(workspace_bin("kubectl-orb8"))
+        .args([
+            "--agent",
+            &format!("unix:{}", agent.socket),
+            "--token",
+            "not-the-session-token-at-all",
+            "status",
+        ])
+        .output()
+        .expect("running kubectl-orb8");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rejected the token"), "{err}");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
+    let status = agent.child.wait().expect("waiting for the agent");
+    assert!(status.success(), "SIGTERM is a clean exit: {status}");
+    assert_eq!(
+        tcx_programs(&topo.node, &iface),
+        Vec::<String>::new(),
+        "probes detached"
+    );
+    assert!(
+        !std::path::Path::new(&agent.socket).exists(),
+        "socket removed"
+    );
+}
