@@ -62,6 +62,72 @@ fn ip_bytes(a: IpAddr) -> Vec<u8> {
     }
 }
 
+/// Converts a finished syscall (stream mode) to the wire type.
+pub fn syscall_event(e: &orb8_common::sys::SysEvent, arch: orb8_syscalls::Arch) -> pb::SyscallEvent {
+    let comm_len = e.comm.iter().position(|b| *b == 0).unwrap_or(e.comm.len());
+    pb::SyscallEvent {
+        pid: (e.pid_tgid >> 32) as u32,
+        tid: e.pid_tgid as u32,
+        comm: String::from_utf8_lossy(&e.comm[..comm_len]).into_owned(),
+        nr: e.nr,
+        name: orb8_syscalls::display_name(arch, e.nr),
+        ret: e.ret,
+        errno: orb8_syscalls::errno_of(e.ret)
+            .map(orb8_syscalls::errno_name)
+            .unwrap_or_default(),
+        duration_ns: e.duration_ns,
+    }
+}
+
+/// Converts a trace's counts to the wire summary (syscalls by number).
+pub fn syscall_summary(
+    node: &str,
+    arch: orb8_syscalls::Arch,
+    s: &crate::syscalls::Summary,
+    slow_client: u64,
+) -> pb::SyscallSummary {
+    use orb8_common::sys::counter;
+    let t = &s.totals;
+    let syscalls = t
+        .stats
+        .iter()
+        .map(|(nr, st)| pb::SyscallStats {
+            nr: *nr,
+            name: orb8_syscalls::display_name(arch, *nr),
+            calls: st.calls,
+            errors: st.errors,
+            total_ns: st.total_ns,
+            errnos: t
+                .errnos
+                .range((*nr, 0)..=(*nr, u32::MAX))
+                .map(|((_, e), n)| (orb8_syscalls::errno_name(*e), *n))
+                .collect(),
+            histogram: st.hist.to_vec(),
+        })
+        .collect();
+    let c = |i: u32| t.counters[i as usize];
+    let drop = |stage: pb::DropStage, reason: &str, count: u64| pb::DropCounter {
+        stage: stage as i32,
+        reason: reason.to_string(),
+        count,
+    };
+    pb::SyscallSummary {
+        node: node.to_string(),
+        arch: arch.as_str().to_string(),
+        elapsed_ns: s.elapsed.as_nanos() as u64,
+        syscalls,
+        drops: vec![
+            drop(pb::DropStage::Kernel, "inflight_full", c(counter::INFLIGHT_FULL)),
+            drop(pb::DropStage::Kernel, "ringbuf_full", c(counter::RINGBUF_FULL)),
+            drop(pb::DropStage::Kernel, "errno_map_full", c(counter::ERRNO_MAP_FULL)),
+            drop(pb::DropStage::Kernel, "nr_out_of_range", c(counter::NR_OUT_OF_RANGE)),
+            drop(pb::DropStage::Agent, "queue_overflow", s.lost_agent),
+            drop(pb::DropStage::Client, "slow_client", slow_client),
+        ],
+        target_exited: s.exited.is_some(),
+    }
+}
+
 /// Nanoseconds since the Unix epoch of a kernel boot-time timestamp.
 pub fn unix_nanos(clock: &BootClock, boot_ns: u64) -> i64 {
     clock

@@ -3,7 +3,11 @@ pub mod ebpf {
     //! The eBPF object built by `build.rs`.
     /// The compiled eBPF object (ELF, BTF included), aligned for aya's parser.
     pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/orb8"));
+    /// The syscall tracer's object, loaded only when a client asks for a syscall trace.
+    pub static SYSCALLS_OBJECT: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/orb8-syscalls"));
 }
+pub mod cgroups;
 pub mod convert;
 pub mod flows;
 pub mod interfaces;
@@ -11,3 +15,4 @@ pub mod probes;
 pub mod report;
 pub mod runtime;
 pub mod service;
+pub mod syscalls;

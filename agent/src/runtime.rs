@@ -102,6 +102,8 @@ pub struct Agent {
     pub stats: AgentStats,
     /// Converts kernel timestamps to wall-clock time.
     pub clock: BootClock,
+    /// The syscall tracer, loaded only while a client traces syscalls.
+    pub syscalls: Arc<crate::syscalls::SyscallTracer>,
     started: Instant,
     config: AgentConfig,
 }
@@ -135,6 +137,7 @@ impl Agent {
             events,
             stats: AgentStats::default(),
             clock: BootClock::now(),
+            syscalls: Arc::default(),
             started: Instant::now(),
             config,
         });
@@ -172,10 +175,12 @@ impl Agent {
         self.interfaces.lock().expect("interfaces lock").clone()
     }
 
-    /// Attach mode and program names.
+    /// Attach mode and the names of the loaded programs (the syscall tracer's while it runs).
     pub fn probe_info(&self) -> (&'static str, Vec<&'static str>) {
         let p = self.probes.lock().expect("probes lock");
-        (p.mode().as_str(), p.program_names())
+        let mut programs = p.program_names();
+        programs.extend(self.syscalls.program_names());
+        (p.mode().as_str(), programs)
     }
 
     /// Time since the agent started.
@@ -214,6 +219,7 @@ impl Agent {
 
     /// Detaches every probe. Called on shutdown; dropping the agent does the same.
     pub fn shutdown(&self) {
+        self.syscalls.shutdown();
         self.probes.lock().expect("probes lock").detach_all();
         self.interfaces.lock().expect("interfaces lock").clear();
     }

@@ -130,6 +130,8 @@ pub struct Service {
     agent: Arc<Agent>,
     node: String,
     slow_client_drops: Arc<AtomicU64>,
+    /// Syscall events each open trace's client was too slow to take, by trace id.
+    trace_slow: Arc<Mutex<std::collections::HashMap<u64, Arc<AtomicU64>>>>,
 }
 
 impl Service {
@@ -139,6 +141,7 @@ impl Service {
             agent,
             node,
             slow_client_drops: Arc::default(),
+            trace_slow: Arc::default(),
         }
     }
 
@@ -172,6 +175,17 @@ impl Service {
                 self.slow_client_drops.load(Ordering::Relaxed),
             ),
         ];
+        let mut drops = drops;
+        if let Some(sc) = self.agent.syscalls.counters() {
+            use orb8_common::sys::counter as sys;
+            for i in [sys::INFLIGHT_FULL, sys::RINGBUF_FULL, sys::ERRNO_MAP_FULL] {
+                drops.push(drop_counter(
+                    pb::DropStage::Kernel,
+                    &format!("syscall_{}", sys::NAMES[i as usize]),
+                    sc[i as usize],
+                ));
+            }
+        }
         let not_parsed = [
             counter::NOT_IP,
             counter::TRUNCATED_L2,
@@ -201,6 +215,10 @@ impl Service {
                 packets_not_parsed: not_parsed,
             }),
             uptime_ms: self.agent.uptime().as_millis() as u64,
+            arch: orb8_syscalls::Arch::current()
+                .map(|a| a.as_str())
+                .unwrap_or(std::env::consts::ARCH)
+                .to_string(),
         }
     }
 
@@ -420,6 +438,216 @@ async fn run_stream(
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+type SyscallStream = Pin<Box<dyn Stream<Item = Result<pb::SyscallTraceEvent, Status>> + Send>>;
+type SysTx = mpsc::Sender<Result<pb::SyscallTraceEvent, Status>>;
+
+/// Numbers one syscall trace stream's messages.
+struct SysSequencer {
+    node: String,
+    seq: u64,
+}
+
+impl SysSequencer {
+    fn offer(&mut self, tx: &SysTx, kind: pb::syscall_trace_event::Kind, time: i64) -> Sent {
+        let ev = pb::SyscallTraceEvent {
+            node: self.node.clone(),
+            seq: self.seq + 1,
+            time_unix_nanos: time,
+            kind: Some(kind),
+        };
+        match tx.try_send(Ok(ev)) {
+            Ok(()) => {
+                self.seq += 1;
+                Sent::Yes
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Sent::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Sent::Closed,
+        }
+    }
+}
+
+/// How often a syscall trace checks that its target is still there.
+const EXIT_CHECK: Duration = Duration::from_millis(20);
+/// How long a trace whose target exited waits for the target's last events to be read.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Everything one syscall trace stream needs.
+struct SyscallTraceTask {
+    agent: Arc<Agent>,
+    handle: crate::syscalls::TraceHandle,
+    arch: orb8_syscalls::Arch,
+    watch: crate::syscalls::ExitWatch,
+    rx: Option<tokio::sync::broadcast::Receiver<orb8_common::sys::SysEvent>>,
+    tx: SysTx,
+    seq: SysSequencer,
+    slow: Arc<AtomicU64>,
+    registry: Arc<Mutex<std::collections::HashMap<u64, Arc<AtomicU64>>>>,
+}
+
+/// Events the stream of a trace should have carried so far (every traced syscall that
+/// returned, less those the kernel could not send), from its summary.
+fn expected_events(s: &crate::syscalls::Summary, arch: orb8_syscalls::Arch) -> u64 {
+    let never_return = [arch.number("exit"), arch.number("exit_group")];
+    let calls: u64 = s
+        .totals
+        .stats
+        .iter()
+        .filter(|(nr, _)| !never_return.contains(&Some(**nr)))
+        .map(|(_, st)| st.calls)
+        .sum();
+    calls.saturating_sub(
+        s.totals.counters[orb8_common::sys::counter::RINGBUF_FULL as usize],
+    )
+}
+
+impl SyscallTraceTask {
+    /// Feeds the stream until the client goes away; never waits for the client. When the
+    /// target exits, the events it made are drained before `target_exited` is sent.
+    async fn run(mut self) {
+        let mut pending = PendingGaps::default();
+        let mut tick = tokio::time::interval(EXIT_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seen: u64 = 0;
+        let mut exit: Option<(String, Instant)> = None;
+        let mut exit_sent = false;
+        loop {
+            let ev = tokio::select! {
+                ev = async { self.rx.as_mut().expect("guarded").recv().await }, if self.rx.is_some() => ev,
+                _ = tick.tick() => {
+                    if !self.flush(&mut pending) {
+                        break;
+                    }
+                    if exit.is_none() && let Some(reason) = self.watch.check() {
+                        exit = Some((reason, Instant::now() + DRAIN_TIMEOUT));
+                    }
+                    if let Some((reason, deadline)) = &exit && !exit_sent {
+                        let drained = self.rx.is_none()
+                            || self.agent.syscalls.summary(self.handle.id)
+                                .is_none_or(|s| seen >= expected_events(&s, self.arch))
+                            || Instant::now() >= *deadline;
+                        if drained && !pending.any() {
+                            let kind = pb::syscall_trace_event::Kind::TargetExited(
+                                pb::SyscallTargetExited { reason: reason.clone() },
+                            );
+                            match self.seq.offer(&self.tx, kind, now_nanos()) {
+                                Sent::Yes => exit_sent = true,
+                                Sent::Full => {}
+                                Sent::Closed => break,
+                            }
+                        }
+                    }
+                    continue;
+                }
+                _ = self.tx.closed() => break,
+            };
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(RecvError::Lagged(n)) => {
+                    self.agent.syscalls.lost_agent.fetch_add(n, Ordering::Relaxed);
+                    pending.agent += n;
+                    seen += n;
+                    continue;
+                }
+                Err(RecvError::Closed) => break,
+            };
+            seen += 1;
+            if !self.flush(&mut pending) {
+                break;
+            }
+            let time = convert::unix_nanos(&self.agent.clock, ev.ts_ns);
+            let kind = pb::syscall_trace_event::Kind::Syscall(convert::syscall_event(&ev, self.arch));
+            let sent = if pending.any() {
+                Sent::Full
+            } else {
+                self.seq.offer(&self.tx, kind, time)
+            };
+            match sent {
+                Sent::Yes => {}
+                Sent::Full => {
+                    pending.client += 1;
+                    self.slow.fetch_add(1, Ordering::Relaxed);
+                }
+                Sent::Closed => break,
+            }
+        }
+        self.registry
+            .lock()
+            .expect("trace registry lock")
+            .remove(&self.handle.id);
+    }
+
+    /// Sends a `Gap` per stage with unreported losses; false when the client is gone.
+    fn flush(&mut self, pending: &mut PendingGaps) -> bool {
+        for (stage, reason, lost) in [
+            (pb::DropStage::Agent, "queue_overflow", &mut pending.agent),
+            (pb::DropStage::Client, "slow_client", &mut pending.client),
+        ] {
+            if *lost == 0 {
+                continue;
+            }
+            let gap = pb::syscall_trace_event::Kind::Gap(pb::Gap {
+                lost: *lost,
+                stage: stage as i32,
+                reason: reason.to_string(),
+            });
+            match self.seq.offer(&self.tx, gap, now_nanos()) {
+                Sent::Yes => *lost = 0,
+                Sent::Full => {}
+                Sent::Closed => return false,
+            }
+        }
+        true
+    }
+}
+
+impl Service {
+    /// Resolves a trace request and starts the trace: the target, the syscall numbers on this
+    /// agent's architecture, and the kernel programs (loaded now if no trace runs).
+    fn start_trace(
+        &self,
+        req: &pb::TraceSyscallsRequest,
+    ) -> Result<(crate::syscalls::TraceHandle, crate::cgroups::Target, crate::syscalls::ExitWatch, orb8_syscalls::Arch), Status> {
+        use crate::{cgroups, syscalls::ExitWatch};
+        let arch = crate::syscalls::arch().map_err(|e| Status::unimplemented(e.to_string()))?;
+        let numbers = orb8_syscalls::resolve(arch, &req.syscalls)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let kind = req
+            .target
+            .as_ref()
+            .and_then(|t| t.kind.clone())
+            .ok_or_else(|| Status::invalid_argument("no target: give a pid or a cgroup path"))?;
+        let not_found = |e: cgroups::TargetError| match e {
+            cgroups::TargetError::NoProcess { .. } | cgroups::TargetError::NotCgroup { .. } => {
+                Status::not_found(e.to_string())
+            }
+            other => Status::failed_precondition(other.to_string()),
+        };
+        let (target, watch) = match kind {
+            pb::syscall_target::Kind::Pid(pid) => {
+                (cgroups::resolve_pid(pid).map_err(not_found)?, ExitWatch::Pid(pid))
+            }
+            pb::syscall_target::Kind::CgroupPath(path) => {
+                let t = cgroups::resolve_cgroup(&path).map_err(not_found)?;
+                let cgroups::Resolved::Cgroup { path, .. } = &t.resolved else {
+                    unreachable!("a cgroup path resolves to a cgroup");
+                };
+                let watch = ExitWatch::Dir(path.clone());
+                (t, watch)
+            }
+        };
+        let handle = self
+            .agent
+            .syscalls
+            .start(&target, numbers, req.stream, watch.clone())
+            .map_err(|e| match e {
+                crate::syscalls::SyscallError::Busy { .. } => {
+                    Status::failed_precondition(e.to_string())
+                }
+                other => Status::internal(other.to_string()),
+            })?;
+        Ok((handle, target, watch, arch))
+    }
+}
 
 #[tonic::async_trait]
 impl pb::agent_service_server::AgentService for Service {
@@ -457,6 +685,83 @@ impl pb::agent_service_server::AgentService for Service {
         };
         tokio::spawn(run_stream(agent, matcher, rx, tx, slow, seq));
         Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+
+    type TraceSyscallsStream = SyscallStream;
+
+    async fn trace_syscalls(
+        &self,
+        req: Request<pb::TraceSyscallsRequest>,
+    ) -> Result<Response<Self::TraceSyscallsStream>, Status> {
+        let req = req.into_inner();
+        // Subscribed before the trace starts, so no event of it is missed.
+        let rx = req.stream.then(|| self.agent.syscalls.subscribe());
+        let (handle, target, watch, arch) = self.start_trace(&req)?;
+        let (tx, out) = mpsc::channel(CLIENT_BUFFER);
+        let mut seq = SysSequencer {
+            node: self.node.clone(),
+            seq: 0,
+        };
+        let filter = match target.resolved {
+            crate::cgroups::Resolved::Cgroup { .. } => pb::SyscallFilterKind::Cgroup,
+            crate::cgroups::Resolved::PidNs { .. } => pb::SyscallFilterKind::Pidns,
+            crate::cgroups::Resolved::Process { .. } => pb::SyscallFilterKind::Process,
+        };
+        let started = pb::SyscallTraceStarted {
+            trace_id: handle.id,
+            filter: filter as i32,
+            description: handle.description.clone(),
+            note: target.note.clone().unwrap_or_default(),
+            arch: arch.as_str().to_string(),
+            cgroup_ids: match target.resolved {
+                crate::cgroups::Resolved::Cgroup { id, .. } => vec![id],
+                _ => Vec::new(),
+            },
+        };
+        let _ = seq.offer(
+            &tx,
+            pb::syscall_trace_event::Kind::Started(started),
+            now_nanos(),
+        );
+        let slow = Arc::new(AtomicU64::new(0));
+        self.trace_slow
+            .lock()
+            .expect("trace registry lock")
+            .insert(handle.id, slow.clone());
+        let task = SyscallTraceTask {
+            agent: self.agent.clone(),
+            handle,
+            arch,
+            watch,
+            rx,
+            tx,
+            seq,
+            slow,
+            registry: self.trace_slow.clone(),
+        };
+        tokio::spawn(task.run());
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+
+    async fn get_syscall_summary(
+        &self,
+        req: Request<pb::GetSyscallSummaryRequest>,
+    ) -> Result<Response<pb::SyscallSummary>, Status> {
+        let id = req.get_ref().trace_id;
+        let arch = crate::syscalls::arch().map_err(|e| Status::unimplemented(e.to_string()))?;
+        let summary = self.agent.syscalls.summary(id).ok_or_else(|| {
+            Status::not_found(format!("no syscall trace {id} is running on this agent"))
+        })?;
+        let slow = self
+            .trace_slow
+            .lock()
+            .expect("trace registry lock")
+            .get(&id)
+            .map(|s| s.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        Ok(Response::new(convert::syscall_summary(
+            &self.node, arch, &summary, slow,
+        )))
     }
 }
 

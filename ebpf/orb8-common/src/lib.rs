@@ -154,6 +154,165 @@ pub mod names {
     pub const BENCH_NOOP: &str = "orb8_bench_noop";
 }
 
+
+/// The syscall tracer's ABI (`orb8-syscalls` object: raw tracepoints `sys_enter`/`sys_exit`).
+pub mod sys {
+    /// Syscall numbers are below this; the per-syscall maps have this many entries.
+    pub const MAX_SYSCALLS: u32 = 512;
+    /// Latency histogram buckets per syscall: bucket 0 holds 0 ns, bucket `b` holds
+    /// `[2^(b-1), 2^b)` ns, the last one everything above.
+    pub const HIST_BUCKETS: usize = 40;
+
+    /// How [`SysConfig::filter`] selects the traced threads.
+    pub mod filter {
+        /// Nothing is traced.
+        pub const OFF: u32 = 0;
+        /// Threads whose cgroup v2 id is a key of `SYS_CGROUPS`.
+        pub const CGROUP: u32 = 1;
+        /// Threads in the PID namespace [`super::SysConfig::pidns_dev`]/`pidns_ino`.
+        pub const PIDNS: u32 = 2;
+        /// Threads whose process (tgid) is a key of `SYS_TGIDS`.
+        pub const TGID: u32 = 3;
+    }
+
+    /// The tracer's settings: entry 0 of the array `SYS_CONFIG`, written by the agent.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct SysConfig {
+        /// One of [`filter`].
+        pub filter: u32,
+        /// Non-zero: only syscalls whose bit is set in `SYS_ALLOW` are traced.
+        pub allow_list: u32,
+        /// Non-zero: every traced syscall is also sent through `SYS_EVENTS`.
+        pub stream: u32,
+        /// `exit` on this architecture: it never returns, so it is counted at entry.
+        pub nr_exit: u32,
+        /// `exit_group`, counted at entry for the same reason.
+        pub nr_exit_group: u32,
+        /// Explicit padding, always zero.
+        pub _pad: u32,
+        /// Device of the nsfs inode of the target PID namespace (`stat(/proc/PID/ns/pid).st_dev`).
+        pub pidns_dev: u64,
+        /// Inode of the target PID namespace.
+        pub pidns_ino: u64,
+    }
+
+    /// Per-CPU statistics of one syscall: entry `nr` of the per-CPU array `SYS_STATS`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct SysStats {
+        /// Calls that returned (plus `exit`/`exit_group` calls, counted at entry).
+        pub calls: u64,
+        /// Calls that returned -4095..=-1.
+        pub errors: u64,
+        /// Sum of the calls' durations, nanoseconds.
+        pub total_ns: u64,
+        /// Latency histogram, see [`HIST_BUCKETS`].
+        pub hist: [u64; HIST_BUCKETS],
+    }
+
+    impl Default for SysStats {
+        fn default() -> Self {
+            SysStats {
+                calls: 0,
+                errors: 0,
+                total_ns: 0,
+                hist: [0; HIST_BUCKETS],
+            }
+        }
+    }
+
+    /// Key of the per-CPU hash `SYS_ERRNOS`: failed calls by syscall and errno.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct ErrnoKey {
+        /// Syscall number.
+        pub nr: u32,
+        /// Positive errno.
+        pub errno: u32,
+    }
+
+    /// A syscall in flight: value of `SYS_INFLIGHT`, keyed by `pid_tgid`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct Inflight {
+        /// `bpf_ktime_get_ns` at entry.
+        pub enter_ns: u64,
+        /// Syscall number.
+        pub nr: u64,
+    }
+
+    /// One finished syscall, sent through the ring buffer `SYS_EVENTS` in stream mode.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct SysEvent {
+        /// `bpf_ktime_get_boot_ns` when the syscall returned.
+        pub ts_ns: u64,
+        /// `tgid << 32 | pid` as the host's PID namespace sees it.
+        pub pid_tgid: u64,
+        /// Duration, nanoseconds.
+        pub duration_ns: u64,
+        /// Return value (negative errno on failure).
+        pub ret: i64,
+        /// Syscall number.
+        pub nr: u32,
+        /// Explicit padding, always zero.
+        pub _pad: u32,
+        /// The thread's command name, NUL-padded.
+        pub comm: [u8; 16],
+    }
+
+    /// Indexes into the per-CPU `SYS_COUNTERS` array entry.
+    pub mod counter {
+        /// Syscall entries of traced threads that passed the syscall filter.
+        pub const ENTERED: u32 = 0;
+        /// Entries not paired with their exit: the in-flight table was full (a loss).
+        pub const INFLIGHT_FULL: u32 = 1;
+        /// Stream events lost because the ring buffer was full.
+        pub const RINGBUF_FULL: u32 = 2;
+        /// Failed calls whose errno could not be recorded: the errno table was full.
+        pub const ERRNO_MAP_FULL: u32 = 3;
+        /// Syscalls with a number of [`super::MAX_SYSCALLS`] or more, not counted.
+        pub const NR_OUT_OF_RANGE: u32 = 4;
+        /// Number of counters.
+        pub const COUNT: u32 = 5;
+        /// Stable names, indexed by counter.
+        pub const NAMES: [&str; COUNT as usize] = [
+            "entered",
+            "inflight_full",
+            "ringbuf_full",
+            "errno_map_full",
+            "nr_out_of_range",
+        ];
+    }
+
+    /// Map and program names of the syscall object.
+    pub mod names {
+        /// [`super::SysConfig`] array (one entry).
+        pub const CONFIG: &str = "SYS_CONFIG";
+        /// Hash of traced cgroup v2 ids.
+        pub const CGROUPS: &str = "SYS_CGROUPS";
+        /// Hash of traced processes (tgid).
+        pub const TGIDS: &str = "SYS_TGIDS";
+        /// Bitmap of allowed syscall numbers: [`super::MAX_SYSCALLS`] / 64 `u64` words.
+        pub const ALLOW: &str = "SYS_ALLOW";
+        /// Per-thread in-flight syscalls.
+        pub const INFLIGHT: &str = "SYS_INFLIGHT";
+        /// Per-CPU [`super::SysStats`] by syscall number.
+        pub const STATS: &str = "SYS_STATS";
+        /// Per-CPU failed-call counts by [`super::ErrnoKey`].
+        pub const ERRNOS: &str = "SYS_ERRNOS";
+        /// Ring buffer of [`super::SysEvent`].
+        pub const EVENTS: &str = "SYS_EVENTS";
+        /// Per-CPU counters, indexed by [`super::counter`].
+        pub const COUNTERS: &str = "SYS_COUNTERS";
+        /// Raw tracepoint program on `sys_enter`.
+        pub const ENTER: &str = "orb8_sys_enter";
+        /// Raw tracepoint program on `sys_exit`.
+        pub const EXIT: &str = "orb8_sys_exit";
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain `#[repr(C)]` integers and byte arrays with explicit padding; every bit
@@ -163,6 +322,16 @@ mod user {
     unsafe impl aya::Pod for super::FlowStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::sys::SysConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::sys::SysStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::sys::ErrnoKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::sys::Inflight {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::sys::SysEvent {}
 }
 
 #[cfg(test)]
@@ -176,5 +345,10 @@ mod tests {
         assert_eq!(size_of::<FlowStats>(), 8 * 4 + 8);
         assert_eq!(size_of::<Event>(), 4 + 4 + 8 + size_of::<FlowKey>() + 4);
         assert_eq!(size_of::<Event>() % 8, 0);
+        assert_eq!(size_of::<sys::SysConfig>(), 6 * 4 + 2 * 8);
+        assert_eq!(size_of::<sys::SysStats>(), 8 * (3 + sys::HIST_BUCKETS));
+        assert_eq!(size_of::<sys::ErrnoKey>(), 8);
+        assert_eq!(size_of::<sys::Inflight>(), 16);
+        assert_eq!(size_of::<sys::SysEvent>(), 4 * 8 + 8 + 16);
     }
 }

@@ -1,0 +1,578 @@
+//! The syscall tracer: loads the `orb8-syscalls` object on the first trace, fills its filter
+//! maps, reads its counts and events, and unloads it (tracepoints detached, every filter map
+//! gone) when the last trace ends. The flow probes never pay for it.
+//!
+//! Traces share the kernel programs, so concurrent traces must ask for the same target and
+//! syscalls; each gets the counts since it started (a baseline is subtracted), and stream-mode
+//! events are sent while at least one trace asks for them.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::RawTracePoint,
+};
+use orb8_common::sys::{
+    ErrnoKey, HIST_BUCKETS, MAX_SYSCALLS, SysConfig, SysEvent, SysStats, counter, filter, names,
+};
+use orb8_syscalls::Arch;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::broadcast,
+    task::JoinHandle,
+};
+
+use crate::cgroups::{self, Resolved, Target};
+
+/// Bytes of the syscall event ring buffer.
+pub const RINGBUF_BYTES: u32 = 4 << 20;
+/// Events queued for stream consumers in the agent; one further behind loses the oldest.
+pub const EVENT_QUEUE: usize = 65536;
+
+/// Why a trace could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SyscallError {
+    /// This agent's architecture has no syscall table.
+    #[error("syscall tracing is not supported on {0}")]
+    UnsupportedArch(&'static str),
+    /// The object could not be loaded or its programs attached.
+    #[error("loading the syscall probes: {0}")]
+    Load(String),
+    /// Another trace with another target or syscall list is running.
+    #[error("this agent is already tracing {running}; one target at a time")]
+    Busy {
+        /// What is being traced.
+        running: String,
+    },
+    /// A filter map could not be written.
+    #[error("writing map {name}: {source}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// aya's error.
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// What tells the agent that a trace's target is gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitWatch {
+    /// The process with this PID exited.
+    Pid(u32),
+    /// The cgroup directory was removed.
+    Dir(PathBuf),
+}
+
+impl ExitWatch {
+    /// Why the target is gone, or `None` while it is there.
+    pub fn check(&self) -> Option<String> {
+        match self {
+            ExitWatch::Pid(pid) => {
+                cgroups::process_exited(*pid).then(|| format!("process {pid} exited"))
+            }
+            ExitWatch::Dir(p) => (!p.exists()).then(|| format!("cgroup {} removed", p.display())),
+        }
+    }
+}
+
+/// A kernel snapshot of the tracer's counts, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// By syscall number (only syscalls called at least once).
+    pub stats: BTreeMap<u32, SysStats>,
+    /// Failed calls by (syscall, errno).
+    pub errnos: BTreeMap<(u32, u32), u64>,
+    /// Kernel counters, indexed by `sys::counter`.
+    pub counters: [u64; counter::COUNT as usize],
+}
+
+impl Totals {
+    /// What happened between `base` and `self` (a later snapshot of the same maps).
+    pub fn since(&self, base: &Totals) -> Totals {
+        let mut stats = BTreeMap::new();
+        for (nr, s) in &self.stats {
+            let b = base.stats.get(nr).copied().unwrap_or_default();
+            let mut d = SysStats {
+                calls: s.calls.saturating_sub(b.calls),
+                errors: s.errors.saturating_sub(b.errors),
+                total_ns: s.total_ns.saturating_sub(b.total_ns),
+                hist: [0; HIST_BUCKETS],
+            };
+            for (o, (x, y)) in d.hist.iter_mut().zip(s.hist.iter().zip(b.hist.iter())) {
+                *o = x.saturating_sub(*y);
+            }
+            if d.calls > 0 {
+                stats.insert(*nr, d);
+            }
+        }
+        let errnos = self
+            .errnos
+            .iter()
+            .filter_map(|(k, v)| {
+                let d = v.saturating_sub(base.errnos.get(k).copied().unwrap_or(0));
+                (d > 0).then_some((*k, d))
+            })
+            .collect();
+        let mut counters = [0; counter::COUNT as usize];
+        for (o, (x, y)) in counters
+            .iter_mut()
+            .zip(self.counters.iter().zip(base.counters.iter()))
+        {
+            *o = x.saturating_sub(*y);
+        }
+        Totals {
+            stats,
+            errnos,
+            counters,
+        }
+    }
+}
+
+/// Sums per-CPU copies of one syscall's statistics.
+pub fn sum_stats<'a>(cpus: impl IntoIterator<Item = &'a SysStats>) -> SysStats {
+    let mut out = SysStats::default();
+    for s in cpus {
+        out.calls += s.calls;
+        out.errors += s.errors;
+        out.total_ns += s.total_ns;
+        for (o, h) in out.hist.iter_mut().zip(s.hist.iter()) {
+            *o += h;
+        }
+    }
+    out
+}
+
+/// A trace's counts since it started.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// The counts.
+    pub totals: Totals,
+    /// Time since the trace started.
+    pub elapsed: Duration,
+    /// Why the target is gone, when it is.
+    pub exited: Option<String>,
+    /// Stream events the agent's queue dropped since the trace started.
+    pub lost_agent: u64,
+}
+
+/// What the running programs filter on; traces must agree on it to share them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FilterKey {
+    resolved: Resolved,
+    syscalls: Vec<u32>,
+}
+
+struct Trace {
+    baseline: Totals,
+    lost_agent_base: u64,
+    started: Instant,
+    stream: bool,
+    watch: ExitWatch,
+}
+
+struct Loaded {
+    _ebpf: Ebpf,
+    config_map: Array<MapData, SysConfig>,
+    config: SysConfig,
+    stats: PerCpuArray<MapData, SysStats>,
+    errnos: PerCpuHashMap<MapData, ErrnoKey, u64>,
+    counters: PerCpuArray<MapData, [u64; counter::COUNT as usize]>,
+    reader: JoinHandle<()>,
+    key: FilterKey,
+    description: String,
+    traces: BTreeMap<u64, Trace>,
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// The syscall tracer of one agent.
+pub struct SyscallTracer {
+    loaded: Mutex<Option<Loaded>>,
+    events: broadcast::Sender<SysEvent>,
+    next_id: AtomicU64,
+    /// Events read from the ring buffer.
+    pub events_received: AtomicU64,
+    /// Events a stream consumer missed because it fell behind the agent's queue.
+    pub lost_agent: AtomicU64,
+}
+
+impl Default for SyscallTracer {
+    fn default() -> Self {
+        SyscallTracer {
+            loaded: Mutex::new(None),
+            events: broadcast::channel(EVENT_QUEUE).0,
+            next_id: AtomicU64::new(1),
+            events_received: AtomicU64::new(0),
+            lost_agent: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A running trace; dropping it ends the trace (and unloads the programs if it was the last).
+pub struct TraceHandle {
+    tracer: Arc<SyscallTracer>,
+    /// The trace's id, for [`SyscallTracer::summary`].
+    pub id: u64,
+    /// The target as resolved.
+    pub description: String,
+}
+
+impl Drop for TraceHandle {
+    fn drop(&mut self) {
+        self.tracer.end(self.id);
+    }
+}
+
+/// The architecture whose syscall numbers this agent's kernel uses.
+pub fn arch() -> Result<Arch, SyscallError> {
+    Arch::current().ok_or(SyscallError::UnsupportedArch(std::env::consts::ARCH))
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> SyscallError {
+    move |source| SyscallError::Map { name, source }
+}
+
+fn take<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, SyscallError>
+where
+    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| SyscallError::Load(format!("the object has no map {name}")))?;
+    M::try_from(map).map_err(map_err(name))
+}
+
+impl SyscallTracer {
+    /// Subscribes to stream-mode events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<SysEvent> {
+        self.events.subscribe()
+    }
+
+    /// Names of the loaded programs (none while no trace runs).
+    pub fn program_names(&self) -> Vec<&'static str> {
+        if self.loaded.lock().expect("tracer lock").is_some() {
+            vec![names::ENTER, names::EXIT]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Kernel counters while loaded.
+    pub fn counters(&self) -> Option<[u64; counter::COUNT as usize]> {
+        self.loaded
+            .lock()
+            .expect("tracer lock")
+            .as_ref()
+            .map(|l| read_counters(&l.counters))
+    }
+
+    /// Starts a trace of `target` (syscall numbers `syscalls`, empty for all), loading and
+    /// attaching the programs if no trace runs. Call it from a tokio runtime (the ring buffer
+    /// reader is a task).
+    pub fn start(
+        self: &Arc<Self>,
+        target: &Target,
+        syscalls: Vec<u32>,
+        stream: bool,
+        watch: ExitWatch,
+    ) -> Result<TraceHandle, SyscallError> {
+        let arch = arch()?;
+        let mut syscalls = syscalls;
+        syscalls.sort_unstable();
+        syscalls.dedup();
+        let key = FilterKey {
+            resolved: target.resolved.clone(),
+            syscalls,
+        };
+        let mut guard = self.loaded.lock().expect("tracer lock");
+        if let Some(l) = guard.as_ref()
+            && l.key != key
+        {
+            return Err(SyscallError::Busy {
+                running: l.description.clone(),
+            });
+        }
+        if guard.is_none() {
+            *guard = Some(self.load(arch, key, target.describe())?);
+        }
+        let loaded = guard.as_mut().expect("loaded above");
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let baseline = read_totals(loaded);
+        loaded.traces.insert(
+            id,
+            Trace {
+                baseline,
+                lost_agent_base: self.lost_agent.load(Ordering::Relaxed),
+                started: Instant::now(),
+                stream,
+                watch,
+            },
+        );
+        set_stream(loaded)?;
+        Ok(TraceHandle {
+            tracer: self.clone(),
+            id,
+            description: loaded.description.clone(),
+        })
+    }
+
+    /// The counts of trace `id` since it started; `None` when no such trace runs.
+    pub fn summary(&self, id: u64) -> Option<Summary> {
+        let guard = self.loaded.lock().expect("tracer lock");
+        let loaded = guard.as_ref()?;
+        let trace = loaded.traces.get(&id)?;
+        let totals = read_totals(loaded).since(&trace.baseline);
+        Some(Summary {
+            totals,
+            elapsed: trace.started.elapsed(),
+            exited: trace.watch.check(),
+            lost_agent: self
+                .lost_agent
+                .load(Ordering::Relaxed)
+                .saturating_sub(trace.lost_agent_base),
+        })
+    }
+
+    /// Ends every trace and unloads the programs (agent shutdown).
+    pub fn shutdown(&self) {
+        *self.loaded.lock().expect("tracer lock") = None;
+    }
+
+    fn end(&self, id: u64) {
+        let mut guard = self.loaded.lock().expect("tracer lock");
+        let Some(loaded) = guard.as_mut() else {
+            return;
+        };
+        loaded.traces.remove(&id);
+        if loaded.traces.is_empty() {
+            log::info!("last syscall trace ended: unloading the syscall probes");
+            *guard = None;
+        } else if let Err(e) = set_stream(loaded) {
+            log::warn!("{e}");
+        }
+    }
+
+    fn load(
+        self: &Arc<Self>,
+        arch: Arch,
+        key: FilterKey,
+        description: String,
+    ) -> Result<Loaded, SyscallError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::EVENTS, RINGBUF_BYTES)
+            .load(crate::ebpf::SYSCALLS_OBJECT)
+            .map_err(|e| SyscallError::Load(format!("{e:#}")))?;
+        let mut config = SysConfig {
+            nr_exit: arch.number("exit").unwrap_or(u32::MAX),
+            nr_exit_group: arch.number("exit_group").unwrap_or(u32::MAX),
+            ..SysConfig::default()
+        };
+        match &key.resolved {
+            Resolved::Cgroup { id, .. } => {
+                let mut m: HashMap<MapData, u64, u8> = take(&mut ebpf, names::CGROUPS)?;
+                m.insert(id, 1, 0).map_err(map_err(names::CGROUPS))?;
+                config.filter = filter::CGROUP;
+            }
+            Resolved::PidNs { ns, .. } => {
+                config.pidns_dev = ns.dev;
+                config.pidns_ino = ns.ino;
+                config.filter = filter::PIDNS;
+            }
+            Resolved::Process { pid } => {
+                let mut m: HashMap<MapData, u32, u8> = take(&mut ebpf, names::TGIDS)?;
+                m.insert(pid, 1, 0).map_err(map_err(names::TGIDS))?;
+                config.filter = filter::TGID;
+            }
+        }
+        if !key.syscalls.is_empty() {
+            let mut allow: Array<MapData, u64> = take(&mut ebpf, names::ALLOW)?;
+            let mut words = [0u64; (MAX_SYSCALLS / 64) as usize];
+            for nr in key.syscalls.iter().filter(|nr| **nr < MAX_SYSCALLS) {
+                words[(nr / 64) as usize] |= 1 << (nr % 64);
+            }
+            for (i, w) in words.iter().enumerate() {
+                allow.set(i as u32, w, 0).map_err(map_err(names::ALLOW))?;
+            }
+            config.allow_list = 1;
+        }
+        let mut config_map: Array<MapData, SysConfig> = take(&mut ebpf, names::CONFIG)?;
+        config_map
+            .set(0, config, 0)
+            .map_err(map_err(names::CONFIG))?;
+        let stats = take(&mut ebpf, names::STATS)?;
+        let errnos = take(&mut ebpf, names::ERRNOS)?;
+        let counters = take(&mut ebpf, names::COUNTERS)?;
+        let ring: RingBuf<MapData> = take(&mut ebpf, names::EVENTS)?;
+        // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open while registered.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| SyscallError::Load(format!("polling the ring buffer: {e}")))?;
+        let reader = tokio::spawn(read_ring(self.clone(), ring));
+        // Exit first: an exit without its entry is ignored, an entry without its exit lingers.
+        for (name, tp) in [(names::EXIT, "sys_exit"), (names::ENTER, "sys_enter")] {
+            let prog: &mut RawTracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| SyscallError::Load(format!("the object has no program {name}")))?
+                .try_into()
+                .map_err(|e| SyscallError::Load(format!("{name}: {e}")))?;
+            prog.load()
+                .map_err(|e| SyscallError::Load(format!("{name}: {e:#}")))?;
+            prog.attach(tp)
+                .map_err(|e| SyscallError::Load(format!("attaching {name} to {tp}: {e}")))?;
+        }
+        log::info!("syscall probes loaded, tracing {description}");
+        Ok(Loaded {
+            _ebpf: ebpf,
+            config_map,
+            config,
+            stats,
+            errnos,
+            counters,
+            reader,
+            key,
+            description,
+            traces: BTreeMap::new(),
+        })
+    }
+}
+
+fn set_stream(loaded: &mut Loaded) -> Result<(), SyscallError> {
+    let stream = u32::from(loaded.traces.values().any(|t| t.stream));
+    if stream != loaded.config.stream {
+        loaded.config.stream = stream;
+        loaded
+            .config_map
+            .set(0, loaded.config, 0)
+            .map_err(map_err(names::CONFIG))?;
+    }
+    Ok(())
+}
+
+fn read_counters(
+    map: &PerCpuArray<MapData, [u64; counter::COUNT as usize]>,
+) -> [u64; counter::COUNT as usize] {
+    let mut out = [0u64; counter::COUNT as usize];
+    if let Ok(per_cpu) = map.get(&0, 0) {
+        for cpu in per_cpu.iter() {
+            for (o, v) in out.iter_mut().zip(cpu) {
+                *o += v;
+            }
+        }
+    }
+    out
+}
+
+fn read_totals(loaded: &Loaded) -> Totals {
+    let mut stats = BTreeMap::new();
+    for (nr, per_cpu) in loaded.stats.iter().enumerate() {
+        let Ok(per_cpu) = per_cpu else { continue };
+        let s = sum_stats(per_cpu.iter());
+        if s.calls > 0 {
+            stats.insert(nr as u32, s);
+        }
+    }
+    let mut errnos = BTreeMap::new();
+    for (k, per_cpu) in loaded.errnos.iter().flatten() {
+        let n: u64 = per_cpu.iter().sum();
+        if n > 0 {
+            errnos.insert((k.nr, k.errno), n);
+        }
+    }
+    Totals {
+        stats,
+        errnos,
+        counters: read_counters(&loaded.counters),
+    }
+}
+
+/// Reads the ring buffer whenever the kernel says it is readable.
+async fn read_ring(tracer: Arc<SyscallTracer>, mut ring: AsyncFd<RingBuf<MapData>>) {
+    loop {
+        let mut guard = match ring.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                log::error!("syscall ring buffer poll failed: {e}");
+                return;
+            }
+        };
+        let rb = guard.get_inner_mut();
+        while let Some(item) = rb.next() {
+            if item.len() < size_of::<SysEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole `SysEvent` (checked length); read unaligned.
+            let ev: SysEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            tracer.events_received.fetch_add(1, Ordering::Relaxed);
+            let _ = tracer.events.send(ev);
+        }
+        guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(calls: u64, errors: u64, total_ns: u64, bucket: usize) -> SysStats {
+        let mut s = SysStats {
+            calls,
+            errors,
+            total_ns,
+            ..SysStats::default()
+        };
+        s.hist[bucket] = calls;
+        s
+    }
+
+    #[test]
+    fn the_kernel_and_the_client_agree_on_the_histogram() {
+        assert_eq!(HIST_BUCKETS, orb8_syscalls::HIST_BUCKETS);
+        assert_eq!(MAX_SYSCALLS, orb8_syscalls::MAX_SYSCALLS);
+    }
+
+    #[test]
+    fn per_cpu_copies_are_summed() {
+        let s = sum_stats(&[stats(2, 1, 10, 3), stats(3, 0, 5, 3)]);
+        assert_eq!((s.calls, s.errors, s.total_ns, s.hist[3]), (5, 1, 15, 5));
+    }
+
+    #[test]
+    fn a_trace_sees_only_what_happened_since_it_started() {
+        let base = Totals {
+            stats: [(110, stats(4, 0, 40, 5)), (3, stats(1, 1, 1, 1))].into(),
+            errnos: [((3, 9), 1)].into(),
+            counters: [10, 0, 0, 0, 0],
+        };
+        let now = Totals {
+            stats: [
+                (110, stats(10, 0, 100, 5)),
+                (3, stats(1, 1, 1, 1)),
+                (257, stats(2, 2, 8, 2)),
+            ]
+            .into(),
+            errnos: [((3, 9), 1), ((257, 2), 2)].into(),
+            counters: [22, 1, 0, 0, 0],
+        };
+        let d = now.since(&base);
+        assert_eq!(d.stats.len(), 2, "close() did not happen again: {d:?}");
+        assert_eq!(d.stats[&110].calls, 6);
+        assert_eq!(d.stats[&110].total_ns, 60);
+        assert_eq!(d.stats[&110].hist[5], 6);
+        assert_eq!(d.stats[&257].errors, 2);
+        assert_eq!(d.errnos, [((257, 2), 2)].into());
+        assert_eq!(d.counters, [12, 1, 0, 0, 0]);
+    }
+}

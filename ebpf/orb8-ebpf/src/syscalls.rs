@@ -1,0 +1,297 @@
+//! orb8's syscall tracer, a separate object (`orb8-syscalls`) that the agent loads only when a
+//! client asks for a syscall trace, so the flow-only agent pays nothing for it.
+//!
+//! `orb8_sys_enter` / `orb8_sys_exit` run on the `raw_syscalls` raw tracepoints. The first thing
+//! each does is the target check (`SYS_CONFIG.filter`: the thread's cgroup v2 id in
+//! `SYS_CGROUPS`, its PID namespace, or its process in `SYS_TGIDS`); any other thread leaves
+//! at once, so nothing about other processes leaves the kernel. A traced entry passing the
+//! syscall allow-list (`SYS_ALLOW`) is remembered per thread in `SYS_INFLIGHT`; its exit adds
+//! the call, its errno and its duration to the per-CPU `SYS_STATS` / `SYS_ERRNOS`, and in
+//! stream mode sends a [`SysEvent`] through `SYS_EVENTS`. Every loss is counted in
+//! `SYS_COUNTERS`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+#![allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys and values are passed by reference to keep copies off the 512-byte BPF stack"
+)]
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST, bpf_pidns_info},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_cgroup_id, bpf_get_ns_current_pid_tgid, bpf_ktime_get_boot_ns},
+    },
+    macros::{map, raw_tracepoint},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::RawTracePointContext,
+};
+use orb8_common::sys::{
+    ErrnoKey, HIST_BUCKETS, Inflight, MAX_SYSCALLS, SysConfig, SysEvent, SysStats, counter,
+    filter,
+};
+
+const EEXIST: i64 = 17;
+
+/// The tracer's settings (one entry), written by the agent.
+#[map(name = "SYS_CONFIG")]
+static SYS_CONFIG: Array<SysConfig> = Array::with_max_entries(1, 0);
+
+/// Traced cgroup v2 ids.
+#[map(name = "SYS_CGROUPS")]
+static SYS_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Traced processes (tgid), for hosts without a cgroup v2 identity per container.
+#[map(name = "SYS_TGIDS")]
+static SYS_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// Bitmap of allowed syscall numbers, 64 per word.
+#[map(name = "SYS_ALLOW")]
+static SYS_ALLOW: Array<u64> = Array::with_max_entries(MAX_SYSCALLS / 64, 0);
+
+/// Syscalls in flight, by `pid_tgid`. Bounded: an entry that does not fit is counted.
+#[map(name = "SYS_INFLIGHT")]
+static SYS_INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(16384, 0);
+
+/// Per-CPU statistics by syscall number.
+#[map(name = "SYS_STATS")]
+static SYS_STATS: PerCpuArray<SysStats> = PerCpuArray::with_max_entries(MAX_SYSCALLS, 0);
+
+/// Per-CPU failed calls by syscall and errno.
+#[map(name = "SYS_ERRNOS")]
+static SYS_ERRNOS: PerCpuHashMap<ErrnoKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// Stream-mode events. The agent may resize it before loading.
+#[map(name = "SYS_EVENTS")]
+static SYS_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Per-CPU counters, one entry holding all of them, indexed by `sys::counter`.
+#[map(name = "SYS_COUNTERS")]
+static SYS_COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+
+type Counters = [u64; counter::COUNT as usize];
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(c) = SYS_COUNTERS.get_ptr_mut(0) {
+        // SAFETY: this CPU's copy of the entry.
+        let c = unsafe { &mut *c };
+        if let Some(v) = c.get_mut(index as usize) {
+            *v += 1;
+        }
+    }
+}
+
+/// Whether the current thread belongs to the target.
+#[inline(always)]
+fn traced(cfg: &SysConfig) -> bool {
+    match cfg.filter {
+        filter::CGROUP => {
+            // SAFETY: helper without preconditions.
+            let id = unsafe { bpf_get_current_cgroup_id() };
+            // SAFETY: the value is only tested for presence.
+            unsafe { SYS_CGROUPS.get(&id) }.is_some()
+        }
+        filter::TGID => {
+            let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            // SAFETY: as above.
+            unsafe { SYS_TGIDS.get(&tgid) }.is_some()
+        }
+        filter::PIDNS => {
+            let mut info = bpf_pidns_info { pid: 0, tgid: 0 };
+            // SAFETY: `info` is a writable struct of the size given.
+            let r = unsafe {
+                bpf_get_ns_current_pid_tgid(
+                    cfg.pidns_dev,
+                    cfg.pidns_ino,
+                    &mut info,
+                    size_of::<bpf_pidns_info>() as u32,
+                )
+            };
+            r == 0
+        }
+        _ => false,
+    }
+}
+
+#[inline(always)]
+fn allowed(nr: u32) -> bool {
+    match SYS_ALLOW.get(nr / 64) {
+        Some(word) => word & (1u64 << (nr % 64)) != 0,
+        None => false,
+    }
+}
+
+/// `floor(log2(ns)) + 1`, 0 for 0, capped at the last bucket: `orb8_syscalls::bucket_of`.
+#[inline(always)]
+fn bucket(ns: u64) -> usize {
+    if ns == 0 {
+        return 0;
+    }
+    let mut v = ns;
+    let mut b = 1usize;
+    if v >= 1 << 32 {
+        v >>= 32;
+        b += 32;
+    }
+    if v >= 1 << 16 {
+        v >>= 16;
+        b += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        b += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        b += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        b += 2;
+    }
+    if v >= 1 << 1 {
+        b += 1;
+    }
+    if b >= HIST_BUCKETS {
+        HIST_BUCKETS - 1
+    } else {
+        b
+    }
+}
+
+#[inline(always)]
+fn record(nr: u32, ret: i64, ns: u64) {
+    let Some(s) = SYS_STATS.get_ptr_mut(nr) else {
+        return;
+    };
+    // SAFETY: this CPU's copy of the entry; the program does not migrate while it runs.
+    let s = unsafe { &mut *s };
+    s.calls += 1;
+    s.total_ns += ns;
+    if let Some(h) = s.hist.get_mut(bucket(ns)) {
+        *h += 1;
+    }
+    if (-4095..=-1).contains(&ret) {
+        s.errors += 1;
+        record_errno(nr, (-ret) as u32);
+    }
+}
+
+#[inline(always)]
+fn record_errno(nr: u32, errno: u32) {
+    let key = ErrnoKey { nr, errno };
+    if let Some(v) = SYS_ERRNOS.get_ptr_mut(&key) {
+        // SAFETY: this CPU's copy.
+        unsafe { *v += 1 };
+        return;
+    }
+    match SYS_ERRNOS.insert(&key, &1, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        Err(e) if e as i64 == -EEXIST => match SYS_ERRNOS.get_ptr_mut(&key) {
+            // SAFETY: as above.
+            Some(v) => unsafe { *v += 1 },
+            None => count(counter::ERRNO_MAP_FULL),
+        },
+        Err(_) => count(counter::ERRNO_MAP_FULL),
+    }
+}
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn orb8_sys_enter(ctx: RawTracePointContext) -> i32 {
+    let Some(cfg) = SYS_CONFIG.get(0) else {
+        return 0;
+    };
+    if !traced(cfg) {
+        return 0;
+    }
+    let id: i64 = ctx.arg(1);
+    if id < 0 {
+        return 0;
+    }
+    if id >= MAX_SYSCALLS as i64 {
+        count(counter::NR_OUT_OF_RANGE);
+        return 0;
+    }
+    let nr = id as u32;
+    if cfg.allow_list != 0 && !allowed(nr) {
+        return 0;
+    }
+    count(counter::ENTERED);
+    if nr == cfg.nr_exit || nr == cfg.nr_exit_group {
+        // Never returns: counted now, with no duration.
+        record(nr, 0, 0);
+        return 0;
+    }
+    let inflight = Inflight {
+        // SAFETY: helper without preconditions.
+        enter_ns: unsafe { bpf_ktime_get_boot_ns() },
+        nr: nr as u64,
+    };
+    if SYS_INFLIGHT
+        .insert(&bpf_get_current_pid_tgid(), &inflight, BPF_ANY as u64)
+        .is_err()
+    {
+        count(counter::INFLIGHT_FULL);
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn orb8_sys_exit(ctx: RawTracePointContext) -> i32 {
+    let Some(cfg) = SYS_CONFIG.get(0) else {
+        return 0;
+    };
+    if !traced(cfg) {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the entry is copied out before it is deleted.
+    let Some(inflight) = (unsafe { SYS_INFLIGHT.get(&pid_tgid) }) else {
+        return 0;
+    };
+    let enter_ns = inflight.enter_ns;
+    let nr = inflight.nr as u32;
+    let _ = SYS_INFLIGHT.remove(&pid_tgid);
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let ns = now.saturating_sub(enter_ns);
+    let ret: i64 = ctx.arg(1);
+    record(nr, ret, ns);
+    if cfg.stream != 0 {
+        emit(pid_tgid, nr, ret, ns, now);
+    }
+    0
+}
+
+#[inline(always)]
+fn emit(pid_tgid: u64, nr: u32, ret: i64, ns: u64, now: u64) {
+    let Some(mut entry) = SYS_EVENTS.reserve::<SysEvent>(0) else {
+        count(counter::RINGBUF_FULL);
+        return;
+    };
+    entry.write(SysEvent {
+        ts_ns: now,
+        pid_tgid,
+        duration_ns: ns,
+        ret,
+        nr,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    });
+    entry.submit(0);
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
