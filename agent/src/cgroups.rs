@@ -120,7 +120,9 @@ fn unescape_mount(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && let Some(v) = s.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok())
+            && let Some(v) = s
+                .get(i + 1..i + 4)
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
         {
             out.push(v);
             i += 4;
@@ -173,10 +175,7 @@ pub fn choose(
     }
     if target_ns != agent_ns {
         Target {
-            resolved: Resolved::PidNs {
-                pid,
-                ns: target_ns,
-            },
+            resolved: Resolved::PidNs { pid, ns: target_ns },
             note: Some(format!(
                 "process {pid} has no cgroup v2 group of its own ({why_not}): tracing its PID \
                  namespace instead"
@@ -232,7 +231,10 @@ pub fn resolve_cgroup(path: &str) -> Result<Target, TargetError> {
         return Err(not("no cgroup.procs in it".into()));
     }
     if !full.starts_with(&mount) {
-        return Err(not(format!("not under the cgroup2 mount {}", mount.display())));
+        return Err(not(format!(
+            "not under the cgroup2 mount {}",
+            mount.display()
+        )));
     }
     Ok(Target {
         resolved: Resolved::Cgroup {
@@ -298,13 +300,20 @@ mod tests {
             cgroup2_mount(HYBRID),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
-        let unified = "25 1 0:22 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(cgroup2_mount(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        let unified =
+            "25 1 0:22 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            cgroup2_mount(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
         let bind_of_subgroup = "25 1 0:22 /kubepods /x rw - cgroup2 cgroup2 rw\n";
         assert_eq!(cgroup2_mount(bind_of_subgroup), None);
         let spaced = "25 1 0:22 / /a\\040b rw - cgroup2 cgroup2 rw\n";
         assert_eq!(cgroup2_mount(spaced), Some(PathBuf::from("/a b")));
-        assert_eq!(cgroup2_mount("32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw\n"), None);
+        assert_eq!(
+            cgroup2_mount("32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw\n"),
+            None
+        );
     }
 
     #[test]
@@ -318,7 +327,11 @@ mod tests {
     #[test]
     fn root_and_shared_groups_are_unusable() {
         assert!(cgroup_unusable("/", Some("/a")).unwrap().contains("root"));
-        assert!(cgroup_unusable("/a", Some("/a")).unwrap().contains("orb8-agent"));
+        assert!(
+            cgroup_unusable("/a", Some("/a"))
+                .unwrap()
+                .contains("orb8-agent")
+        );
         assert_eq!(cgroup_unusable("/a", Some("/b")), None);
         assert_eq!(cgroup_unusable("/a", None), None);
     }

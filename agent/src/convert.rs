@@ -63,7 +63,10 @@ fn ip_bytes(a: IpAddr) -> Vec<u8> {
 }
 
 /// Converts a finished syscall (stream mode) to the wire type.
-pub fn syscall_event(e: &orb8_common::sys::SysEvent, arch: orb8_syscalls::Arch) -> pb::SyscallEvent {
+pub fn syscall_event(
+    e: &orb8_common::sys::SysEvent,
+    arch: orb8_syscalls::Arch,
+) -> pb::SyscallEvent {
     let comm_len = e.comm.iter().position(|b| *b == 0).unwrap_or(e.comm.len());
     pb::SyscallEvent {
         pid: (e.pid_tgid >> 32) as u32,
@@ -117,10 +120,26 @@ pub fn syscall_summary(
         elapsed_ns: s.elapsed.as_nanos() as u64,
         syscalls,
         drops: vec![
-            drop(pb::DropStage::Kernel, "inflight_full", c(counter::INFLIGHT_FULL)),
-            drop(pb::DropStage::Kernel, "ringbuf_full", c(counter::RINGBUF_FULL)),
-            drop(pb::DropStage::Kernel, "errno_map_full", c(counter::ERRNO_MAP_FULL)),
-            drop(pb::DropStage::Kernel, "nr_out_of_range", c(counter::NR_OUT_OF_RANGE)),
+            drop(
+                pb::DropStage::Kernel,
+                "inflight_full",
+                c(counter::INFLIGHT_FULL),
+            ),
+            drop(
+                pb::DropStage::Kernel,
+                "ringbuf_full",
+                c(counter::RINGBUF_FULL),
+            ),
+            drop(
+                pb::DropStage::Kernel,
+                "errno_map_full",
+                c(counter::ERRNO_MAP_FULL),
+            ),
+            drop(
+                pb::DropStage::Kernel,
+                "nr_out_of_range",
+                c(counter::NR_OUT_OF_RANGE),
+            ),
             drop(pb::DropStage::Agent, "queue_overflow", s.lost_agent),
             drop(pb::DropStage::Client, "slow_client", slow_client),
         ],

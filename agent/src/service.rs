@@ -495,9 +495,7 @@ fn expected_events(s: &crate::syscalls::Summary, arch: orb8_syscalls::Arch) -> u
         .filter(|(nr, _)| !never_return.contains(&Some(**nr)))
         .map(|(_, st)| st.calls)
         .sum();
-    calls.saturating_sub(
-        s.totals.counters[orb8_common::sys::counter::RINGBUF_FULL as usize],
-    )
+    calls.saturating_sub(s.totals.counters[orb8_common::sys::counter::RINGBUF_FULL as usize])
 }
 
 impl SyscallTraceTask {
@@ -543,7 +541,10 @@ impl SyscallTraceTask {
             let ev = match ev {
                 Ok(ev) => ev,
                 Err(RecvError::Lagged(n)) => {
-                    self.agent.syscalls.lost_agent.fetch_add(n, Ordering::Relaxed);
+                    self.agent
+                        .syscalls
+                        .lost_agent
+                        .fetch_add(n, Ordering::Relaxed);
                     pending.agent += n;
                     seen += n;
                     continue;
@@ -555,7 +556,8 @@ impl SyscallTraceTask {
                 break;
             }
             let time = convert::unix_nanos(&self.agent.clock, ev.ts_ns);
-            let kind = pb::syscall_trace_event::Kind::Syscall(convert::syscall_event(&ev, self.arch));
+            let kind =
+                pb::syscall_trace_event::Kind::Syscall(convert::syscall_event(&ev, self.arch));
             let sent = if pending.any() {
                 Sent::Full
             } else {
@@ -606,7 +608,15 @@ impl Service {
     fn start_trace(
         &self,
         req: &pb::TraceSyscallsRequest,
-    ) -> Result<(crate::syscalls::TraceHandle, crate::cgroups::Target, crate::syscalls::ExitWatch, orb8_syscalls::Arch), Status> {
+    ) -> Result<
+        (
+            crate::syscalls::TraceHandle,
+            crate::cgroups::Target,
+            crate::syscalls::ExitWatch,
+            orb8_syscalls::Arch,
+        ),
+        Status,
+    > {
         use crate::{cgroups, syscalls::ExitWatch};
         let arch = crate::syscalls::arch().map_err(|e| Status::unimplemented(e.to_string()))?;
         let numbers = orb8_syscalls::resolve(arch, &req.syscalls)
@@ -623,9 +633,10 @@ impl Service {
             other => Status::failed_precondition(other.to_string()),
         };
         let (target, watch) = match kind {
-            pb::syscall_target::Kind::Pid(pid) => {
-                (cgroups::resolve_pid(pid).map_err(not_found)?, ExitWatch::Pid(pid))
-            }
+            pb::syscall_target::Kind::Pid(pid) => (
+                cgroups::resolve_pid(pid).map_err(not_found)?,
+                ExitWatch::Pid(pid),
+            ),
             pb::syscall_target::Kind::CgroupPath(path) => {
                 let t = cgroups::resolve_cgroup(&path).map_err(not_found)?;
                 let cgroups::Resolved::Cgroup { path, .. } = &t.resolved else {

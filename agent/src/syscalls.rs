@@ -376,6 +376,13 @@ impl SyscallTracer {
             .map_max_entries(names::EVENTS, RINGBUF_BYTES)
             .load(crate::ebpf::SYSCALLS_OBJECT)
             .map_err(|e| SyscallError::Load(format!("{e:#}")))?;
+        // Loaded before any map is taken out (and maybe dropped), so every map fd is still
+        // open when the kernel resolves the programs' map references.
+        for name in [names::EXIT, names::ENTER] {
+            program(&mut ebpf, name)?
+                .load()
+                .map_err(|e| SyscallError::Load(format!("{name}: {e:#}")))?;
+        }
         let mut config = SysConfig {
             nr_exit: arch.number("exit").unwrap_or(u32::MAX),
             nr_exit_group: arch.number("exit_group").unwrap_or(u32::MAX),
@@ -423,14 +430,8 @@ impl SyscallTracer {
         let reader = tokio::spawn(read_ring(self.clone(), ring));
         // Exit first: an exit without its entry is ignored, an entry without its exit lingers.
         for (name, tp) in [(names::EXIT, "sys_exit"), (names::ENTER, "sys_enter")] {
-            let prog: &mut RawTracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| SyscallError::Load(format!("the object has no program {name}")))?
-                .try_into()
-                .map_err(|e| SyscallError::Load(format!("{name}: {e}")))?;
-            prog.load()
-                .map_err(|e| SyscallError::Load(format!("{name}: {e:#}")))?;
-            prog.attach(tp)
+            program(&mut ebpf, name)?
+                .attach(tp)
                 .map_err(|e| SyscallError::Load(format!("attaching {name} to {tp}: {e}")))?;
         }
         log::info!("syscall probes loaded, tracing {description}");
@@ -447,6 +448,16 @@ impl SyscallTracer {
             traces: BTreeMap::new(),
         })
     }
+}
+
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut RawTracePoint, SyscallError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| SyscallError::Load(format!("the object has no program {name}")))?
+        .try_into()
+        .map_err(|e| SyscallError::Load(format!("{name}: {e}")))
 }
 
 fn set_stream(loaded: &mut Loaded) -> Result<(), SyscallError> {

@@ -217,6 +217,44 @@ pub struct CleanupArgs {
 pub enum TraceCommand {
     /// New network flows, one line each (NDJSON with -o json).
     Network(TraceNetworkArgs),
+    /// Syscalls of a process or cgroup, filtered in the kernel: an `strace -c`-like summary
+    /// when the trace ends (--duration, Ctrl-C or the target exiting), or one line per syscall
+    /// with --stream.
+    Syscall(TraceSyscallArgs),
+}
+
+/// `trace syscall` flags.
+#[derive(Debug, Clone, Args)]
+pub struct TraceSyscallArgs {
+    /// The pod to trace (cluster mode, not available yet: use --pid or --cgroup with --local
+    /// or --agent).
+    #[arg(value_name = "POD", conflicts_with_all = ["pid", "cgroup"])]
+    pub pod: Option<String>,
+
+    /// The pod's container to trace (with POD).
+    #[arg(short = 'c', long, value_name = "CONTAINER", requires = "pod")]
+    pub container: Option<String>,
+
+    /// Trace this process's cgroup v2 group (its PID namespace or the process alone where it
+    /// has no group of its own), by its PID on the agent's host.
+    #[arg(long, value_name = "PID", conflicts_with = "cgroup")]
+    pub pid: Option<u32>,
+
+    /// Trace this cgroup v2 directory (absolute, or relative to the cgroup2 mount).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+
+    /// Only these syscalls, e.g. openat,connect (comma-separated or repeated).
+    #[arg(long = "syscall", value_name = "NAMES", value_delimiter = ',')]
+    pub syscalls: Vec<String>,
+
+    /// Print every syscall as it returns instead of a summary at the end.
+    #[arg(long)]
+    pub stream: bool,
+
+    /// Stop after this long (default: until Ctrl-C or the target exits).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
 }
 
 /// Which direction a flow goes, relative to its interface.

@@ -72,6 +72,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         out.flush()?;
         return Ok(());
     }
+    if let Command::Trace(TraceCommand::Syscall(args)) = &cli.command {
+        commands::syscall::check(args, &cli.global)?;
+    }
     let require_agents = !matches!(cli.command, Command::Version);
     let deadline = agent_deadline(&cli);
     let session = Session::open(&cli.global, require_agents, deadline, &interrupt).await?;
@@ -96,6 +99,9 @@ async fn run_command(cli: &Cli, session: &Session, interrupt: &Interrupt) -> any
         }
         Command::Trace(TraceCommand::Network(args)) => {
             commands::trace::network(session, args, format, interrupt, &mut out).await?;
+        }
+        Command::Trace(TraceCommand::Syscall(args)) => {
+            commands::syscall::run(session, args, format, interrupt, &mut out).await?;
         }
         Command::Version => commands::version::run(session, format, &mut out)?,
         Command::Cleanup(_) => anyhow::bail!("cleanup does not use agents"),

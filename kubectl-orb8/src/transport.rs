@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use orb8_proto::agent_service_client::AgentServiceClient;
 use orb8_proto::{
-    Event, GetStatusRequest, GetStatusResponse, PROTOCOL_VERSION, QueryFlowsRequest,
-    QueryFlowsResponse, StreamEventsRequest, TOKEN_METADATA_KEY,
+    Event, GetStatusRequest, GetStatusResponse, GetSyscallSummaryRequest, PROTOCOL_VERSION,
+    QueryFlowsRequest, QueryFlowsResponse, StreamEventsRequest, SyscallSummary, SyscallTraceEvent,
+    TOKEN_METADATA_KEY, TraceSyscallsRequest,
 };
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::Interceptor;
@@ -488,6 +489,33 @@ impl Agent {
             "StreamEvents",
             RPC_TIMEOUT,
             client.stream_events(request),
+        )
+        .await
+    }
+
+    /// Starts a syscall trace; it runs while the returned stream is open.
+    pub async fn trace_syscalls(
+        &self,
+        request: TraceSyscallsRequest,
+    ) -> Result<Streaming<SyscallTraceEvent>, AgentError> {
+        let mut client = self.client.clone();
+        within(
+            &self.addr,
+            "TraceSyscalls",
+            RPC_TIMEOUT,
+            client.trace_syscalls(request),
+        )
+        .await
+    }
+
+    /// The counts of an open syscall trace since it started.
+    pub async fn syscall_summary(&self, trace_id: u64) -> Result<SyscallSummary, AgentError> {
+        let mut client = self.client.clone();
+        within(
+            &self.addr,
+            "GetSyscallSummary",
+            RPC_TIMEOUT,
+            client.get_syscall_summary(GetSyscallSummaryRequest { trace_id }),
         )
         .await
     }

@@ -168,7 +168,10 @@ pub fn check_any_arch(names: &[String]) -> Result<(), UnknownSyscall> {
 
 /// Up to three candidates within a small edit distance of `name`, closest first (ties in
 /// alphabetical order). Names that contain `name` or that `name` starts are also offered.
-pub fn close_matches(name: &str, candidates: impl Iterator<Item = &'static str>) -> Vec<&'static str> {
+pub fn close_matches(
+    name: &str,
+    candidates: impl Iterator<Item = &'static str>,
+) -> Vec<&'static str> {
     let limit = (name.len() / 3).clamp(1, 3);
     let mut scored: Vec<(usize, &'static str)> = candidates
         .filter_map(|c| {
@@ -236,7 +239,11 @@ mod tests {
         assert_eq!(Arch::Aarch64.number("openat"), Some(56));
         assert_eq!(Arch::Aarch64.number("close"), Some(57));
         assert_eq!(Arch::Aarch64.number("exit_group"), Some(94));
-        assert_eq!(Arch::Aarch64.number("open"), None, "aarch64 has only openat");
+        assert_eq!(
+            Arch::Aarch64.number("open"),
+            None,
+            "aarch64 has only openat"
+        );
         assert_eq!(Arch::X86_64.name(110), Some("getppid"));
         assert_eq!(Arch::Aarch64.name(56), Some("openat"));
         assert_eq!(Arch::X86_64.name(435), Some("clone3"));
@@ -249,7 +256,10 @@ mod tests {
         for arch in ARCHES {
             let t = arch.table();
             assert!(t.len() > 300, "{arch}: {} syscalls", t.len());
-            assert!(t.windows(2).all(|w| w[0].0 < w[1].0), "{arch} sorted by number");
+            assert!(
+                t.windows(2).all(|w| w[0].0 < w[1].0),
+                "{arch} sorted by number"
+            );
             let mut names: Vec<&str> = t.iter().map(|(_, n)| *n).collect();
             names.sort_unstable();
             let len = names.len();
@@ -282,7 +292,8 @@ mod tests {
         assert_eq!(err.name, "opnat");
         assert_eq!(err.close.first(), Some(&"openat"));
         assert!(
-            err.to_string().starts_with("unknown syscall 'opnat' on x86_64 (did you mean openat"),
+            err.to_string()
+                .starts_with("unknown syscall 'opnat' on x86_64 (did you mean openat"),
             "{err}"
         );
         let err = resolve(Arch::X86_64, &["conect".into()]).unwrap_err();
@@ -312,7 +323,10 @@ mod tests {
         assert_eq!(bucket_of(u64::MAX), HIST_BUCKETS - 1);
         for ns in [0u64, 1, 5, 999, 1 << 20, (1 << 38) - 1, 1 << 38, 1 << 50] {
             let (lo, hi) = bucket_bounds(bucket_of(ns));
-            assert!(lo <= ns && hi.is_none_or(|h| ns < h), "{ns} in [{lo}, {hi:?})");
+            assert!(
+                lo <= ns && hi.is_none_or(|h| ns < h),
+                "{ns} in [{lo}, {hi:?})"
+            );
         }
         assert_eq!(bucket_bounds(1), (1, Some(2)));
         assert_eq!(bucket_bounds(HIST_BUCKETS - 1), (1 << 38, None));

@@ -648,3 +648,133 @@ pub fn tcp_exchange(
     });
     srv.join().unwrap();
 }
+
+/// A cgroup v2 group the test creates under the host's cgroup2 mount, removed on drop (its
+/// processes moved back to the root group first), also when the test panics.
+pub struct TestCgroup {
+    /// Its directory.
+    pub path: PathBuf,
+}
+
+/// Where cgroup2 is mounted here (`/sys/fs/cgroup/unified` in a hybrid layout).
+pub fn cgroup2_mount() -> PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("reading mountinfo");
+    info.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            if !right.starts_with("cgroup2 ") {
+                return None;
+            }
+            left.split_whitespace().nth(4).map(PathBuf::from)
+        })
+        .expect("a cgroup2 mount (privileged syscall tests need cgroup v2)")
+}
+
+impl TestCgroup {
+    /// Creates `orb8-test-<pid>-<n>` under the cgroup2 mount.
+    pub fn new() -> TestCgroup {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = cgroup2_mount().join(format!("orb8-test-{}-{n}", std::process::id()));
+        std::fs::create_dir(&path)
+            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
+        TestCgroup { path }
+    }
+
+    /// Moves process `pid` into the group.
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.path.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", self.path.display()));
+    }
+
+    /// The cgroup id: the directory's inode number.
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&self.path).expect("cgroup dir").ino()
+    }
+}
+
+impl Default for TestCgroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let root = cgroup2_mount().join("cgroup.procs");
+        if let Ok(procs) = std::fs::read_to_string(self.path.join("cgroup.procs")) {
+            for pid in procs.split_whitespace() {
+                let _ = std::fs::write(&root, pid);
+            }
+        }
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("warning: could not remove {}", self.path.display());
+    }
+}
+
+/// A running `orb8-syscall-load`, waiting for its go byte.
+pub struct SyscallLoad {
+    child: Child,
+    /// PID (host namespace) of the process that will make the calls.
+    pub pid: u32,
+}
+
+impl SyscallLoad {
+    /// Starts the helper: `getppid` GETPPID times, failing `openat` OPENAT times (ENOENT),
+    /// `close(-1)` CLOSE times (EBADF); in a new PID namespace with `new_pidns`. `cgroup`, when
+    /// given, receives the process before it makes any call.
+    pub fn start(
+        new_pidns: bool,
+        cgroup: Option<&TestCgroup>,
+        getppid: u64,
+        openat: u64,
+        close: u64,
+    ) -> SyscallLoad {
+        let bin = workspace_bin("orb8-syscall-load");
+        let mut cmd = Command::new(bin);
+        if new_pidns {
+            cmd.arg("--new-pidns");
+        }
+        let mut child = cmd
+            .args([getppid, openat, close].map(|n| n.to_string()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning orb8-syscall-load");
+        if let Some(cg) = cgroup {
+            cg.add(child.id());
+        }
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("reading the ready line");
+        let pid = line
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("orb8-syscall-load said {line:?}"));
+        SyscallLoad { child, pid }
+    }
+
+    /// Tells it to make its calls and waits until it has exited.
+    pub fn go_and_wait(mut self) {
+        use std::io::Write as _;
+        let mut stdin = self.child.stdin.take().expect("stdin");
+        stdin.write_all(b"g").expect("sending go");
+        drop(stdin);
+        let status = self.child.wait().expect("waiting for orb8-syscall-load");
+        assert!(status.success(), "orb8-syscall-load failed: {status}");
+    }
+}
+
+impl Drop for SyscallLoad {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

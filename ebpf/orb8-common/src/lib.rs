@@ -154,7 +154,6 @@ pub mod names {
     pub const BENCH_NOOP: &str = "orb8_bench_noop";
 }
 
-
 /// The syscall tracer's ABI (`orb8-syscalls` object: raw tracepoints `sys_enter`/`sys_exit`).
 pub mod sys {
     /// Syscall numbers are below this; the per-syscall maps have this many entries.

@@ -20,15 +20,16 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, bpf_pidns_info},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_ns_current_pid_tgid, bpf_ktime_get_boot_ns},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_ns_current_pid_tgid, bpf_ktime_get_boot_ns,
+        },
     },
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::RawTracePointContext,
 };
 use orb8_common::sys::{
-    ErrnoKey, HIST_BUCKETS, Inflight, MAX_SYSCALLS, SysConfig, SysEvent, SysStats, counter,
-    filter,
+    ErrnoKey, HIST_BUCKETS, Inflight, MAX_SYSCALLS, SysConfig, SysEvent, SysStats, counter, filter,
 };
 
 const EEXIST: i64 = 17;

@@ -4,6 +4,7 @@
 pub mod cleanup;
 pub mod flows;
 pub mod status;
+pub mod syscall;
 pub mod trace;
 pub mod version;
 

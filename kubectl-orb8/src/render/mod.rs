@@ -2,6 +2,7 @@
 //! takes plain data and writes or returns text; nothing here talks to agents.
 
 pub mod json;
+pub mod syscalls;
 pub mod table;
 pub mod yaml;
 

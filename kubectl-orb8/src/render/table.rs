@@ -268,6 +268,7 @@ mod tests {
                 agent_version: "0.1.0".into(),
                 protocol_version: 1,
                 kernel_release: "6.18.0".into(),
+                arch: "x86_64".into(),
                 btf_present: true,
                 attach_mode: "tcx".into(),
                 interfaces: vec![

@@ -93,6 +93,7 @@ pub fn status(node: &str) -> GetStatusResponse {
         agent_version: "0.1.0".into(),
         protocol_version: PROTOCOL_VERSION,
         kernel_release: "6.18.0-test".into(),
+        arch: "x86_64".into(),
         btf_present: true,
         attach_mode: "tcx".into(),
         interfaces: vec![
@@ -178,6 +179,81 @@ pub fn new_flow_events(node: &str, count: u64) -> Vec<Event> {
 struct Service(Arc<FakeAgent>);
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
+type SyscallStream =
+    Pin<Box<dyn Stream<Item = Result<orb8_proto::SyscallTraceEvent, Status>> + Send>>;
+
+/// The canned syscall trace every fake agent plays: started, two syscalls, target exited.
+pub fn syscall_trace(node: &str) -> Vec<orb8_proto::SyscallTraceEvent> {
+    use orb8_proto::{SyscallEvent, SyscallTraceEvent, syscall_trace_event::Kind};
+    let ev = |seq: u64, kind: Kind| SyscallTraceEvent {
+        node: node.to_string(),
+        seq,
+        time_unix_nanos: 1_700_000_000_000_000_000,
+        kind: Some(kind),
+    };
+    let call = |name: &str, nr: u32, ret: i64, errno: &str| SyscallEvent {
+        pid: 7,
+        tid: 7,
+        comm: "app".into(),
+        nr,
+        name: name.into(),
+        ret,
+        errno: errno.into(),
+        duration_ns: 1500,
+    };
+    vec![
+        ev(
+            1,
+            Kind::Started(orb8_proto::SyscallTraceStarted {
+                trace_id: 5,
+                filter: orb8_proto::SyscallFilterKind::Cgroup as i32,
+                description: "cgroup /sys/fs/cgroup/app (id 9)".into(),
+                note: String::new(),
+                arch: "x86_64".into(),
+                cgroup_ids: vec![9],
+            }),
+        ),
+        ev(2, Kind::Syscall(call("getppid", 110, 1, ""))),
+        ev(3, Kind::Syscall(call("openat", 257, -2, "ENOENT"))),
+        ev(
+            4,
+            Kind::TargetExited(orb8_proto::SyscallTargetExited {
+                reason: "process 7 exited".into(),
+            }),
+        ),
+    ]
+}
+
+/// The canned summary of [`syscall_trace`].
+pub fn syscall_summary(node: &str) -> orb8_proto::SyscallSummary {
+    orb8_proto::SyscallSummary {
+        node: node.to_string(),
+        arch: "x86_64".into(),
+        elapsed_ns: 2_000_000_000,
+        syscalls: vec![
+            orb8_proto::SyscallStats {
+                nr: 110,
+                name: "getppid".into(),
+                calls: 1,
+                errors: 0,
+                total_ns: 1500,
+                errnos: Default::default(),
+                histogram: vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            },
+            orb8_proto::SyscallStats {
+                nr: 257,
+                name: "openat".into(),
+                calls: 1,
+                errors: 1,
+                total_ns: 1500,
+                errnos: [("ENOENT".to_string(), 1)].into(),
+                histogram: vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            },
+        ],
+        drops: Vec::new(),
+        target_exited: true,
+    }
+}
 
 #[tonic::async_trait]
 impl AgentService for Service {
@@ -224,6 +300,32 @@ impl AgentService for Service {
                 .boxed(),
         };
         Ok(Response::new(stream))
+    }
+
+    type TraceSyscallsStream = SyscallStream;
+
+    async fn trace_syscalls(
+        &self,
+        request: Request<orb8_proto::TraceSyscallsRequest>,
+    ) -> Result<Response<SyscallStream>, Status> {
+        self.0.check(request.metadata())?;
+        let events = syscall_trace(&self.0.status.node);
+        Ok(Response::new(
+            stream::iter(events.into_iter().map(Ok))
+                .chain(stream::pending())
+                .boxed(),
+        ))
+    }
+
+    async fn get_syscall_summary(
+        &self,
+        request: Request<orb8_proto::GetSyscallSummaryRequest>,
+    ) -> Result<Response<orb8_proto::SyscallSummary>, Status> {
+        self.0.check(request.metadata())?;
+        if request.get_ref().trace_id != 5 {
+            return Err(Status::not_found("no such trace"));
+        }
+        Ok(Response::new(syscall_summary(&self.0.status.node)))
     }
 }
 

@@ -1,0 +1,326 @@
+//! `kubectl orb8 trace syscall`: the syscalls of a process or cgroup, counted (or, with
+//! `--stream`, sent one by one) by the agent's kernel programs; nothing about other processes
+//! leaves the kernel.
+
+use std::io::Write;
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use orb8_proto::{
+    DropStage, SyscallFilterKind, SyscallSummary, SyscallTarget, TraceSyscallsRequest,
+    syscall_target, syscall_trace_event,
+};
+
+use super::warn;
+use crate::cli::{GlobalArgs, TraceSyscallArgs};
+use crate::interrupt::Interrupt;
+use crate::render::syscalls::{self as view, SummaryView, SyscallLine};
+use crate::render::{OutputFormat, json, yaml};
+use crate::session::Session;
+
+/// Said when a POD is given: pods need cluster mode.
+pub const CLUSTER_MODE_UNAVAILABLE: &str = "tracing a POD needs cluster mode, which is not \
+     available yet: use --local (or --agent ADDR) with --pid PID or --cgroup PATH";
+
+/// Checks the flags before any agent is started: a target is named, the names are syscalls.
+pub fn check(args: &TraceSyscallArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    if args.pod.is_some() {
+        anyhow::bail!(CLUSTER_MODE_UNAVAILABLE);
+    }
+    if !global.local && global.agents.is_empty() && (args.pid.is_some() || args.cgroup.is_some()) {
+        anyhow::bail!(
+            "--pid and --cgroup name a process or cgroup on one host: use them with --local or \
+             --agent ADDR"
+        );
+    }
+    if args.pid.is_none() && args.cgroup.is_none() {
+        anyhow::bail!("trace syscall needs a target: --pid PID or --cgroup PATH (or a POD)");
+    }
+    if args.syscalls.iter().any(|s| s.trim().is_empty()) {
+        anyhow::bail!("--syscall got an empty name");
+    }
+    orb8_syscalls::check_any_arch(&args.syscalls)?;
+    Ok(())
+}
+
+/// The request these flags describe.
+pub fn request(args: &TraceSyscallArgs) -> TraceSyscallsRequest {
+    let kind = match (&args.pid, &args.cgroup) {
+        (Some(pid), _) => syscall_target::Kind::Pid(*pid),
+        (None, Some(path)) => syscall_target::Kind::CgroupPath(path.clone()),
+        (None, None) => syscall_target::Kind::CgroupPath(String::new()),
+    };
+    TraceSyscallsRequest {
+        target: Some(SyscallTarget { kind: Some(kind) }),
+        syscalls: args.syscalls.iter().map(|s| s.trim().to_string()).collect(),
+        stream: args.stream,
+    }
+}
+
+fn filter_name(kind: i32) -> &'static str {
+    match SyscallFilterKind::try_from(kind) {
+        Ok(SyscallFilterKind::Cgroup) => "cgroup",
+        Ok(SyscallFilterKind::Pidns) => "pidns",
+        Ok(SyscallFilterKind::Process) => "process",
+        _ => "unknown",
+    }
+}
+
+fn stage_name(stage: i32) -> &'static str {
+    match DropStage::try_from(stage) {
+        Ok(DropStage::Kernel) => "kernel",
+        Ok(DropStage::Agent) => "agent",
+        Ok(DropStage::Client) => "client",
+        _ => "unknown",
+    }
+}
+
+/// One line on the losses of a trace, or `None` when nothing was lost.
+pub fn losses_line(s: &SyscallSummary) -> Option<String> {
+    let parts: Vec<String> = s
+        .drops
+        .iter()
+        .filter(|d| d.count > 0)
+        .map(|d| format!("{} {} ({} stage)", d.count, d.reason, stage_name(d.stage)))
+        .collect();
+    (!parts.is_empty()).then(|| format!("{}: syscall trace losses: {}", s.node, parts.join(", ")))
+}
+
+/// Runs the trace until `--duration`, Ctrl-C or the target's exit, then prints the summary
+/// (or, with `--stream`, has printed each syscall as it came).
+pub async fn run(
+    session: &Session,
+    args: &TraceSyscallArgs,
+    format: OutputFormat,
+    interrupt: &Interrupt,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let [agent] = &session.agents[..] else {
+        anyhow::bail!(
+            "trace syscall uses one agent (the target's node); got {}",
+            session.agents.len()
+        );
+    };
+    let node = session.names[0].as_str();
+    if let Some(arch) = orb8_syscalls::Arch::from_name(&agent.status.arch) {
+        orb8_syscalls::resolve(arch, &args.syscalls)?;
+    }
+    let mut stream = agent.trace_syscalls(request(args)).await?;
+    let started = match stream.next().await {
+        Some(Ok(ev)) => match ev.kind {
+            Some(syscall_trace_event::Kind::Started(s)) => s,
+            other => anyhow::bail!("agent {node} began the trace with {other:?}"),
+        },
+        Some(Err(status)) => {
+            return Err(crate::transport::AgentError::from_status(
+                &agent.addr,
+                "TraceSyscalls",
+                &status,
+            )
+            .into());
+        }
+        None => anyhow::bail!("agent {node} ended the trace before it started"),
+    };
+    if !started.note.is_empty() {
+        warn(&started.note);
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "orb8: tracing {} on {node} ({} filter{}){}",
+        started.description,
+        filter_name(started.filter),
+        if args.syscalls.is_empty() {
+            String::new()
+        } else {
+            format!(", syscalls {}", args.syscalls.join(","))
+        },
+        if args.stream {
+            ""
+        } else {
+            "; Ctrl-C prints the summary"
+        }
+    );
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let until_deadline = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(until_deadline);
+    let mut exited = None;
+    loop {
+        let item = tokio::select! {
+            item = stream.next() => item,
+            () = &mut until_deadline => break,
+            () = interrupt.wait() => break,
+        };
+        let ev = match item {
+            Some(Ok(ev)) => ev,
+            Some(Err(status)) => anyhow::bail!(
+                "agent {node}: the syscall trace ended: {}",
+                crate::merge::status_text(&status)
+            ),
+            None => anyhow::bail!("agent {node} ended the syscall trace"),
+        };
+        match ev.kind {
+            Some(syscall_trace_event::Kind::Syscall(e)) => {
+                let line = match format {
+                    OutputFormat::Json => {
+                        json::to_line(&SyscallLine::new(node, ev.time_unix_nanos, &e))?
+                    }
+                    OutputFormat::Yaml => format!(
+                        "---\n{}",
+                        yaml::to_string(&SyscallLine::new(node, ev.time_unix_nanos, &e))?
+                    ),
+                    _ => view::stream_line(ev.time_unix_nanos, &e),
+                };
+                writeln!(out, "{}", line.trim_end())?;
+                out.flush()?;
+            }
+            Some(syscall_trace_event::Kind::Gap(g)) => warn(&format!(
+                "{node}: {} syscall events lost ({} stage, {})",
+                g.lost,
+                stage_name(g.stage),
+                g.reason
+            )),
+            Some(syscall_trace_event::Kind::TargetExited(t)) => {
+                exited = Some(t.reason);
+                break;
+            }
+            Some(syscall_trace_event::Kind::Started(_)) | None => {}
+        }
+    }
+    let summary = agent
+        .syscall_summary(started.trace_id)
+        .await
+        .context("reading the syscall summary")?;
+    // The trace ends (and the agent unloads its programs) when the stream is dropped.
+    drop(stream);
+    if let Some(reason) = &exited {
+        warn(&format!("{reason}: the trace ends here"));
+    }
+    if let Some(line) = losses_line(&summary) {
+        warn(&line);
+    }
+    if args.stream {
+        return Ok(());
+    }
+    let rows = view::rows(&summary.syscalls);
+    match format {
+        OutputFormat::Json | OutputFormat::Yaml => {
+            let v = SummaryView {
+                node,
+                arch: &summary.arch,
+                target: &started.description,
+                filter: filter_name(started.filter),
+                duration_seconds: summary.elapsed_ns as f64 / 1e9,
+                target_exited: summary.target_exited,
+                calls: rows.iter().map(|r| r.calls).sum(),
+                errors: rows.iter().map(|r| r.errors).sum(),
+                syscalls: rows,
+                lost: view::losses(&summary),
+            };
+            let text = if format == OutputFormat::Json {
+                json::to_string(&v)?
+            } else {
+                yaml::to_string(&v)?
+            };
+            writeln!(out, "{}", text.trim_end())?;
+        }
+        OutputFormat::Table | OutputFormat::Wide => write!(out, "{}", view::strace_table(&rows))?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command, TraceCommand};
+    use clap::Parser as _;
+
+    fn parse(args: &[&str]) -> (TraceSyscallArgs, GlobalArgs) {
+        let cli = Cli::try_parse_from(args).expect("parses");
+        match cli.command {
+            Command::Trace(TraceCommand::Syscall(a)) => (a, cli.global),
+            other => panic!("expected trace syscall, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn flags_become_a_request() {
+        let (a, g) = parse(&[
+            "kubectl-orb8",
+            "--local",
+            "trace",
+            "syscall",
+            "--pid",
+            "42",
+            "--syscall",
+            "openat,connect",
+            "--syscall",
+            "close",
+            "--stream",
+        ]);
+        check(&a, &g).expect("valid");
+        let r = request(&a);
+        assert_eq!(r.syscalls, vec!["openat", "connect", "close"]);
+        assert!(r.stream);
+        assert_eq!(
+            r.target.and_then(|t| t.kind),
+            Some(syscall_target::Kind::Pid(42))
+        );
+    }
+
+    #[test]
+    fn pods_need_cluster_mode() {
+        let (a, g) = parse(&[
+            "kubectl-orb8",
+            "trace",
+            "syscall",
+            "checkout-7f9c",
+            "-c",
+            "app",
+        ]);
+        assert_eq!(
+            check(&a, &g).unwrap_err().to_string(),
+            CLUSTER_MODE_UNAVAILABLE
+        );
+        let (a, g) = parse(&["kubectl-orb8", "--local", "trace", "syscall", "checkout"]);
+        assert!(
+            check(&a, &g)
+                .unwrap_err()
+                .to_string()
+                .contains("cluster mode")
+        );
+        assert!(
+            Cli::try_parse_from(["kubectl-orb8", "trace", "syscall", "p", "--pid", "1"]).is_err()
+        );
+    }
+
+    #[test]
+    fn unknown_syscalls_are_one_line_with_close_matches() {
+        let (a, g) = parse(&[
+            "kubectl-orb8",
+            "--local",
+            "trace",
+            "syscall",
+            "--pid",
+            "1",
+            "--syscall",
+            "opnat",
+        ]);
+        let err = check(&a, &g).unwrap_err().to_string();
+        assert!(
+            err.starts_with("unknown syscall 'opnat' (did you mean openat"),
+            "{err}"
+        );
+        let (a, g) = parse(&["kubectl-orb8", "--local", "trace", "syscall"]);
+        assert!(
+            check(&a, &g)
+                .unwrap_err()
+                .to_string()
+                .contains("needs a target")
+        );
+    }
+}
