@@ -120,11 +120,7 @@ pub fn strace_table(rows: &[SyscallRow]) -> String {
         "{:>6.2} {:>11.6} {:>11} {:>9} {:>9} total\n",
         if calls == 0 { 0.0 } else { 100.0 },
         total_ns as f64 / 1e9,
-        if calls == 0 {
-            0
-        } else {
-            total_ns / 1000 / calls
-        },
+        (total_ns / 1000).checked_div(calls).unwrap_or(0),
         calls,
         errors
     ));
