@@ -143,6 +143,8 @@ struct State {
     binaries: HashMap<String, PathBuf>,
     /// Images the kubelet cannot pull.
     unpullable: Mutex<Vec<String>>,
+    /// Images the kubelet keeps pulling (the pod stays in ContainerCreating).
+    slow: Mutex<Vec<String>>,
 }
 
 impl State {
@@ -241,6 +243,7 @@ impl FakeCluster {
             node_netns: HashMap::from([(node.to_string(), node_ns.name.clone())]),
             binaries: HashMap::from([(AGENT_IMAGE_PATH.to_string(), workspace_bin("orb8-agent"))]),
             unpullable: Mutex::default(),
+            slow: Mutex::default(),
         });
         {
             let mut store = state.store.lock().expect("store");
@@ -371,6 +374,15 @@ impl FakeCluster {
             .unpullable
             .lock()
             .expect("unpullable")
+            .push(image.to_string());
+    }
+
+    /// Makes the kubelet pull `image` forever: its pods stay in ContainerCreating.
+    pub fn stall_image(&self, image: &str) {
+        self.state
+            .slow
+            .lock()
+            .expect("slow")
             .push(image.to_string());
     }
 
@@ -1089,6 +1101,9 @@ async fn start_container(state: &Arc<State>, key: &(String, String), netns: &str
                 "message": format!("Back-off pulling image \"{image}\"")}}),
             false,
         );
+        return Started::Stuck;
+    }
+    if state.slow.lock().expect("slow").contains(&image) {
         return Started::Stuck;
     }
     let strings = |v: &Value| -> Vec<String> {

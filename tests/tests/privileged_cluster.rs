@@ -391,6 +391,7 @@ fn privileged_cluster_image_pull_backoff_fails_in_one_line_and_deletes_the_pod()
     )
     .finish(&cluster);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("kubectl-orb8 said: {stderr}");
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(out.stdout.is_empty());
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
@@ -430,6 +431,7 @@ fn privileged_cluster_selector_matching_nothing_creates_nothing() {
     )
     .finish(&cluster);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("kubectl-orb8 said: {stderr}");
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     assert!(
@@ -447,4 +449,79 @@ fn privileged_cluster_selector_matching_nothing_creates_nothing() {
         "nothing created or deleted:\n{log}"
     );
     assert!(!cluster.has_namespace(AGENT_NS));
+}
+
+#[test]
+fn privileged_cluster_ctrl_c_while_the_agent_pod_starts_deletes_it() {
+    require_root();
+    let topo = Topology::new(2);
+    let cluster = cluster_of(&topo);
+    let image = "example.test/orb8/orb8-agent:slow";
+    cluster.stall_image(image);
+    let mut orb8 = Orb8::start(
+        &cluster,
+        &["flows", "-n", "a", "--image", image, "--duration", "3s"],
+    );
+    let end = Instant::now() + Duration::from_secs(20);
+    while !cluster
+        .requests()
+        .iter()
+        .any(|r| r.param("watch") == Some("true"))
+    {
+        assert!(Instant::now() < end, "no watch: {:#?}", lines(&cluster));
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(orb8.child().id() as i32, libc::SIGINT) };
+    let out = orb8.finish(&cluster);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let reqs = cluster.requests();
+    position(&reqs, "deleting the starting pod", |r| r.method == "DELETE");
+    assert!(cluster.pods(AGENT_NS).is_empty(), "{:#?}", lines(&cluster));
+}
+
+#[test]
+fn privileged_cluster_cleanup_deletes_what_a_killed_client_left() {
+    require_root();
+    let topo = Topology::new(2);
+    let cluster = cluster_of(&topo);
+    let mut orb8 = Orb8::start(&cluster, &["trace", "network", "-n", "a", "-o", "json"]);
+    wait_attached(&topo.node, &topo.pods[0].host_if);
+    let _ = orb8.child().kill();
+    let _ = orb8.child().wait();
+    let left = cluster.pods(AGENT_NS);
+    assert_eq!(left.len(), 1, "a killed client leaves its agent pod");
+    let name = left[0]["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(cluster.containers().iter().all(|c| c.exit.is_none()));
+
+    let out = Orb8::start(&cluster, &["cleanup", "-o", "json"]).finish(&cluster);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cleanup failed: {stderr}");
+    let listed: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        listed,
+        serde_json::json!([{
+            "namespace": AGENT_NS, "pod": name, "node": NODE,
+            "session": left[0]["metadata"]["labels"]["orb8.dev/session"],
+            "phase": "Running", "action": "deleted",
+        }])
+    );
+    let reqs = cluster.requests();
+    position(
+        &reqs,
+        "listing agent pods by label in every namespace",
+        |r| {
+            r.path == "/api/v1/pods"
+                && r.param("labelSelector")
+                    == Some(
+                        "app.kubernetes.io/managed-by=kubectl-orb8,app.kubernetes.io/name=orb8-agent",
+                    )
+        },
+    );
+    assert!(cluster.pods(AGENT_NS).is_empty());
+    let containers = cluster.containers();
+    assert_eq!(containers.len(), 1);
+    assert_eq!(containers[0].exit, Some(0), "{:#?}", containers[0].log);
 }
