@@ -21,6 +21,10 @@ use std::{
 
 use serde_json::Value;
 
+#[path = "../../kubectl-orb8/tests/support/fake_apiserver.rs"]
+pub mod fake_apiserver;
+pub mod fake_cluster;
+
 /// Panics unless the tests run as root: they load eBPF and create namespaces.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

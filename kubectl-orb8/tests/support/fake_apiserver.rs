@@ -8,19 +8,24 @@
 //! dials the port in the pod's network (here: the pod's loopback IP), reports a failed dial on
 //! the error channel, and closes the websocket when the pod side closes. Missing pods get a
 //! 404 `Status` as a real API server sends.
+//!
+//! [`port_forward`] and [`status`] are public so that a fuller fake (the privileged cluster
+//! test's, which includes this file) can serve port-forwards with its own [`Dial`].
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use futures::{SinkExt, StreamExt};
+use futures::future::BoxFuture;
+use futures::{FutureExt, SinkExt, StreamExt};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
@@ -31,6 +36,22 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 /// The websocket subprotocol the kubelet's port-forward speaks.
 pub const PORT_FORWARD_PROTOCOL: &str = "v4.channel.k8s.io";
 
+/// How a port-forward reaches a port of its pod, as the kubelet dials inside the pod's network:
+/// the connection, or why not in the kubelet's words (`dial tcp4 ...: connect: ...`).
+pub type Dial = Arc<dyn Fn(u16) -> BoxFuture<'static, Result<TcpStream, String>> + Send + Sync>;
+
+/// Dials the ports of `ip` from this process's network.
+pub fn dial_ip(ip: IpAddr) -> Dial {
+    Arc::new(move |port| {
+        async move {
+            TcpStream::connect((ip, port))
+                .await
+                .map_err(|e| format!("dial tcp4 {ip}:{port}: connect: {e}"))
+        }
+        .boxed()
+    })
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// (namespace, name) → the IP whose ports are the pod's ports.
@@ -38,7 +59,7 @@ struct State {
     /// `METHOD path?query` of every request, in order.
     requests: Mutex<Vec<String>>,
     /// How many port-forward websockets are open now.
-    open_forwards: Mutex<usize>,
+    open_forwards: Arc<Mutex<usize>>,
 }
 
 /// A fake API server on 127.0.0.1; dropping it stops accepting (open forwards run on).
@@ -135,7 +156,8 @@ impl FakeApiServer {
     }
 }
 
-fn status(
+/// A `Status` response as the API server sends for failures.
+pub fn status(
     code: StatusCode,
     reason: &str,
     message: &str,
@@ -228,7 +250,26 @@ fn handle(state: Arc<State>, mut req: Request<Incoming>) -> Response<Full<Bytes>
             serde_json::json!({"name": pod, "kind": "pods"}),
         );
     };
-    let Some(ports) = requested_ports(&query) else {
+    port_forward(
+        &mut req,
+        pod,
+        &query,
+        dial_ip(ip),
+        state.open_forwards.clone(),
+    )
+}
+
+/// Answers the port-forward request `req` (query `query`) for an existing `pod`: checks the
+/// ports and the websocket upgrade like the API server, then carries the websocket on a task,
+/// dialing each port with `dial`. `open_forwards` counts the websockets open.
+pub fn port_forward(
+    req: &mut Request<Incoming>,
+    pod: String,
+    query: &str,
+    dial: Dial,
+    open_forwards: Arc<Mutex<usize>>,
+) -> Response<Full<Bytes>> {
+    let Some(ports) = requested_ports(query) else {
         return bad_request("query parameter \"ports\" is required and must be a list of ports");
     };
     let header = |name: header::HeaderName| {
@@ -247,15 +288,14 @@ fn handle(state: Arc<State>, mut req: Request<Incoming>) -> Response<Full<Bytes>
         return bad_request("unable to upgrade: no supported websocket subprotocol was offered");
     }
 
-    let upgrade = hyper::upgrade::on(&mut req);
+    let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        *state.open_forwards.lock().expect("forwards lock") += 1;
-        forward(ws, &pod, ip, &ports).await;
-        *state.open_forwards.lock().expect("forwards lock") -= 1;
+        *open_forwards.lock().expect("forwards lock") += 1;
+        forward(ws, &pod, &dial, &ports).await;
+        *open_forwards.lock().expect("forwards lock") -= 1;
     });
-
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
@@ -285,7 +325,7 @@ fn framed(channel: usize, payload: &[u8]) -> Message {
 }
 
 /// Carries one port-forward websocket until the client or every pod port closes it.
-async fn forward<S>(ws: WebSocketStream<S>, pod: &str, ip: IpAddr, ports: &[u16])
+async fn forward<S>(ws: WebSocketStream<S>, pod: &str, dial: &Dial, ports: &[u16])
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -306,7 +346,7 @@ where
     let mut writers: Vec<Option<OwnedWriteHalf>> = Vec::with_capacity(ports.len());
     let mut open = 0;
     for (i, port) in ports.iter().enumerate() {
-        match tokio::net::TcpStream::connect((ip, *port)).await {
+        match dial(*port).await {
             Ok(conn) => {
                 let (mut reader, writer) = conn.into_split();
                 writers.push(Some(writer));
@@ -333,9 +373,7 @@ where
             }
             Err(e) => {
                 writers.push(None);
-                let message = format!(
-                    "error forwarding port {port} to pod {pod}: dial tcp4 {ip}:{port}: connect: {e}"
-                );
+                let message = format!("error forwarding port {port} to pod {pod}: {e}");
                 if sink
                     .send(framed(2 * i + 1, message.as_bytes()))
                     .await
