@@ -26,6 +26,14 @@ pub enum TargetError {
         /// Why.
         reason: String,
     },
+    /// None of the pod's containers has a cgroup or a process on this host.
+    #[error("pod {pod} has no running container on this node (uid {pod_uid})")]
+    NoContainer {
+        /// namespace/name, for the message.
+        pod: String,
+        /// Its UID.
+        pod_uid: String,
+    },
     /// The host has no cgroup2 mount, so a cgroup path cannot be traced.
     #[error("no cgroup2 file system is mounted on this host (see /proc/self/mountinfo)")]
     NoCgroup2,
@@ -59,6 +67,11 @@ pub enum Resolved {
         /// Its id (the directory's inode number).
         id: u64,
     },
+    /// By several cgroup v2 ids (a pod's containers).
+    Cgroups {
+        /// The groups' directories and ids.
+        groups: Vec<(PathBuf, u64)>,
+    },
     /// By PID namespace.
     PidNs {
         /// The process the namespace was taken from.
@@ -88,6 +101,14 @@ impl Target {
     pub fn describe(&self) -> String {
         match &self.resolved {
             Resolved::Cgroup { path, id } => format!("cgroup {} (id {id})", path.display()),
+            Resolved::Cgroups { groups } => {
+                let ids: Vec<String> = groups.iter().map(|(_, id)| id.to_string()).collect();
+                format!(
+                    "{} container cgroup(s) (ids {})",
+                    groups.len(),
+                    ids.join(", ")
+                )
+            }
             Resolved::PidNs { pid, ns } => {
                 format!("PID namespace of process {pid} (pid:[{}])", ns.ino)
             }
@@ -242,6 +263,67 @@ pub fn resolve_cgroup(path: &str) -> Result<Target, TargetError> {
             path: full,
         },
         note: None,
+    })
+}
+
+/// How deep [`resolve_pod`] looks for container groups under the cgroup2 mount.
+const POD_SCAN_DEPTH: usize = 12;
+
+/// The cgroup v2 groups of a pod's containers on this host (all of them, or those with the
+/// given IDs). Where containers have no cgroup v2 group (cgroup v1 only), one of the pod's
+/// processes is found through `/proc/PID/cgroup` and traced like `--pid` (its PID namespace).
+pub fn resolve_pod(
+    name: &str,
+    pod_uid: &str,
+    container_ids: &[String],
+) -> Result<Target, TargetError> {
+    use crate::containers;
+    if let Ok(mount) = host_cgroup2_mount() {
+        let found = containers::scan(&mount, POD_SCAN_DEPTH);
+        let groups: Vec<(PathBuf, u64)> = containers::find_pod(&found, pod_uid, container_ids)
+            .into_iter()
+            .map(|f| (f.path, f.id))
+            .collect();
+        if !groups.is_empty() {
+            return Ok(Target {
+                resolved: Resolved::Cgroups { groups },
+                note: None,
+            });
+        }
+    }
+    let entries = std::fs::read_dir("/proc").map_err(|source| TargetError::Proc {
+        path: "/proc".into(),
+        source,
+    })?;
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            continue;
+        };
+        let Some(c) = containers::container_of_process(&text) else {
+            continue;
+        };
+        let wanted = container_ids.is_empty()
+            || c.container_id
+                .as_ref()
+                .is_some_and(|id| container_ids.contains(id));
+        if c.pod_uid == pod_uid && wanted {
+            let mut t = resolve_pid(pid)?;
+            let why = format!(
+                "pod {name} has no cgroup v2 group on this node: tracing it through its process {pid}"
+            );
+            t.note = Some(match t.note {
+                Some(n) => format!("{why}; {n}"),
+                None => why,
+            });
+            return Ok(t);
+        }
+    }
+    Err(TargetError::NoContainer {
+        pod: name.to_string(),
+        pod_uid: pod_uid.to_string(),
     })
 }
 

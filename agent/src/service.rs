@@ -632,20 +632,39 @@ impl Service {
             }
             other => Status::failed_precondition(other.to_string()),
         };
-        let (target, watch) = match kind {
-            pb::syscall_target::Kind::Pid(pid) => (
-                cgroups::resolve_pid(pid).map_err(not_found)?,
-                ExitWatch::Pid(pid),
-            ),
-            pb::syscall_target::Kind::CgroupPath(path) => {
-                let t = cgroups::resolve_cgroup(&path).map_err(not_found)?;
-                let cgroups::Resolved::Cgroup { path, .. } = &t.resolved else {
-                    unreachable!("a cgroup path resolves to a cgroup");
-                };
-                let watch = ExitWatch::Dir(path.clone());
-                (t, watch)
-            }
-        };
+        let (target, watch) =
+            match kind {
+                pb::syscall_target::Kind::Pid(pid) => (
+                    cgroups::resolve_pid(pid).map_err(not_found)?,
+                    ExitWatch::Pid(pid),
+                ),
+                pb::syscall_target::Kind::Pod(pod) => {
+                    let t = cgroups::resolve_pod(&pod.name, &pod.pod_uid, &pod.container_ids)
+                        .map_err(|e| match e {
+                            cgroups::TargetError::NoContainer { .. } => {
+                                Status::not_found(e.to_string())
+                            }
+                            other => not_found(other),
+                        })?;
+                    let watch = match &t.resolved {
+                        cgroups::Resolved::Cgroups { groups } => {
+                            ExitWatch::Dirs(groups.iter().map(|(p, _)| p.clone()).collect())
+                        }
+                        cgroups::Resolved::PidNs { pid, .. }
+                        | cgroups::Resolved::Process { pid } => ExitWatch::Pid(*pid),
+                        cgroups::Resolved::Cgroup { path, .. } => ExitWatch::Dir(path.clone()),
+                    };
+                    (t, watch)
+                }
+                pb::syscall_target::Kind::CgroupPath(path) => {
+                    let t = cgroups::resolve_cgroup(&path).map_err(not_found)?;
+                    let cgroups::Resolved::Cgroup { path, .. } = &t.resolved else {
+                        unreachable!("a cgroup path resolves to a cgroup");
+                    };
+                    let watch = ExitWatch::Dir(path.clone());
+                    (t, watch)
+                }
+            };
         let handle = self
             .agent
             .syscalls
@@ -714,7 +733,9 @@ impl pb::agent_service_server::AgentService for Service {
             seq: 0,
         };
         let filter = match target.resolved {
-            crate::cgroups::Resolved::Cgroup { .. } => pb::SyscallFilterKind::Cgroup,
+            crate::cgroups::Resolved::Cgroup { .. } | crate::cgroups::Resolved::Cgroups { .. } => {
+                pb::SyscallFilterKind::Cgroup
+            }
             crate::cgroups::Resolved::PidNs { .. } => pb::SyscallFilterKind::Pidns,
             crate::cgroups::Resolved::Process { .. } => pb::SyscallFilterKind::Process,
         };
@@ -726,6 +747,9 @@ impl pb::agent_service_server::AgentService for Service {
             arch: arch.as_str().to_string(),
             cgroup_ids: match target.resolved {
                 crate::cgroups::Resolved::Cgroup { id, .. } => vec![id],
+                crate::cgroups::Resolved::Cgroups { ref groups } => {
+                    groups.iter().map(|(_, id)| *id).collect()
+                }
                 _ => Vec::new(),
             },
         };

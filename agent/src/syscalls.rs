@@ -71,6 +71,8 @@ pub enum ExitWatch {
     Pid(u32),
     /// The cgroup directory was removed.
     Dir(PathBuf),
+    /// Every one of these cgroup directories was removed (a pod's containers).
+    Dirs(Vec<PathBuf>),
 }
 
 impl ExitWatch {
@@ -81,6 +83,10 @@ impl ExitWatch {
                 cgroups::process_exited(*pid).then(|| format!("process {pid} exited"))
             }
             ExitWatch::Dir(p) => (!p.exists()).then(|| format!("cgroup {} removed", p.display())),
+            ExitWatch::Dirs(ps) => ps
+                .iter()
+                .all(|p| !p.exists())
+                .then(|| "every container of the pod is gone".to_string()),
         }
     }
 }
@@ -392,6 +398,13 @@ impl SyscallTracer {
             Resolved::Cgroup { id, .. } => {
                 let mut m: HashMap<MapData, u64, u8> = take(&mut ebpf, names::CGROUPS)?;
                 m.insert(id, 1, 0).map_err(map_err(names::CGROUPS))?;
+                config.filter = filter::CGROUP;
+            }
+            Resolved::Cgroups { groups } => {
+                let mut m: HashMap<MapData, u64, u8> = take(&mut ebpf, names::CGROUPS)?;
+                for (_, id) in groups {
+                    m.insert(id, 1, 0).map_err(map_err(names::CGROUPS))?;
+                }
                 config.filter = filter::CGROUP;
             }
             Resolved::PidNs { ns, .. } => {

@@ -93,7 +93,7 @@ pub struct Cli {
 }
 
 /// Flags every command takes.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Output format.
@@ -226,8 +226,8 @@ pub enum TraceCommand {
 /// `trace syscall` flags.
 #[derive(Debug, Clone, Args)]
 pub struct TraceSyscallArgs {
-    /// The pod to trace (cluster mode, not available yet: use --pid or --cgroup with --local
-    /// or --agent).
+    /// The pod to trace (cluster mode; namespace from -n): an agent starts on its node only
+    /// and traces its containers' cgroups.
     #[arg(value_name = "POD", conflicts_with_all = ["pid", "cgroup"])]
     pub pod: Option<String>,
 

@@ -72,18 +72,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         out.flush()?;
         return Ok(());
     }
+    let mut global = cli.global.clone();
+    let mut traced_pod = None;
     if let Command::Trace(TraceCommand::Syscall(args)) = &cli.command {
         commands::syscall::check(args, &cli.global)?;
+        if let Some(pod) = &args.pod {
+            // The agent goes only to the pod's node.
+            let (client, namespace) = k8s::client::connect(&cli.global.cluster).await?;
+            let t = tokio::select! {
+                t = k8s::podtarget::lookup(&client, &namespace, pod, args.container.as_deref()) => t?,
+                () = interrupt.wait() => return Err(Interrupted.into()),
+            };
+            if let Some(note) = &t.note {
+                commands::warn(note);
+            }
+            global.cluster.nodes = vec![t.node.clone()];
+            global.cluster.selector = None;
+            global.cluster.all_namespaces = false;
+            traced_pod = Some(t);
+        }
     }
     let require_agents = !matches!(cli.command, Command::Version);
     let deadline = agent_deadline(&cli);
-    let session = Session::open(&cli.global, require_agents, deadline, &interrupt).await?;
-    let result = run_command(&cli, &session, &interrupt).await;
+    let session = Session::open(&global, require_agents, deadline, &interrupt).await?;
+    let pod = traced_pod.as_ref().map(|t| &t.target);
+    let result = run_command(&cli, &session, pod, &interrupt).await;
     session.close().await;
     result
 }
 
-async fn run_command(cli: &Cli, session: &Session, interrupt: &Interrupt) -> anyhow::Result<()> {
+async fn run_command(
+    cli: &Cli,
+    session: &Session,
+    pod: Option<&orb8_proto::PodTarget>,
+    interrupt: &Interrupt,
+) -> anyhow::Result<()> {
     let format = cli.global.output;
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
@@ -101,7 +124,7 @@ async fn run_command(cli: &Cli, session: &Session, interrupt: &Interrupt) -> any
             commands::trace::network(session, args, format, interrupt, &mut out).await?;
         }
         Command::Trace(TraceCommand::Syscall(args)) => {
-            commands::syscall::run(session, args, format, interrupt, &mut out).await?;
+            commands::syscall::run(session, args, pod, format, interrupt, &mut out).await?;
         }
         Command::Version => commands::version::run(session, format, &mut out)?,
         Command::Cleanup(_) => anyhow::bail!("cleanup does not use agents"),

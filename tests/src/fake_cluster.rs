@@ -368,6 +368,31 @@ impl FakeCluster {
         self.state.notify();
     }
 
+    /// Gives a stored pod its UID and running containers (`(name, "containerd://<id>")`), as
+    /// a kubelet reports them.
+    pub fn set_containers(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        containers: &[(&str, &str)],
+    ) {
+        let statuses: Vec<Value> = containers
+            .iter()
+            .map(|(n, id)| {
+                json!({"name": n, "image": "example.test/app:1", "imageID": "", "ready": true,
+                       "restartCount": 0, "containerID": id, "state": {"running": {"startedAt": now()}}})
+            })
+            .collect();
+        let key = (namespace.to_string(), name.to_string());
+        let done = self.state.modify_pod(&key, |o| {
+            o["metadata"]["uid"] = json!(uid);
+            o["status"]["containerStatuses"] = json!(statuses);
+        });
+        assert!(done, "no pod {namespace}/{name}");
+        self.state.notify();
+    }
+
     /// Makes the kubelet fail to pull `image` (`ImagePullBackOff`).
     pub fn refuse_image(&self, image: &str) {
         self.state
@@ -1150,8 +1175,11 @@ async fn start_container(state: &Arc<State>, key: &(String, String), netns: &str
     let mut argv = vec![program.display().to_string()];
     argv.extend(command.iter().skip(1).cloned());
     argv.extend(args);
-    let mut cmd = tokio::process::Command::new("ip");
-    cmd.args(["netns", "exec", netns])
+    // Only the network namespace changes, as for a hostNetwork pod that mounts the host's
+    // /sys/fs/cgroup: `ip netns exec` would also remount /sys and hide the cgroup mounts.
+    let mut cmd = tokio::process::Command::new("nsenter");
+    cmd.arg(format!("--net=/var/run/netns/{netns}"))
+        .arg("--")
         .args(&argv)
         .env_clear()
         .env(

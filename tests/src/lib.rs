@@ -656,8 +656,10 @@ pub fn tcp_exchange(
 /// A cgroup v2 group the test creates under the host's cgroup2 mount, removed on drop (its
 /// processes moved back to the root group first), also when the test panics.
 pub struct TestCgroup {
-    /// Its directory.
+    /// Its directory (the deepest one for [`TestCgroup::nested`]).
     pub path: PathBuf,
+    /// Every directory created, outermost first.
+    dirs: Vec<PathBuf>,
 }
 
 /// Where cgroup2 is mounted here (`/sys/fs/cgroup/unified` in a hybrid layout).
@@ -681,7 +683,23 @@ impl TestCgroup {
         let path = cgroup2_mount().join(format!("orb8-test-{}-{n}", std::process::id()));
         std::fs::create_dir(&path)
             .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
-        TestCgroup { path }
+        TestCgroup {
+            dirs: vec![path.clone()],
+            path,
+        }
+    }
+
+    /// A group at `rel` below a new test-owned group (for a runtime's layout such as
+    /// `kubepods.slice/.../cri-containerd-<id>.scope`); all of it is removed on drop.
+    pub fn nested(rel: &str) -> TestCgroup {
+        let mut cg = TestCgroup::new();
+        for seg in rel.split('/').filter(|s| !s.is_empty()) {
+            cg.path = cg.path.join(seg);
+            std::fs::create_dir(&cg.path)
+                .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", cg.path.display()));
+            cg.dirs.push(cg.path.clone());
+        }
+        cg
     }
 
     /// Moves process `pid` into the group.
@@ -706,18 +724,24 @@ impl Default for TestCgroup {
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         let root = cgroup2_mount().join("cgroup.procs");
-        if let Ok(procs) = std::fs::read_to_string(self.path.join("cgroup.procs")) {
-            for pid in procs.split_whitespace() {
-                let _ = std::fs::write(&root, pid);
+        for dir in self.dirs.iter().rev() {
+            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                for pid in procs.split_whitespace() {
+                    let _ = std::fs::write(&root, pid);
+                }
+            }
+            let mut removed = false;
+            for _ in 0..50 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    removed = true;
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            if !removed {
+                eprintln!("warning: could not remove {}", dir.display());
             }
         }
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("warning: could not remove {}", self.path.display());
     }
 }
 

@@ -525,3 +525,109 @@ fn privileged_cluster_cleanup_deletes_what_a_killed_client_left() {
     assert_eq!(containers.len(), 1);
     assert_eq!(containers[0].exit, Some(0), "{:#?}", containers[0].log);
 }
+
+#[test]
+fn privileged_trace_syscall_pod_traces_its_container_cgroup_on_its_node() {
+    require_root();
+    let topo = Topology::new(1);
+    let cluster = cluster_of(&topo);
+    // The pod's container, laid out as containerd with the systemd driver lays it out.
+    let uid = "3f2a1b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b";
+    let id = "ab".repeat(32);
+    let cg = TestCgroup::nested(&format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{id}.scope",
+        uid.replace('-', "_")
+    ));
+    cluster.set_containers("a", "pod-0", uid, &[("app", &format!("containerd://{id}"))]);
+    let load = SyscallLoad::start(false, Some(&cg), 300, 3, 2);
+    // The same calls outside the pod must not count.
+    let outsider = SyscallLoad::start(false, None, 300, 3, 2);
+
+    let mut orb8 = Orb8::start(
+        &cluster,
+        &[
+            "-n",
+            "a",
+            "trace",
+            "syscall",
+            "pod-0",
+            "-o",
+            "json",
+            "--duration",
+            "30s",
+        ],
+    );
+    let mut stderr = BufReader::new(orb8.child().stderr.take().unwrap());
+    let mut err = String::new();
+    loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            panic!(
+                "kubectl-orb8 stopped before tracing: {err}\nrequests: {:#?}",
+                lines(&cluster)
+            );
+        }
+        err.push_str(&line);
+        if line.starts_with("orb8: tracing ") {
+            break;
+        }
+    }
+    outsider.go_and_wait();
+    load.go_and_wait();
+    // The container's cgroup goes away with its last process: the trace ends by itself.
+    drop(cg);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    err.push_str(&rest);
+    let out = orb8.finish(&cluster);
+    assert!(out.status.success(), "kubectl-orb8 failed: {err}");
+    assert!(err.contains("every container of the pod is gone"), "{err}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {err}"));
+    assert_eq!(v["filter"], "cgroup");
+    let row = |name: &str| -> Value {
+        v["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["syscall"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {v:#}"))
+    };
+    assert_eq!(row("getppid")["calls"], 300);
+    assert_eq!(row("openat")["errnos"]["ENOENT"], 3);
+    assert_eq!(row("close")["errnos"]["EBADF"], 2);
+    // One agent, on the pod's node, created, used and deleted.
+    let reqs = cluster.requests();
+    let creates: Vec<&Seen> = reqs
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/pods"))
+        .collect();
+    assert_eq!(creates.len(), 1, "{:#?}", lines(&cluster));
+    assert!(
+        reqs.iter().any(|r| r.method == "DELETE"),
+        "{:#?}",
+        lines(&cluster)
+    );
+}
+
+#[test]
+fn privileged_trace_syscall_of_a_missing_pod_says_so_and_creates_nothing() {
+    require_root();
+    let topo = Topology::new(1);
+    let cluster = cluster_of(&topo);
+    let out = Orb8::start(
+        &cluster,
+        &["-n", "a", "trace", "syscall", "nope", "--duration", "2s"],
+    )
+    .finish(&cluster);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "orb8: pod a/nope not found"
+    );
+    assert!(
+        cluster.requests().iter().all(|r| r.method == "GET"),
+        "{:#?}",
+        lines(&cluster)
+    );
+}

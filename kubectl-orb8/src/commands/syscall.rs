@@ -7,7 +7,7 @@ use std::io::Write;
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use orb8_proto::{
-    DropStage, SyscallFilterKind, SyscallSummary, SyscallTarget, TraceSyscallsRequest,
+    DropStage, PodTarget, SyscallFilterKind, SyscallSummary, SyscallTarget, TraceSyscallsRequest,
     syscall_target, syscall_trace_event,
 };
 
@@ -18,14 +18,14 @@ use crate::render::syscalls::{self as view, SummaryView, SyscallLine};
 use crate::render::{OutputFormat, json, yaml};
 use crate::session::Session;
 
-/// Said when a POD is given: pods need cluster mode.
-pub const CLUSTER_MODE_UNAVAILABLE: &str = "tracing a POD needs cluster mode, which is not \
-     available yet: use --local (or --agent ADDR) with --pid PID or --cgroup PATH";
+/// Said when a POD is given with --local or --agent.
+pub const POD_NEEDS_CLUSTER: &str = "a POD is traced in cluster mode (drop --local and --agent); \
+     on one host, trace --pid PID or --cgroup PATH";
 
 /// Checks the flags before any agent is started: a target is named, the names are syscalls.
 pub fn check(args: &TraceSyscallArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    if args.pod.is_some() {
-        anyhow::bail!(CLUSTER_MODE_UNAVAILABLE);
+    if args.pod.is_some() && (global.local || !global.agents.is_empty()) {
+        anyhow::bail!(POD_NEEDS_CLUSTER);
     }
     if !global.local && global.agents.is_empty() && (args.pid.is_some() || args.cgroup.is_some()) {
         anyhow::bail!(
@@ -33,7 +33,7 @@ pub fn check(args: &TraceSyscallArgs, global: &GlobalArgs) -> anyhow::Result<()>
              --agent ADDR"
         );
     }
-    if args.pid.is_none() && args.cgroup.is_none() {
+    if args.pid.is_none() && args.cgroup.is_none() && args.pod.is_none() {
         anyhow::bail!("trace syscall needs a target: --pid PID or --cgroup PATH (or a POD)");
     }
     if args.syscalls.iter().any(|s| s.trim().is_empty()) {
@@ -43,12 +43,13 @@ pub fn check(args: &TraceSyscallArgs, global: &GlobalArgs) -> anyhow::Result<()>
     Ok(())
 }
 
-/// The request these flags describe.
-pub fn request(args: &TraceSyscallArgs) -> TraceSyscallsRequest {
-    let kind = match (&args.pid, &args.cgroup) {
-        (Some(pid), _) => syscall_target::Kind::Pid(*pid),
-        (None, Some(path)) => syscall_target::Kind::CgroupPath(path.clone()),
-        (None, None) => syscall_target::Kind::CgroupPath(String::new()),
+/// The request these flags describe; `pod` is the POD argument as the cluster resolved it.
+pub fn request(args: &TraceSyscallArgs, pod: Option<&PodTarget>) -> TraceSyscallsRequest {
+    let kind = match (pod, &args.pid, &args.cgroup) {
+        (Some(p), _, _) => syscall_target::Kind::Pod(p.clone()),
+        (None, Some(pid), _) => syscall_target::Kind::Pid(*pid),
+        (None, None, Some(path)) => syscall_target::Kind::CgroupPath(path.clone()),
+        (None, None, None) => syscall_target::Kind::CgroupPath(String::new()),
     };
     TraceSyscallsRequest {
         target: Some(SyscallTarget { kind: Some(kind) }),
@@ -91,6 +92,7 @@ pub fn losses_line(s: &SyscallSummary) -> Option<String> {
 pub async fn run(
     session: &Session,
     args: &TraceSyscallArgs,
+    pod: Option<&PodTarget>,
     format: OutputFormat,
     interrupt: &Interrupt,
     out: &mut dyn Write,
@@ -105,7 +107,7 @@ pub async fn run(
     if let Some(arch) = orb8_syscalls::Arch::from_name(&agent.status.arch) {
         orb8_syscalls::resolve(arch, &args.syscalls)?;
     }
-    let mut stream = agent.trace_syscalls(request(args)).await?;
+    let mut stream = agent.trace_syscalls(request(args, pod)).await?;
     let started = match stream.next().await {
         Some(Ok(ev)) => match ev.kind {
             Some(syscall_trace_event::Kind::Started(s)) => s,
@@ -263,7 +265,7 @@ mod tests {
             "--stream",
         ]);
         check(&a, &g).expect("valid");
-        let r = request(&a);
+        let r = request(&a, None);
         assert_eq!(r.syscalls, vec!["openat", "connect", "close"]);
         assert!(r.stream);
         assert_eq!(
@@ -273,7 +275,7 @@ mod tests {
     }
 
     #[test]
-    fn pods_need_cluster_mode() {
+    fn pods_are_traced_in_cluster_mode() {
         let (a, g) = parse(&[
             "kubectl-orb8",
             "trace",
@@ -282,17 +284,9 @@ mod tests {
             "-c",
             "app",
         ]);
-        assert_eq!(
-            check(&a, &g).unwrap_err().to_string(),
-            CLUSTER_MODE_UNAVAILABLE
-        );
+        assert!(check(&a, &g).is_ok());
         let (a, g) = parse(&["kubectl-orb8", "--local", "trace", "syscall", "checkout"]);
-        assert!(
-            check(&a, &g)
-                .unwrap_err()
-                .to_string()
-                .contains("cluster mode")
-        );
+        assert_eq!(check(&a, &g).unwrap_err().to_string(), POD_NEEDS_CLUSTER);
         assert!(
             Cli::try_parse_from(["kubectl-orb8", "trace", "syscall", "p", "--pid", "1"]).is_err()
         );

@@ -5,5 +5,6 @@ pub mod cluster;
 pub mod ephemeral;
 pub mod lifecycle;
 pub mod pod_spec;
+pub mod podtarget;
 pub mod portforward;
 pub mod target;
