@@ -39,6 +39,10 @@ pub struct FlowRecord {
     pub first_seen_nanos: i64,
     /// Latest packet, nanoseconds since the Unix epoch (0: unknown).
     pub last_seen_nanos: i64,
+    /// What the source address is (cluster mode; see [`crate::enrich`]).
+    pub src_name: Option<crate::enrich::Endpoint>,
+    /// What the destination address is.
+    pub dst_name: Option<crate::enrich::Endpoint>,
 }
 
 impl FlowRecord {
@@ -65,6 +69,8 @@ impl FlowRecord {
             tcp_flags: flow.tcp_flags,
             first_seen_nanos: flow.first_seen_unix_nanos,
             last_seen_nanos: flow.last_seen_unix_nanos,
+            src_name: None,
+            dst_name: None,
         }
     }
 
@@ -124,6 +130,8 @@ impl FlowRecord {
             tcp_flags: 0,
             first_seen_nanos: 1_700_000_000_123_456_789,
             last_seen_nanos: 1_700_000_001_000_000_000,
+            src_name: None,
+            dst_name: None,
         }
     }
 }

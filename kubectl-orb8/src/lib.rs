@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod enrich;
 pub mod filter;
 pub mod flow;
 pub mod interrupt;

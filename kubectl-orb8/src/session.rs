@@ -23,6 +23,8 @@ pub struct Session {
     pub names: Vec<String>,
     local: Option<LocalAgent>,
     cluster: Option<AgentPods>,
+    /// Names for flow endpoints (cluster mode).
+    pub directory: Option<crate::k8s::directory::LiveDirectory>,
 }
 
 /// Names agents by node, adding the address where two report the same node.
@@ -65,6 +67,7 @@ impl Session {
             let c = crate::k8s::cluster::open(global, None, deadline, interrupt).await?;
             let mut session = Session::new(c.agents, None);
             session.cluster = Some(c.pods);
+            session.directory = Some(c.directory);
             return Ok(session);
         }
         tokio::select! {
@@ -131,6 +134,7 @@ impl Session {
             agents,
             local,
             cluster: None,
+            directory: None,
         }
     }
 

@@ -681,6 +681,18 @@ fn route(state: &Arc<State>, method: &Method, parts: &[&str], seen: &Seen) -> Re
             }
         }
         (&Method::GET, ["api", "v1", "pods"]) => list_pods(state, None, seen, watching),
+        // The cluster's one Service, `default/kubernetes` at 10.96.0.1; its watch stays quiet.
+        (&Method::GET, ["api", "v1", "services"]) if watching => quiet_watch(seen),
+        (&Method::GET, ["api", "v1", "services"]) => {
+            let store = state.store.lock().expect("store");
+            list(
+                "Service",
+                store.rv,
+                vec![json!({"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": "kubernetes", "namespace": "default", "resourceVersion": "1"},
+                    "spec": {"clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1"]}})],
+            )
+        }
         (&Method::GET, ["api", "v1", "namespaces", ns, "pods"]) => {
             list_pods(state, Some(ns.to_string()), seen, watching)
         }
@@ -823,6 +835,32 @@ fn watch_pods(state: &Arc<State>, selection: Selection, seen: &Seen) -> Response
                 () = tokio::time::sleep_until(end) => return,
                 () = tx.closed() => return,
             }
+        }
+    });
+    let frames = futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|b| b.map(|b| Ok::<_, Infallible>(Frame::data(b))))
+    });
+    let mut resp = Response::new(StreamBody::new(frames).boxed_unsync());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A watch with nothing to report, held open until `timeoutSeconds` (or the client leaves).
+fn quiet_watch(seen: &Seen) -> Response<Body> {
+    let timeout = Duration::from_secs(
+        seen.param("timeoutSeconds")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(1800),
+    );
+    let (tx, mut rx) = mpsc::channel::<Bytes>(1);
+    tokio::spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep(timeout) => {}
+            () = tx.closed() => {}
         }
     });
     let frames = futures::stream::poll_fn(move |cx| {

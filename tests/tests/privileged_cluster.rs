@@ -216,6 +216,21 @@ fn privileged_cluster_flows_json_has_exact_counts_and_deletes_its_agent() {
     assert_eq!(udp.len(), 1, "one UDP flow A -> B on A's veth: {flows:#?}");
     assert_eq!(counts(udp[0]), (20, 20 * (100 + 28)));
     assert_eq!(udp[0]["node"], NODE);
+    // Both ends are named from the API server's pods.
+    assert_eq!(udp[0]["src_name"], "a/pod-0");
+    assert_eq!(udp[0]["dst_name"], "a/pod-1");
+    assert_eq!(
+        (&udp[0]["pod"], &udp[0]["peer"]),
+        (&Value::from("a/pod-0"), &Value::from("a/pod-1"))
+    );
+    // -n a keeps only flows with a pod of a at one end: nothing unnamed on both ends.
+    for f in &flows {
+        let named = |k: &str| f[k].as_str().is_some_and(|n| n.starts_with("a/"));
+        assert!(
+            named("src_name") || named("dst_name"),
+            "a flow of no selected pod: {f:#}"
+        );
+    }
     assert_eq!(
         (udp[0]["src_port"].as_u64(), udp[0]["dst_port"].as_u64()),
         (Some(40000), Some(5000))

@@ -85,7 +85,17 @@ pub async fn run(
         tables.push((name.clone(), answer.flows));
     }
     let limit = args.limit.and_then(|l| usize::try_from(l).ok());
-    let flows = merge_flow_tables(tables, &filter, args.sort, limit);
+    let flows = match &session.directory {
+        // Naming can drop flows (those of unselected pods), so the limit comes after it.
+        Some(d) => {
+            let mut named = d
+                .snapshot()
+                .apply(merge_flow_tables(tables, &filter, args.sort, None));
+            named.truncate(limit.unwrap_or(usize::MAX));
+            named
+        }
+        None => merge_flow_tables(tables, &filter, args.sort, limit),
+    };
     if flows.is_empty() && matches!(format, OutputFormat::Table | OutputFormat::Wide) {
         let _ = writeln!(std::io::stderr(), "No flows found.");
     }

@@ -28,6 +28,8 @@ pub struct ClusterAgents {
     pub agents: Vec<Agent>,
     /// The pods to delete at the end.
     pub pods: AgentPods,
+    /// Names for flow endpoints, kept current while the command runs.
+    pub directory: super::directory::LiveDirectory,
 }
 
 /// Random lowercase hex of `bytes` bytes.
@@ -131,7 +133,15 @@ pub async fn open(
         () = interrupt.wait() => Err(Interrupted.into()),
     };
     match started {
-        Ok(agents) => Ok(ClusterAgents { agents, pods }),
+        Ok(agents) => {
+            let selected = super::directory::selected_pods(&client, &spec).await;
+            let directory = super::directory::LiveDirectory::start(&client, selected).await;
+            Ok(ClusterAgents {
+                agents,
+                pods,
+                directory,
+            })
+        }
         Err(e) => {
             teardown(&pods).await;
             Err(e)

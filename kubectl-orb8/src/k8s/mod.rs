@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod directory;
 pub mod ephemeral;
 pub mod lifecycle;
 pub mod pod_spec;

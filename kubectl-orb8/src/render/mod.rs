@@ -61,6 +61,19 @@ pub struct FlowView {
     pub first_seen: Option<String>,
     /// Latest packet, RFC 3339 UTC with nanoseconds.
     pub last_seen: Option<String>,
+    /// What the source is (cluster mode): `ns/pod`, `svc:ns/name`, `host:node`, `world`,
+    /// `unknown`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src_name: Option<String>,
+    /// What the destination is, as `src_name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst_name: Option<String>,
+    /// The pod end of the flow (`ns/pod`), when one end is a pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The other end, named like `src_name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 impl From<&FlowRecord> for FlowView {
@@ -80,6 +93,18 @@ impl From<&FlowRecord> for FlowView {
             tcp_flags: f.tcp_flag_letters(),
             first_seen: rfc3339_nanos(f.first_seen_nanos),
             last_seen: rfc3339_nanos(f.last_seen_nanos),
+            src_name: f.src_name.as_ref().map(crate::enrich::Endpoint::label),
+            dst_name: f.dst_name.as_ref().map(crate::enrich::Endpoint::label),
+            pod: match crate::enrich::pod_and_peer(f).0 {
+                Some(e @ crate::enrich::Endpoint::Pod { .. }) => Some(e.label()),
+                _ => None,
+            },
+            peer: match crate::enrich::pod_and_peer(f) {
+                (Some(crate::enrich::Endpoint::Pod { .. }), peer) => {
+                    peer.map(crate::enrich::Endpoint::label)
+                }
+                _ => None,
+            },
         }
     }
 }

@@ -73,6 +73,14 @@ pub fn flows(flows: &[FlowRecord], wide: bool, now: SystemTime, width: Option<u1
         header.push("INTERFACE");
         caps.push(9);
     }
+    // Cluster mode names the ends: the pod, and the peer it talks to.
+    let named = flows
+        .iter()
+        .any(|f| f.src_name.is_some() || f.dst_name.is_some());
+    if named {
+        header.extend(["POD", "PEER"]);
+        caps.extend([16, 16]);
+    }
     header.extend([
         "DIRECTION",
         "PROTO",
@@ -91,6 +99,13 @@ pub fn flows(flows: &[FlowRecord], wide: bool, now: SystemTime, width: Option<u1
             let mut row = vec![f.node.clone()];
             if wide {
                 row.push(f.interface.clone());
+            }
+            if named {
+                let (pod, peer) = crate::enrich::pod_and_peer(f);
+                let label = |e: Option<&crate::enrich::Endpoint>| {
+                    e.map_or_else(|| "-".to_string(), |e| e.label())
+                };
+                row.extend([label(pod), label(peer)]);
             }
             let proto = if f.fragment {
                 format!("{} (frag)", f.protocol_text())
@@ -119,7 +134,7 @@ pub fn flows(flows: &[FlowRecord], wide: bool, now: SystemTime, width: Option<u1
         .collect();
     let mut table = new_table(&header, width);
     table.add_rows(rows.iter().cloned());
-    let offset = usize::from(wide);
+    let offset = usize::from(wide) + if named { 2 } else { 0 };
     right_align(&mut table, &[5 + offset, 6 + offset]);
     set_minimums(&mut table, &rows, &header, &caps);
     finish(&table)
