@@ -367,6 +367,10 @@ fn privileged_cluster_trace_all_namespaces_streams_through_the_port_forward() {
     for l in &ours {
         assert_eq!(l["node"], NODE);
         assert_eq!(l["src"], a.ip4.as_str());
+        assert_eq!(
+            (&l["src_name"], &l["dst_name"]),
+            (&Value::from("a/pod-0"), &Value::from("a/pod-1"))
+        );
         assert_eq!(counts(l), (1, 64 + 28));
     }
 

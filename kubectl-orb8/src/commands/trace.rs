@@ -88,6 +88,7 @@ fn write_event(
     out: &mut dyn Write,
     format: LineFormat,
     filter: &FlowFilterSpec,
+    names: Option<&crate::k8s::directory::LiveDirectory>,
     node: &str,
     event: Event,
 ) -> std::io::Result<()> {
@@ -97,6 +98,14 @@ fn write_event(
             if !filter.matches(&flow) {
                 return Ok(());
             }
+            // Cluster mode: name both ends; flows of no selected pod are left out.
+            let flow = match names {
+                Some(d) => match d.apply(vec![flow]).pop() {
+                    Some(f) => f,
+                    None => return Ok(()),
+                },
+                None => flow,
+            };
             let line = match format {
                 LineFormat::Text => text_line(event.time_unix_nanos, &flow),
                 _ => serialise(
@@ -171,7 +180,14 @@ pub async fn network(
         };
         match item {
             Some(Merged::Event { node, event }) => {
-                write_event(out, format, &filter, &node, event)?;
+                write_event(
+                    out,
+                    format,
+                    &filter,
+                    session.directory.as_ref(),
+                    &node,
+                    event,
+                )?;
             }
             Some(Merged::Gap { node, lost, cause }) => {
                 warn(&gap_text(&node, lost, &cause));

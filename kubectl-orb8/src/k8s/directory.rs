@@ -168,6 +168,11 @@ impl LiveDirectory {
     pub fn snapshot(&self) -> Directory {
         self.dir.read().expect("directory lock").clone()
     }
+
+    /// [`Directory::apply`] on the directory as it is now.
+    pub fn apply(&self, flows: Vec<crate::flow::FlowRecord>) -> Vec<crate::flow::FlowRecord> {
+        self.dir.read().expect("directory lock").apply(flows)
+    }
 }
 
 impl Drop for LiveDirectory {

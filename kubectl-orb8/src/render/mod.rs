@@ -68,6 +68,9 @@ pub struct FlowView {
     /// What the destination is, as `src_name`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dst_name: Option<String>,
+    /// The namespace of the flow's pod end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// The pod end of the flow (`ns/pod`), when one end is a pod.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
@@ -95,6 +98,10 @@ impl From<&FlowRecord> for FlowView {
             last_seen: rfc3339_nanos(f.last_seen_nanos),
             src_name: f.src_name.as_ref().map(crate::enrich::Endpoint::label),
             dst_name: f.dst_name.as_ref().map(crate::enrich::Endpoint::label),
+            namespace: match crate::enrich::pod_and_peer(f).0 {
+                Some(crate::enrich::Endpoint::Pod { namespace, .. }) => Some(namespace.clone()),
+                _ => None,
+            },
             pod: match crate::enrich::pod_and_peer(f).0 {
                 Some(e @ crate::enrich::Endpoint::Pod { .. }) => Some(e.label()),
                 _ => None,
