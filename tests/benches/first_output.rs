@@ -48,13 +48,41 @@ fn main() {
             }
         })
     };
+    let kubeconfig = cluster.kubeconfig.display().to_string();
+    let cluster_ms = first_output_ms(|| {
+        let mut c = Command::new(workspace_bin("kubectl-orb8"));
+        c.args([
+            "--kubeconfig",
+            &kubeconfig,
+            "-A",
+            "trace",
+            "network",
+            "-o",
+            "json",
+        ]);
+        c
+    });
+    let local_ms = first_output_ms(|| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &topo.node.name])
+            .arg(workspace_bin("kubectl-orb8"))
+            .args(["--local", "trace", "network", "-o", "json"]);
+        c
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = traffic.join();
+    println!("time to first output, local mode: {local_ms} ms");
+    println!("time to first output, cluster mode (fake cluster, warm node): {cluster_ms} ms");
+}
+
+/// Runs a fresh `command()` five times, each until its first line of output (then Ctrl-C,
+/// which also removes its agent); the times in milliseconds.
+fn first_output_ms(command: impl Fn() -> Command) -> String {
     let mut times = Vec::new();
     for _ in 0..5 {
         let t0 = Instant::now();
-        let mut child = Command::new(workspace_bin("kubectl-orb8"))
-            .arg("--kubeconfig")
-            .arg(&cluster.kubeconfig)
-            .args(["-A", "trace", "network", "-o", "json", "--duration", "20s"])
+        let mut child = command()
+            .args(["--duration", "20s"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -64,18 +92,13 @@ fn main() {
             .read_line(&mut line)
             .expect("first line");
         times.push(t0.elapsed());
-        // SAFETY: signalling our own child: Ctrl-C, which deletes the agent pod.
+        // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
         let _ = child.wait();
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = traffic.join();
-    let ms: Vec<String> = times
+    times
         .iter()
         .map(|t| format!("{:.0}", t.as_secs_f64() * 1000.0))
-        .collect();
-    println!(
-        "cluster mode (fake cluster, warm node): time to first output {} ms",
-        ms.join(" / ")
-    );
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
