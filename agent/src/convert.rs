@@ -19,6 +19,24 @@ pub fn flow(node: &str, interface: String, f: &Flow, clock: &BootClock) -> pb::F
     out
 }
 
+/// The process and container at the far end of a veth, for the wire.
+pub fn netns_owner(p: &crate::peers::Peer) -> pb::NetnsOwner {
+    let (pod_uid, container_id) = match &p.container {
+        Some(c) => (
+            c.pod_uid.clone(),
+            c.container_id.clone().unwrap_or_default(),
+        ),
+        None => (String::new(), String::new()),
+    };
+    pb::NetnsOwner {
+        pid: p.pid,
+        comm: p.comm.clone(),
+        cgroup: p.cgroup.clone(),
+        pod_uid,
+        container_id,
+    }
+}
+
 /// Converts a new-flow event (its first packet) to the wire type.
 pub fn new_flow(
     node: &str,

@@ -27,6 +27,8 @@ pub struct Link {
     /// For a veth, the network namespace id (in this namespace) of its peer, when the peer lives
     /// in another namespace: the pod the interface leads to.
     pub peer_netnsid: Option<i32>,
+    /// For a veth, its peer's interface index (in the peer's namespace).
+    pub peer_ifindex: Option<u32>,
 }
 
 /// Why an interface was selected.
@@ -63,6 +65,8 @@ pub struct Selected {
     pub name: String,
     /// Why it was chosen.
     pub role: Role,
+    /// For a veth whose peer is in another namespace: that namespace's id here.
+    pub peer_netnsid: Option<i32>,
 }
 
 /// True for the bridge names container runtimes and CNIs create.
@@ -97,6 +101,7 @@ pub fn select(
                 index: l.index,
                 name: l.name.clone(),
                 role,
+                peer_netnsid: l.peer_netnsid,
             })
         })
         .collect();
@@ -143,11 +148,13 @@ pub async fn list_links(handle: &rtnetlink::Handle) -> Result<Vec<Link>, rtnetli
             kind: String::new(),
             ethernet: msg.header.link_layer_type == LinkLayerType::Ether,
             peer_netnsid: None,
+            peer_ifindex: None,
         };
         for attr in msg.attributes {
             match attr {
                 LinkAttribute::IfName(name) => link.name = name,
                 LinkAttribute::LinkNetNsId(id) => link.peer_netnsid = Some(id),
+                LinkAttribute::Link(i) => link.peer_ifindex = Some(i),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         if let LinkInfo::Kind(kind) = info {
@@ -182,6 +189,7 @@ mod tests {
             kind: kind.into(),
             ethernet: true,
             peer_netnsid: None,
+            peer_ifindex: None,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod containers;
 pub mod convert;
 pub mod flows;
 pub mod interfaces;
+pub mod peers;
 pub mod probes;
 pub mod report;
 pub mod runtime;

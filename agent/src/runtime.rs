@@ -97,6 +97,8 @@ pub struct Agent {
     interfaces: Mutex<Vec<Selected>>,
     /// Names of every interface attached so far, so flows of removed ones keep their name.
     names: Mutex<std::collections::BTreeMap<u32, String>>,
+    /// Who lives at the other end of each attached veth, by host interface index.
+    peers: Mutex<std::collections::HashMap<u32, crate::peers::Peer>>,
     events: broadcast::Sender<AgentEvent>,
     /// Userspace counters.
     pub stats: AgentStats,
@@ -134,6 +136,7 @@ impl Agent {
             counters: Mutex::new(maps.counters),
             interfaces: Mutex::new(Vec::new()),
             names: Mutex::default(),
+            peers: Mutex::default(),
             events,
             stats: AgentStats::default(),
             clock: BootClock::now(),
@@ -196,6 +199,36 @@ impl Agent {
             .get(&index)
             .cloned()
             .unwrap_or_else(|| format!("if{index}"))
+    }
+
+    /// The process and container at the other end of a veth, once found.
+    pub fn peer(&self, index: u32) -> Option<crate::peers::Peer> {
+        self.peers.lock().expect("peers lock").get(&index).cloned()
+    }
+
+    /// Looks for the peers of attached veths not known yet (scanning `/proc`, so at most as
+    /// often as the caller asks), and forgets those of detached ones.
+    pub fn refresh_peers(&self) {
+        let veths: Vec<(u32, i32)> = self
+            .interfaces()
+            .iter()
+            .filter(|i| i.role == interfaces::Role::Veth)
+            .filter_map(|i| Some((i.index, i.peer_netnsid?)))
+            .collect();
+        let missing: Vec<(u32, i32)> = {
+            let mut peers = self.peers.lock().expect("peers lock");
+            peers.retain(|i, _| veths.iter().any(|(v, _)| v == i));
+            veths
+                .iter()
+                .copied()
+                .filter(|(i, _)| !peers.contains_key(i))
+                .collect()
+        };
+        if missing.is_empty() {
+            return;
+        }
+        let found = crate::peers::find(&missing);
+        self.peers.lock().expect("peers lock").extend(found);
     }
 
     /// Kernel counters summed over CPUs.
@@ -306,6 +339,7 @@ async fn read_ring(agent: Arc<Agent>, mut ring: AsyncFd<RingBuf<MapData>>) {
 async fn rescan(agent: Arc<Agent>, handle: rtnetlink::Handle) {
     let mut tick = tokio::time::interval(agent.config.rescan);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_peer_scan: Option<Instant> = None;
     loop {
         tick.tick().await;
         match interfaces::list_links(&handle).await {
@@ -314,5 +348,14 @@ async fn rescan(agent: Arc<Agent>, handle: rtnetlink::Handle) {
             }
             Err(e) => log::warn!("listing network interfaces: {e}"),
         }
+        // Peers are looked for at most every PEER_SCAN (it reads /proc).
+        if last_peer_scan.is_none_or(|t| t.elapsed() >= PEER_SCAN) {
+            last_peer_scan = Some(Instant::now());
+            let a = agent.clone();
+            let _ = tokio::task::spawn_blocking(move || a.refresh_peers()).await;
+        }
     }
 }
+
+/// How often veths with an unknown peer are looked up again.
+const PEER_SCAN: Duration = Duration::from_secs(1);

@@ -230,12 +230,17 @@ impl Service {
             .flows
             .iter()
             .map(|f| {
-                convert::flow(
+                let mut w = convert::flow(
                     &self.node,
                     self.agent.interface_name(f.key.ifindex),
                     f,
                     &self.agent.clock,
-                )
+                );
+                w.netns_owner = self
+                    .agent
+                    .peer(f.key.ifindex)
+                    .map(|p| Box::new(convert::netns_owner(&p)));
+                w
             })
             .filter(|f| matcher.matches(f))
             .collect();
@@ -392,12 +397,15 @@ async fn run_stream(
         };
         let (kind, time) = match &ev {
             AgentEvent::NewFlow(e) => {
-                let f = convert::new_flow(
+                let mut f = convert::new_flow(
                     &seq.node,
                     agent.interface_name(e.key.ifindex),
                     e,
                     &agent.clock,
                 );
+                f.netns_owner = agent
+                    .peer(e.key.ifindex)
+                    .map(|p| Box::new(convert::netns_owner(&p)));
                 if !matcher.matches(&f) {
                     continue;
                 }
@@ -410,6 +418,7 @@ async fn run_stream(
                     index: *index,
                     name: name.clone(),
                     role: crate::interfaces::Role::Explicit,
+                    peer_netnsid: None,
                 };
                 (interface_change(&s, false, String::new()), now_nanos())
             }

@@ -43,6 +43,9 @@ pub struct FlowRecord {
     pub src_name: Option<crate::enrich::Endpoint>,
     /// What the destination address is.
     pub dst_name: Option<crate::enrich::Endpoint>,
+    /// For a flow on a host-side veth: the process (and container) in the namespace it leads
+    /// to, as the agent found it.
+    pub netns_owner: Option<Box<orb8_proto::NetnsOwner>>,
 }
 
 impl FlowRecord {
@@ -71,6 +74,7 @@ impl FlowRecord {
             last_seen_nanos: flow.last_seen_unix_nanos,
             src_name: None,
             dst_name: None,
+            netns_owner: flow.netns_owner,
         }
     }
 
@@ -132,6 +136,7 @@ impl FlowRecord {
             last_seen_nanos: 1_700_000_001_000_000_000,
             src_name: None,
             dst_name: None,
+            netns_owner: None,
         }
     }
 }
@@ -283,6 +288,7 @@ mod tests {
             tcp_flags: 0x12,
             first_seen_unix_nanos: 1,
             last_seen_unix_nanos: 2,
+            netns_owner: None,
         };
         let f = FlowRecord::from_proto("node-b", wire);
         assert_eq!(f.node, "node-b");

@@ -285,6 +285,7 @@ mod tests {
             tcp_flags: 0,
             first_seen_unix_nanos: 1,
             last_seen_unix_nanos: last,
+            netns_owner: None,
         }
     }
 

@@ -423,3 +423,57 @@ fn privileged_serve_detaches_on_sigterm_and_refuses_wrong_tokens() {
         "socket removed"
     );
 }
+
+#[test]
+fn privileged_local_flows_name_the_process_and_container_behind_a_veth() {
+    require_root();
+    let topo = Topology::new(2);
+    let (a, b) = (&topo.pods[0], &topo.pods[1]);
+    // A "container" in pod A: a process in A's network namespace, in a cgroup laid out as
+    // containerd with the systemd driver lays it out.
+    let uid = "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    let id = "cd".repeat(32);
+    let cg = TestCgroup::nested(&format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{id}.scope",
+        uid.replace('-', "_")
+    ));
+    let mut sleeper = Command::new("ip")
+        .args(["netns", "exec", &a.ns.name, "sleep", "60"])
+        .spawn()
+        .expect("spawning sleep in pod A");
+    // `ip netns exec` execs sleep in place: the child is the sleep itself.
+    cg.add(sleeper.id());
+    let client = client_in(
+        &topo.node,
+        &["flows", "--local", "-o", "json", "--duration", "5s"],
+    );
+    wait_attached(&topo.node, &a.host_if);
+    // Give the agent's peer scan (every second) time to find the sleeper.
+    thread::sleep(Duration::from_millis(2500));
+    let rx = udp_receiver(&b.ns, &format!("{}:5000", b.ip4), 10);
+    udp_send(
+        &a.ns,
+        &format!("{}:40000", a.ip4),
+        &format!("{}:5000", b.ip4),
+        10,
+        100,
+    );
+    assert_eq!(rx.join().unwrap(), 10);
+    let flows: Vec<Value> = serde_json::from_str(&finish(client)).expect("one JSON document");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let f = flow(&flows, &a.host_if, "ingress", "udp", &a.ip4, &b.ip4);
+    assert_eq!(counts(f), (10, 1280));
+    assert_eq!(f["process"], format!("sleep[{}]", sleeper.id()));
+    assert_eq!(f["container_id"], id.as_str());
+    assert!(
+        f["cgroup"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("cri-containerd-{id}.scope")),
+        "{f:#}"
+    );
+    // B's namespace has no process: its veth's flows carry no owner.
+    let fb = flow(&flows, &b.host_if, "egress", "udp", &a.ip4, &b.ip4);
+    assert!(fb.get("process").is_none(), "{fb:#}");
+}

@@ -77,6 +77,15 @@ pub struct FlowView {
     /// The other end, named like `src_name`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
+    /// For a flow on a host-side veth: the process in the namespace it leads to (`comm[pid]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    /// That process's container ID, when its cgroup names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// That process's cgroup path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 impl From<&FlowRecord> for FlowView {
@@ -112,6 +121,20 @@ impl From<&FlowRecord> for FlowView {
                 }
                 _ => None,
             },
+            process: f
+                .netns_owner
+                .as_ref()
+                .map(|o| format!("{}[{}]", o.comm, o.pid)),
+            container_id: f
+                .netns_owner
+                .as_ref()
+                .map(|o| o.container_id.clone())
+                .filter(|c| !c.is_empty()),
+            cgroup: f
+                .netns_owner
+                .as_ref()
+                .map(|o| o.cgroup.clone())
+                .filter(|c| !c.is_empty()),
         }
     }
 }

@@ -143,6 +143,7 @@ pub fn flow(node: &str, bytes: u64, packets: u64, dst_port: u32) -> Flow {
         tcp_flags: 0,
         first_seen_unix_nanos: 1_700_000_000_123_456_789,
         last_seen_unix_nanos: 1_700_000_001_000_000_000,
+        netns_owner: None,
     }
 }
 
