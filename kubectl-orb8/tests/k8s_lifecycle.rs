@@ -404,3 +404,38 @@ async fn forbidden_create_says_which_rbac_is_missing() {
     );
     assert!(pods.delete_all(Duration::from_secs(1)).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_pod_that_stays_after_delete_is_reported_not_hidden() {
+    let (client, seen) = api_server(Box::new(|s: &Seen| {
+        match (s.method.clone(), s.path.as_str()) {
+            (Method::GET, "/api/v1/namespaces/orb8-system") => (
+                StatusCode::OK,
+                json!({"metadata": {"name": NS}}).to_string(),
+            ),
+            (Method::POST, POD_PATH) => (
+                StatusCode::CREATED,
+                pod_json(json!({"phase": "Pending"}), "1").to_string(),
+            ),
+            (Method::GET, POD_PATH) if s.query.contains("watch=true") => {
+                (StatusCode::OK, watch_events(&[running()]))
+            }
+            // A finalizer holds it: DELETE is accepted, the pod stays.
+            (Method::DELETE, _) | (Method::GET, _) => {
+                (StatusCode::OK, pod_json(running(), "50").to_string())
+            }
+            _ => panic!("unexpected {s:?}"),
+        }
+    }));
+    let (pods, result) = run(&client, &config(Duration::from_secs(5))).await;
+    assert!(result[0].is_ok());
+    let left = pods.delete_all(Duration::from_millis(600)).await;
+    assert_eq!(
+        left,
+        vec![(
+            "orb8-agent-s1-0".to_string(),
+            "still terminating after 600ms".to_string()
+        )]
+    );
+    assert!(methods(&seen).contains(&(Method::DELETE, format!("{POD_PATH}/orb8-agent-s1-0"))));
+}

@@ -25,12 +25,7 @@ pub async fn run(
         for l in &leftovers {
             let api: Api<Pod> = Api::namespaced(client.clone(), &l.namespace);
             if let Err(e) = lifecycle::delete_pod(&api, &l.name, Duration::from_secs(10)).await {
-                failed.push(format!(
-                    "{}/{}: {}",
-                    l.namespace,
-                    l.name,
-                    lifecycle::api_error("deleting", &e)
-                ));
+                failed.push(format!("{}/{}: {e}", l.namespace, l.name));
             }
         }
     }

@@ -153,7 +153,7 @@ pub async fn open(
 pub async fn teardown(pods: &AgentPods) {
     for (name, why) in pods.delete_all(DELETE_CONFIRM).await {
         warn(&format!(
-            "agent pod {name} was not deleted ({why}); run `kubectl orb8 cleanup`"
+            "agent pod {name}: {why}; `kubectl orb8 cleanup` removes what is left"
         ));
     }
 }

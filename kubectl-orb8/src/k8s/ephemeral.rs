@@ -93,10 +93,7 @@ impl AgentPods {
         names
             .into_iter()
             .zip(results)
-            .filter_map(|(n, r)| {
-                r.err()
-                    .map(|e| (n, lifecycle::api_error("deleting the agent pod", &e)))
-            })
+            .filter_map(|(n, r)| r.err().map(|e| (n, e)))
             .collect()
     }
 }

@@ -268,21 +268,27 @@ pub async fn wait_running(
     }
 }
 
-/// Deletes a pod and waits up to `confirm` until it is gone. A pod already gone is fine.
-pub async fn delete_pod(api: &Api<Pod>, name: &str, confirm: Duration) -> Result<(), kube::Error> {
+/// Deletes a pod and waits up to `confirm` until it is gone. A pod already gone is fine; a
+/// refused delete, or a pod still there after `confirm` (its deletion goes on in the cluster),
+/// comes back as one line saying so.
+pub async fn delete_pod(api: &Api<Pod>, name: &str, confirm: Duration) -> Result<(), String> {
     match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
-        Err(e) => return Err(e),
+        Err(e) => return Err(api_error("deleting the agent pod", &e)),
     }
     let end = Instant::now() + confirm;
     while Instant::now() < end {
-        if api.get_opt(name).await?.is_none() {
-            return Ok(());
+        match api.get_opt(name).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(250)).await,
+            Err(e) => return Err(api_error("checking that the agent pod is gone", &e)),
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    Ok(())
+    Err(format!(
+        "still terminating after {}",
+        humantime::format_duration(confirm)
+    ))
 }
 
 /// An agent pod found by `cleanup`.
