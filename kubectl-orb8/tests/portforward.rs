@@ -12,12 +12,11 @@ use kubectl_orb8::filter::FlowFilterSpec;
 use kubectl_orb8::k8s::portforward::{PodPort, PortForwardError, channel, connect_agent};
 use kubectl_orb8::merge::{Merged, SortKey, merge_events, merge_flow_tables};
 use kubectl_orb8::transport::{Agent, AgentAddr, AgentError};
-use orb8_proto::{FlowFilter, PROTOCOL_VERSION, QueryFlowsRequest, SortBy, StreamEventsRequest};
+use orb8_proto::{FlowFilter, PROTOCOL_VERSION, QueryFlowsRequest, StreamEventsRequest};
 use support::fake_apiserver::FakeApiServer;
-use support::{FakeAgent, Running, StreamEnd, flow, new_flow_events, serve_tcp};
+use support::{Running, StreamEnd, TOKEN, agent_with_data, check_every_rpc, serve_tcp};
 
 const NS: &str = "orb8-system";
-const TOKEN: &str = "s3cret-token";
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn port_of(running: &Running) -> u16 {
@@ -26,15 +25,6 @@ fn port_of(running: &Running) -> u16 {
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse().ok())
         .expect("fake agent listens on TCP")
-}
-
-fn agent_with_data(node: &str, events: u64, end: StreamEnd) -> FakeAgent {
-    let mut fake = FakeAgent::new(node);
-    fake.token = Some(TOKEN.into());
-    fake.flows = vec![flow(node, 100, 1, 53), flow(node, 200, 2, 80)];
-    fake.events = new_flow_events(node, events);
-    fake.end = end;
-    fake
 }
 
 /// A fake agent behind pod `NS/orb8-agent-<node>` of `api`.
@@ -69,44 +59,7 @@ async fn every_rpc_through_a_port_forward_with_the_token() {
         format!("pod/{NS}/orb8-agent-node-a:{}", target.port)
     );
 
-    let status = agent.get_status().await.expect("GetStatus");
-    assert_eq!(status.kernel_release, "6.18.0-test");
-
-    let request = QueryFlowsRequest {
-        filter: Some(FlowFilter {
-            ports: vec![53],
-            ..Default::default()
-        }),
-        limit: 7,
-        sort: SortBy::Packets as i32,
-    };
-    let flows = agent
-        .query_flows(request.clone())
-        .await
-        .expect("QueryFlows");
-    assert_eq!(flows.flows.len(), 2);
-    assert_eq!(
-        running.seen.queries.lock().expect("lock").as_slice(),
-        &[request]
-    );
-
-    let events: Vec<_> = agent
-        .stream_events(StreamEventsRequest::default())
-        .await
-        .expect("StreamEvents")
-        .collect()
-        .await;
-    let seqs: Vec<u64> = events.into_iter().map(|e| e.expect("event").seq).collect();
-    assert_eq!(seqs, vec![1, 2, 3, 4]);
-
-    let tokens = running.tokens();
-    assert_eq!(tokens.len(), 4, "connect's GetStatus plus three calls");
-    assert!(
-        tokens
-            .iter()
-            .all(|t| t.as_deref() == Some("Bearer s3cret-token")),
-        "{tokens:?}"
-    );
+    check_every_rpc(&agent, &running).await;
     // One HTTP/2 connection, so one port-forward, for all four calls.
     assert_eq!(
         api.requests(),

@@ -5,10 +5,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use kubectl_orb8::transport::{Agent, AgentAddr, AgentError};
-use orb8_proto::{FlowFilter, PROTOCOL_VERSION, QueryFlowsRequest, SortBy, StreamEventsRequest};
-use support::{FakeAgent, StreamEnd, flow, new_flow_events, serve_tcp};
+use orb8_proto::PROTOCOL_VERSION;
+use support::{FakeAgent, StreamEnd, TOKEN, check_every_rpc, serve_tcp};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -17,60 +16,16 @@ fn addr(s: &str) -> AgentAddr {
 }
 
 async fn every_rpc_through(running: &support::Running, node: &str) {
-    let agent = Agent::connect(addr(&running.addr), Some("s3cret-token"), TIMEOUT)
+    let agent = Agent::connect(addr(&running.addr), Some(TOKEN), TIMEOUT)
         .await
         .expect("connects");
     assert_eq!(agent.node(), node);
     assert_eq!(agent.status.protocol_version, PROTOCOL_VERSION);
-
-    let status = agent.get_status().await.expect("GetStatus");
-    assert_eq!(status.kernel_release, "6.18.0-test");
-
-    let request = QueryFlowsRequest {
-        filter: Some(FlowFilter {
-            ports: vec![53],
-            ..Default::default()
-        }),
-        limit: 7,
-        sort: SortBy::Packets as i32,
-    };
-    let flows = agent
-        .query_flows(request.clone())
-        .await
-        .expect("QueryFlows");
-    assert_eq!(flows.flows.len(), 2);
-    assert_eq!(
-        running.seen.queries.lock().expect("lock").as_slice(),
-        &[request],
-        "the filter, limit and sort arrive as sent"
-    );
-
-    let events: Vec<_> = agent
-        .stream_events(StreamEventsRequest::default())
-        .await
-        .expect("StreamEvents")
-        .collect()
-        .await;
-    assert_eq!(events.len(), 4);
-    assert!(events.iter().all(Result::is_ok));
-
-    let tokens = running.tokens();
-    assert_eq!(tokens.len(), 4, "connect's GetStatus plus three calls");
-    assert!(
-        tokens
-            .iter()
-            .all(|t| t.as_deref() == Some("Bearer s3cret-token")),
-        "{tokens:?}"
-    );
+    check_every_rpc(&agent, running).await;
 }
 
 fn agent_with_data(node: &str) -> FakeAgent {
-    let mut fake = FakeAgent::new(node);
-    fake.token = Some("s3cret-token".into());
-    fake.flows = vec![flow(node, 100, 1, 53), flow(node, 200, 2, 80)];
-    fake.events = new_flow_events(node, 4);
-    fake.end = StreamEnd::Close;
-    fake
+    support::agent_with_data(node, 4, StreamEnd::Close)
 }
 
 #[tokio::test]

@@ -439,3 +439,62 @@ pub fn serve_unix(agent: FakeAgent) -> Running {
     l.set_nonblocking(true).expect("nonblocking");
     run(agent, Bound::Unix(l), format!("unix:{}", path.display()))
 }
+
+/// The token the agents of [`agent_with_data`] require.
+pub const TOKEN: &str = "s3cret-token";
+
+/// A fake agent requiring [`TOKEN`], with two flows (to ports 53 and 80) and `events` new-flow
+/// events, its stream ending as `end`.
+pub fn agent_with_data(node: &str, events: u64, end: StreamEnd) -> FakeAgent {
+    let mut fake = FakeAgent::new(node);
+    fake.token = Some(TOKEN.into());
+    fake.flows = vec![flow(node, 100, 1, 53), flow(node, 200, 2, 80)];
+    fake.events = new_flow_events(node, events);
+    fake.end = end;
+    fake
+}
+
+/// Calls GetStatus, QueryFlows and StreamEvents on `agent`, connected to `running` (an
+/// [`agent_with_data`] with 4 events), and checks each answer, that the query arrived as sent,
+/// and that every call (connect's GetStatus included) carried [`TOKEN`].
+pub async fn check_every_rpc(agent: &kubectl_orb8::transport::Agent, running: &Running) {
+    let status = agent.get_status().await.expect("GetStatus");
+    assert_eq!(status.kernel_release, "6.18.0-test");
+
+    let request = QueryFlowsRequest {
+        filter: Some(orb8_proto::FlowFilter {
+            ports: vec![53],
+            ..Default::default()
+        }),
+        limit: 7,
+        sort: orb8_proto::SortBy::Packets as i32,
+    };
+    let flows = agent
+        .query_flows(request.clone())
+        .await
+        .expect("QueryFlows");
+    assert_eq!(flows.flows.len(), 2);
+    assert_eq!(
+        running.seen.queries.lock().expect("lock").as_slice(),
+        &[request],
+        "the filter, limit and sort arrive as sent"
+    );
+
+    let events: Vec<_> = agent
+        .stream_events(StreamEventsRequest::default())
+        .await
+        .expect("StreamEvents")
+        .collect()
+        .await;
+    let seqs: Vec<u64> = events.into_iter().map(|e| e.expect("event").seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4]);
+
+    let tokens = running.tokens();
+    assert_eq!(tokens.len(), 4, "connect's GetStatus plus three calls");
+    assert!(
+        tokens
+            .iter()
+            .all(|t| t.as_deref() == Some("Bearer s3cret-token")),
+        "{tokens:?}"
+    );
+}
