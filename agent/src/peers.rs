@@ -156,11 +156,9 @@ fn describe(pid: u32) -> Peer {
         .trim()
         .to_string();
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let cgroup = text
-        .lines()
-        .find(|l| l.starts_with("0::"))
-        .or_else(|| text.lines().next())
-        .and_then(|l| l.splitn(3, ':').nth(2))
+    // The v2 path, else the first v1 hierarchy's.
+    let cgroup = crate::cgroups::cgroup2_path(&text)
+        .or_else(|| text.lines().next().and_then(|l| l.splitn(3, ':').nth(2)))
         .unwrap_or_default()
         .to_string();
     Peer {

@@ -392,6 +392,14 @@ pub fn one_flow(
     )
 }
 
+/// The packets and bytes of a flow object as `kubectl-orb8 -o json` prints it.
+pub fn counts(f: &Value) -> (u64, u64) {
+    (
+        f["packets"].as_u64().expect("packets"),
+        f["bytes"].as_u64().expect("bytes"),
+    )
+}
+
 /// A counter of a summary line.
 pub fn counter(summary: &Value, name: &str) -> u64 {
     summary["counters"][name]

@@ -61,13 +61,6 @@ fn flow<'a>(
     found[0]
 }
 
-fn counts(f: &Value) -> (u64, u64) {
-    (
-        f["packets"].as_u64().expect("packets"),
-        f["bytes"].as_u64().expect("bytes"),
-    )
-}
-
 #[test]
 fn privileged_flows_local_json_has_exact_counts() {
     require_root();

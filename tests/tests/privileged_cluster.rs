@@ -83,13 +83,6 @@ fn lines(cluster: &FakeCluster) -> Vec<String> {
     cluster.requests().iter().map(Seen::line).collect()
 }
 
-fn counts(f: &Value) -> (u64, u64) {
-    (
-        f["packets"].as_u64().expect("packets"),
-        f["bytes"].as_u64().expect("bytes"),
-    )
-}
-
 /// Index of the first request matching `pred`, panicking with the whole log when none does.
 fn position(reqs: &[Seen], what: &str, pred: impl Fn(&Seen) -> bool) -> usize {
     reqs.iter().position(pred).unwrap_or_else(|| {
