@@ -5,7 +5,7 @@ set -euo pipefail
 
 NIGHTLY="nightly-2026-05-20"          # LLVM 22, matching bpf-linker's llvm-22 feature
 BPF_LINKER_VERSION="0.13.0"
-APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev iproute2 iputils-ping procps util-linux)
+APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev iproute2 iputils-ping procps util-linux busybox)
 
 log() { printf 'orb8 setup: %s\n' "$*" >&2; }
 

@@ -17,6 +17,22 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
     humantime::parse_duration(input.trim()).map_err(|e| format!("{e} (use e.g. 10s, 1m30s, 500ms)"))
 }
 
+/// Parses a session id: 1 to 20 lowercase letters, digits and inner dashes, so it fits a label
+/// value and the agent pod names made from it.
+pub fn parse_session(input: &str) -> Result<String, String> {
+    let ok = (1..=20).contains(&input.len())
+        && input
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !input.starts_with('-')
+        && !input.ends_with('-');
+    if ok {
+        Ok(input.to_string())
+    } else {
+        Err("use 1 to 20 lowercase letters, digits and inner dashes".into())
+    }
+}
+
 fn parse_cidr(input: &str) -> Result<Cidr, String> {
     input
         .parse()
@@ -186,6 +202,11 @@ pub struct ClusterArgs {
     /// capabilities.
     #[arg(long, global = true)]
     pub privileged: bool,
+
+    /// Label this command's agent pods with this session id instead of a random one (for
+    /// scripts: `cleanup --session ID` then lists and deletes only that session's pods).
+    #[arg(long, value_name = "ID", global = true, value_parser = parse_session)]
+    pub session: Option<String>,
 }
 
 /// The verbs.

@@ -67,7 +67,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         let (client, _) = k8s::client::connect(&cli.global.cluster).await?;
         let mut out = BufWriter::new(io::stdout().lock());
         tokio::select! {
-            r = commands::cleanup::run(&client, args.dry_run, cli.global.output, &mut out) => r?,
+            r = commands::cleanup::run(&client, cli.global.cluster.session.as_deref(), args.dry_run, cli.global.output, &mut out) => r?,
             () = interrupt.wait() => return Err(Interrupted.into()),
         }
         out.flush()?;

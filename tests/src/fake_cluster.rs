@@ -1,14 +1,21 @@
 //! A Kubernetes cluster without Kubernetes, for the privileged cluster-mode tests: an API server
 //! on loopback that keeps namespaces, nodes and pods and lists, watches, creates and deletes
-//! them as a real one does, and a kubelet that runs the pods bound to its node for real.
+//! them as a real one does, and a kubelet that runs the pods bound to its node for real (a pod
+//! that names no node is scheduled to it).
 //!
 //! The kubelet starts a pod's container as a process: its `command` (image paths mapped to
-//! binaries of this workspace), `args` and `env` (literal values and `fieldRef`s), inside the
-//! network namespace playing the node (`ip netns exec`; the agent pods are `hostNetwork`). It
-//! reports the pod Pending, then ContainerCreating, then Running (or `ImagePullBackOff` for an
-//! image it was told it cannot pull, or the container's exit with its last log lines), each
-//! step a watch event. Deleting a pod marks it, sends its process SIGTERM, kills it after the
-//! grace period, and removes the pod (`DELETED`). Port-forwards (the shared fake's protocol,
+//! binaries of this workspace, other names looked up on this host's `PATH`, so a `busybox`
+//! workload runs the host's busybox), `args` and `env` (literal values and `fieldRef`s). A
+//! `hostNetwork` pod (the agent) runs in the network namespace playing the node; any other pod
+//! gets a sandbox as a bridge CNI plugin and containerd would make it ([`crate::pod_sandbox`]):
+//! its own network namespace on the node's `cni0` bridge with an address from 10.244.0.0/24,
+//! and its container in a cgroup named after the pod UID and container id, which the agent's
+//! resolver finds as on a real node. It reports the pod Pending, then ContainerCreating, then
+//! Running (or `ImagePullBackOff` for an image it was told it cannot pull, or the container's
+//! exit with its last log lines), each step a watch event. Deleting a pod marks it, sends its
+//! process SIGTERM, kills it after the grace period, kills what is left in the container's
+//! cgroup, removes the sandbox and the pod (`DELETED`). Deleting a namespace deletes its pods,
+//! then the namespace. Port-forwards (the shared fake's protocol,
 //! [`fake_apiserver::port_forward`]) dial 127.0.0.1 inside the pod's network namespace, like
 //! the kubelet does. Every request is recorded.
 
@@ -33,7 +40,8 @@ use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::fake_apiserver::{self, Dial};
-use crate::{NetNs, unique, workspace_bin};
+use crate::pod_sandbox::{PodNetwork, Sandbox};
+use crate::{NetNs, cgroup2_mount, unique, workspace_bin};
 
 /// Where the agent binary lives in the agent image (the pod's `command`).
 pub const AGENT_IMAGE_PATH: &str = "/usr/local/bin/orb8-agent";
@@ -145,6 +153,13 @@ struct State {
     unpullable: Mutex<Vec<String>>,
     /// Images the kubelet keeps pulling (the pod stays in ContainerCreating).
     slow: Mutex<Vec<String>>,
+    /// The node's pod network and container cgroups, for pods that are not `hostNetwork`.
+    pod_network: PodNetwork,
+    /// The sandboxes of pods the kubelet runs, removed with their pods.
+    sandboxes: Mutex<HashMap<(String, String), Sandbox>>,
+    /// Teardown steps that failed (a sandbox that could not be removed): the fake cluster
+    /// panics with them when dropped.
+    teardown_errors: Mutex<Vec<String>>,
 }
 
 impl State {
@@ -244,6 +259,10 @@ impl FakeCluster {
             binaries: HashMap::from([(AGENT_IMAGE_PATH.to_string(), workspace_bin("orb8-agent"))]),
             unpullable: Mutex::default(),
             slow: Mutex::default(),
+            pod_network: PodNetwork::new(&node_ns.name, &cgroup2_mount())
+                .unwrap_or_else(|e| panic!("fake pod network: {e}")),
+            sandboxes: Mutex::default(),
+            teardown_errors: Mutex::default(),
         });
         {
             let mut store = state.store.lock().expect("store");
@@ -464,6 +483,22 @@ impl Drop for FakeCluster {
             rt.shutdown_timeout(Duration::from_secs(2));
         }
         let _ = std::fs::remove_file(&self.kubeconfig);
+        let mut errors = std::mem::take(&mut *self.state.teardown_errors.lock().expect("errors"));
+        let left: Vec<Sandbox> = {
+            let mut sandboxes = self.state.sandboxes.lock().expect("sandboxes");
+            sandboxes.drain().map(|(_, s)| s).collect()
+        };
+        for mut sandbox in left {
+            if let Err(e) = sandbox.remove() {
+                errors.push(e);
+            }
+        }
+        if let Err(e) = self.state.pod_network.remove() {
+            errors.push(e);
+        }
+        if !errors.is_empty() && !std::thread::panicking() {
+            panic!("the fake cluster could not clean up: {}", errors.join("; "));
+        }
     }
 }
 
@@ -654,13 +689,23 @@ fn route(state: &Arc<State>, method: &Method, parts: &[&str], seen: &Seen) -> Re
     let watching = seen.param("watch").is_some_and(|w| w == "true" || w == "1");
     match (method, parts) {
         (&Method::GET, ["api", "v1", "namespaces"]) => {
+            let selection = match Selection::new(None, seen) {
+                Ok(s) => s,
+                Err(e) => return bad_request(&e),
+            };
             let store = state.store.lock().expect("store");
             list(
                 "Namespace",
                 store.rv,
-                store.namespaces.values().cloned().collect(),
+                store
+                    .namespaces
+                    .values()
+                    .filter(|o| selection.matches(o))
+                    .cloned()
+                    .collect(),
             )
         }
+        (&Method::DELETE, ["api", "v1", "namespaces", ns]) => delete_namespace(state, ns),
         (&Method::GET, ["api", "v1", "namespaces", ns]) => {
             let store = state.store.lock().expect("store");
             match store.namespaces.get(*ns) {
@@ -884,14 +929,30 @@ fn create_pod(state: &Arc<State>, ns: &str, seen: &Seen) -> Response<Body> {
             "Pod \"\" is invalid: metadata.name: Required value: name or generateName is required",
         );
     };
+    // The scheduler's part: a pod that names no node goes to the (only) node.
+    if object["spec"]["nodeName"].as_str().is_none()
+        && let Some(only) = state.node_netns.keys().next()
+    {
+        object["spec"]["nodeName"] = json!(only);
+    }
     let node = object["spec"]["nodeName"].as_str().map(String::from);
     let key = (ns.to_string(), name.clone());
     let deleting = Arc::new(Notify::new());
     let netns;
     {
         let mut store = state.store.lock().expect("store");
-        if !store.namespaces.contains_key(ns) {
+        let Some(namespace) = store.namespaces.get(ns) else {
             return not_found("namespaces", ns);
+        };
+        if namespace["status"]["phase"] == "Terminating" {
+            return failure(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &format!(
+                    "pods \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated"
+                ),
+                json!({"name": name, "kind": "pods"}),
+            );
         }
         if store.pods.contains_key(&key) {
             return failure(
@@ -904,7 +965,15 @@ fn create_pod(state: &Arc<State>, ns: &str, seen: &Seen) -> Response<Body> {
         object["apiVersion"] = json!("v1");
         object["kind"] = json!("Pod");
         object["metadata"]["namespace"] = json!(ns);
-        object["metadata"]["uid"] = json!(format!("uid-{ns}-{name}"));
+        let r = random_u128();
+        object["metadata"]["uid"] = json!(format!(
+            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+            r >> 96,
+            (r >> 80) & 0xffff,
+            (r >> 68) & 0xfff,
+            (r >> 56) & 0xfff,
+            r & 0xffff_ffff_ffff
+        ));
         object["metadata"]["creationTimestamp"] = json!(now());
         object["status"] = json!({"phase": "Pending", "qosClass": "Burstable"});
         store.pod_event("ADDED", &mut object);
@@ -912,11 +981,13 @@ fn create_pod(state: &Arc<State>, ns: &str, seen: &Seen) -> Response<Body> {
             .as_deref()
             .and_then(|n| state.node_netns.get(n))
             .cloned();
+        let host_network = object["spec"]["hostNetwork"].as_bool() == Some(true);
         store.pods.insert(
             key.clone(),
             StoredPod {
                 object: object.clone(),
-                netns: netns.clone().unwrap_or_default(),
+                // A pod network namespace exists once the kubelet made the sandbox.
+                netns: netns.clone().filter(|_| host_network).unwrap_or_default(),
                 deleting: netns.as_ref().map(|_| deleting.clone()),
             },
         );
@@ -926,6 +997,51 @@ fn create_pod(state: &Arc<State>, ns: &str, seen: &Seen) -> Response<Body> {
         tokio::spawn(kubelet(state.clone(), key, netns, deleting));
     }
     full(StatusCode::CREATED, object)
+}
+
+/// Marks the namespace Terminating, deletes its pods, and removes it once they are gone.
+fn delete_namespace(state: &Arc<State>, ns: &str) -> Response<Body> {
+    let (object, pods) = {
+        let mut store = state.store.lock().expect("store");
+        let rv = store.next_rv();
+        let Some(object) = store.namespaces.get_mut(ns) else {
+            return not_found("namespaces", ns);
+        };
+        if object["status"]["phase"] != "Terminating" {
+            object["status"]["phase"] = json!("Terminating");
+            object["metadata"]["deletionTimestamp"] = json!(now());
+            object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        }
+        let object = object.clone();
+        let pods: Vec<String> = store
+            .pods
+            .keys()
+            .filter(|(n, _)| n == ns)
+            .map(|(_, name)| name.clone())
+            .collect();
+        (object, pods)
+    };
+    for pod in &pods {
+        delete_pod(state, ns, pod);
+    }
+    let state = state.clone();
+    let ns = ns.to_string();
+    let mut changed = state.changed.subscribe();
+    tokio::spawn(async move {
+        loop {
+            {
+                let mut store = state.store.lock().expect("store");
+                if !store.pods.keys().any(|(n, _)| *n == ns) {
+                    store.namespaces.remove(&ns);
+                    return;
+                }
+            }
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    full(StatusCode::OK, object)
 }
 
 fn delete_pod(state: &Arc<State>, ns: &str, name: &str) -> Response<Body> {
@@ -1082,6 +1198,7 @@ async fn kubelet(state: Arc<State>, key: (String, String), netns: String, deleti
                     state.modify_pod(&key, |o| {
                         let image = o["spec"]["containers"][0]["image"].clone();
                         let name = o["spec"]["containers"][0]["name"].clone();
+                        let id = o["status"]["containerStatuses"][0]["containerID"].clone();
                         o["status"]["phase"] = json!(if code == 0 { "Succeeded" } else { "Failed" });
                         o["status"]["containerStatuses"] = container_status(&name, image.as_str().unwrap_or(""), json!({"terminated": {
                             "exitCode": code,
@@ -1090,6 +1207,9 @@ async fn kubelet(state: Arc<State>, key: (String, String), netns: String, deleti
                             "startedAt": now(),
                             "finishedAt": now(),
                         }}), false);
+                        if !id.is_null() {
+                            o["status"]["containerStatuses"][0]["containerID"] = id;
+                        }
                     });
                     deleting.notified().await;
                 }
@@ -1110,6 +1230,14 @@ async fn kubelet(state: Arc<State>, key: (String, String), netns: String, deleti
         }
         Started::Stuck => deleting.notified().await,
         Started::Deleted => {}
+    }
+    let sandbox = state.sandboxes.lock().expect("sandboxes").remove(&key);
+    if let Some(mut sandbox) = sandbox {
+        let st = state.clone();
+        let removed = tokio::task::spawn_blocking(move || sandbox.remove()).await;
+        if let Err(e) = removed.unwrap_or_else(|e| Err(format!("sandbox removal: {e}"))) {
+            st.teardown_errors.lock().expect("errors").push(e);
+        }
     }
     state.remove_pod(&key);
 }
@@ -1143,7 +1271,11 @@ async fn start_container(state: &Arc<State>, key: &(String, String), netns: &str
                 {"type": "PodScheduled", "status": "True"},
                 {"type": "Ready", "status": if ready { "True" } else { "False" }},
             ]);
+            let id = o["status"]["containerStatuses"][0]["containerID"].clone();
             o["status"]["containerStatuses"] = container_status(&cname, &image, cstate, ready);
+            if !id.is_null() {
+                o["status"]["containerStatuses"][0]["containerID"] = id;
+            }
         })
     };
     set_status(
@@ -1201,7 +1333,7 @@ async fn start_container(state: &Arc<State>, key: &(String, String), netns: &str
         };
         env.insert(name, value);
     }
-    let Some(program) = command.first().and_then(|c| state.binaries.get(c)) else {
+    let Some(program) = command.first().and_then(|c| resolve_program(state, c)) else {
         set_status(
             "Pending",
             json!({"waiting": {"reason": "RunContainerError",
@@ -1213,9 +1345,37 @@ async fn start_container(state: &Arc<State>, key: &(String, String), netns: &str
     let mut argv = vec![program.display().to_string()];
     argv.extend(command.iter().skip(1).cloned());
     argv.extend(args);
+    let host_network = pod["spec"]["hostNetwork"].as_bool() == Some(true);
+    let (netns, cgroup) = if host_network {
+        (netns.to_string(), None)
+    } else {
+        match make_sandbox(state, key, &pod).await {
+            Ok((netns, cgroup)) => (netns, Some(cgroup)),
+            Err(e) => {
+                set_status(
+                    "Pending",
+                    json!({"waiting": {"reason": "CreateContainerError", "message": e}}),
+                    false,
+                );
+                return Started::Stuck;
+            }
+        }
+    };
     // Only the network namespace changes, as for a hostNetwork pod that mounts the host's
-    // /sys/fs/cgroup: `ip netns exec` would also remount /sys and hide the cgroup mounts.
-    let mut cmd = tokio::process::Command::new("nsenter");
+    // /sys/fs/cgroup: `ip netns exec` would also remount /sys and hide the cgroup mounts. A
+    // sandboxed container first moves itself into its cgroup, so all it starts is counted there.
+    let mut cmd = match &cgroup {
+        Some(cg) => {
+            let mut c = tokio::process::Command::new("sh");
+            c.arg("-c")
+                .arg(r#"echo $$ > "$1" && shift && exec "$@""#)
+                .arg("sh")
+                .arg(cg.join("cgroup.procs"))
+                .arg("nsenter");
+            c
+        }
+        None => tokio::process::Command::new("nsenter"),
+    };
     cmd.arg(format!("--net=/var/run/netns/{netns}"))
         .arg("--")
         .args(&argv)
@@ -1262,4 +1422,71 @@ async fn start_container(state: &Arc<State>, key: &(String, String), netns: &str
     }
     set_status("Running", json!({"running": {"startedAt": now()}}), true);
     Started::Running(child, pid)
+}
+
+/// The program a container's command names: an image path mapped to a binary of this
+/// workspace, or a bare name found on this host's `PATH` (`busybox`).
+fn resolve_program(state: &State, command: &str) -> Option<PathBuf> {
+    if let Some(p) = state.binaries.get(command) {
+        return Some(p.clone());
+    }
+    if command.contains('/') {
+        return None;
+    }
+    CONTAINER_PATH
+        .split(':')
+        .map(|dir| PathBuf::from(dir).join(command))
+        .find(|p| p.is_file())
+}
+
+/// `PATH` inside the fake's containers.
+const CONTAINER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Makes the pod's sandbox (network namespace, address, container cgroup), records it for
+/// teardown and reports the pod's address and container id; returns its network namespace and
+/// the container's cgroup.
+async fn make_sandbox(
+    state: &Arc<State>,
+    key: &(String, String),
+    pod: &Value,
+) -> Result<(String, PathBuf), String> {
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    // Unique on the host, as a runtime's are: the agent looks containers up host-wide, and
+    // other fake clusters may run beside this one.
+    let id = format!("{:032x}{:032x}", random_u128(), random_u128());
+    let st = state.clone();
+    let k = key.clone();
+    let ids = vec![id.clone()];
+    let (netns, cgroup, address) = tokio::task::spawn_blocking(move || {
+        let sandbox = st.pod_network.sandbox(&uid, &ids)?;
+        let made = (
+            sandbox.netns.clone(),
+            sandbox.cgroups[0].clone(),
+            sandbox.address,
+        );
+        st.sandboxes.lock().expect("sandboxes").insert(k, sandbox);
+        Ok::<_, String>(made)
+    })
+    .await
+    .map_err(|e| format!("sandbox task: {e}"))??;
+    if let Some(p) = state.store.lock().expect("store").pods.get_mut(key) {
+        p.netns = netns.clone();
+    }
+    state.modify_pod(key, |o| {
+        o["status"]["podIP"] = json!(address.to_string());
+        o["status"]["podIPs"] = json!([{"ip": address.to_string()}]);
+        o["status"]["containerStatuses"][0]["containerID"] = json!(format!("containerd://{id}"));
+    });
+    Ok((netns, cgroup))
+}
+
+/// 128 random bits (std's per-hasher random keys), for UIDs and container ids.
+fn random_u128() -> u128 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let half = || {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    };
+    (u128::from(half()) << 64) | u128::from(half())
 }

@@ -24,6 +24,7 @@ use serde_json::Value;
 #[path = "../../kubectl-orb8/tests/support/fake_apiserver.rs"]
 pub mod fake_apiserver;
 pub mod fake_cluster;
+pub mod pod_sandbox;
 
 /// Panics unless the tests run as root: they load eBPF and create namespaces.
 pub fn require_root() {

@@ -10,14 +10,16 @@ use kube::{Api, Client};
 use crate::k8s::lifecycle::{self, Leftover};
 use crate::render::OutputFormat;
 
-/// Lists leftover agent pods in every namespace and, unless `dry_run`, deletes them.
+/// Lists leftover agent pods in every namespace (only `session`'s, when given) and, unless
+/// `dry_run`, deletes them.
 pub async fn run(
     client: &Client,
+    session: Option<&str>,
     dry_run: bool,
     format: OutputFormat,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let leftovers = lifecycle::list_leftovers(client)
+    let leftovers = lifecycle::list_leftovers(client, session)
         .await
         .map_err(|e| anyhow::anyhow!(lifecycle::api_error("listing agent pods", &e)))?;
     let mut failed = Vec::new();

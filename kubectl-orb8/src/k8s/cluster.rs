@@ -166,7 +166,10 @@ async fn start_and_connect(
     deadline: Duration,
 ) -> anyhow::Result<Vec<Agent>> {
     let args = &global.cluster;
-    let session = random_hex(4)?;
+    let session = match &args.session {
+        Some(s) => s.clone(),
+        None => random_hex(4)?,
+    };
     let token = random_hex(16)?;
     // Below the kernel's ephemeral ports and the NodePort range: free on nearly every node.
     let port = 20000 + random_u16()? % 10000;

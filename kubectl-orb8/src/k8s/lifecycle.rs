@@ -306,12 +306,18 @@ pub struct Leftover {
     pub phase: String,
 }
 
-/// Every agent pod orb8 created, in every namespace, found by label.
-pub async fn list_leftovers(client: &Client) -> Result<Vec<Leftover>, kube::Error> {
+/// Every agent pod orb8 created (of `session` alone, when given), in every namespace, found by
+/// label.
+pub async fn list_leftovers(
+    client: &Client,
+    session: Option<&str>,
+) -> Result<Vec<Leftover>, kube::Error> {
     let api: Api<Pod> = Api::all(client.clone());
-    let pods = api
-        .list(&ListParams::default().labels(pod_spec::SELECTOR))
-        .await?;
+    let selector = match session {
+        Some(s) => format!("{},{}={s}", pod_spec::SELECTOR, pod_spec::LABEL_SESSION),
+        None => pod_spec::SELECTOR.to_string(),
+    };
+    let pods = api.list(&ListParams::default().labels(&selector)).await?;
     Ok(pods
         .items
         .iter()
