@@ -1,13 +1,13 @@
 //! The `kubectl-orb8` binary itself, run against fake agents: output formats, merging, errors,
 //! help text and closed pipes.
 
-mod support;
-
 use std::io::Read;
 use std::process::{Command, Output, Stdio};
 
+use orb8_testkit::fake_agent::{
+    FakeAgent, Running, StreamEnd, flow, gap_event, new_flow_event, serve_tcp,
+};
 use serde_json::Value;
-use support::{FakeAgent, Running, StreamEnd, flow, gap_event, new_flow_event, serve_tcp};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kubectl-orb8");
 

@@ -1,5 +1,5 @@
 //! Privileged end-to-end: the `kubectl-orb8` binary in cluster mode (no --local, no --agent)
-//! against a fake cluster on loopback ([`orb8_tests::fake_cluster`]): a fake API server, and a
+//! against a fake cluster on loopback ([`orb8_testkit::fake_cluster`]): a fake API server, and a
 //! fake kubelet that runs the agent pods kubectl-orb8 creates as real `orb8-agent` processes in
 //! the network namespace playing the node. Workload pods are the topology's pod namespaces.
 //! Real probes, real traffic, exact counts, and every agent pod deleted at the end.
@@ -10,8 +10,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use orb8_tests::fake_cluster::{FakeCluster, Seen};
-use orb8_tests::*;
+use orb8_testkit::fake_cluster::{FakeCluster, Seen};
+use orb8_testkit::*;
 use serde_json::Value;
 
 const NODE: &str = "node-1";

@@ -1,5 +1,6 @@
-//! Support for orb8's privileged end-to-end tests.
+//! orb8's test kit: the doubles and guards its tests share (a dev-only crate, never shipped).
 //!
+//! Support for orb8's privileged end-to-end tests:
 //! Tests build their own topology: a network namespace playing the node and namespaces playing
 //! pods, each joined to the node by a veth pair, with addresses that exist only inside those
 //! namespaces. Every namespace is deleted when its guard drops, also when a test panics.
@@ -21,7 +22,7 @@ use std::{
 
 use serde_json::Value;
 
-#[path = "../../kubectl-orb8/tests/support/fake_apiserver.rs"]
+pub mod fake_agent;
 pub mod fake_apiserver;
 pub mod fake_cluster;
 
