@@ -26,9 +26,10 @@ pub enum StreamEnd {
     Fail(Code, String),
 }
 
-/// What every fake agent saw, for assertions.
+/// The calls a fake agent received, for assertions: the session token each call carried and
+/// the request of each QueryFlows and StreamEvents call, in arrival order.
 #[derive(Debug, Default)]
-pub struct Seen {
+pub struct AgentCalls {
     /// The `authorization` value of every call (None when absent).
     pub tokens: Mutex<Vec<Option<String>>>,
     /// Every QueryFlows request.
@@ -40,13 +41,18 @@ pub struct Seen {
 /// The fixed data and behaviour of one fake agent.
 #[derive(Debug, Clone)]
 pub struct FakeAgent {
+    /// The GetStatus answer (its `node` also names the node of every flow and event).
     pub status: GetStatusResponse,
+    /// The QueryFlows answer, whatever the filter.
     pub flows: Vec<Flow>,
+    /// What StreamEvents plays before `end`.
     pub events: Vec<Event>,
+    /// How StreamEvents ends.
     pub end: StreamEnd,
     /// When set, calls without `authorization: Bearer <token>` are refused.
     pub token: Option<String>,
-    pub seen: Arc<Seen>,
+    /// The calls it received, shared with the [`Running`] server.
+    pub calls: Arc<AgentCalls>,
 }
 
 impl FakeAgent {
@@ -58,7 +64,7 @@ impl FakeAgent {
             events: Vec::new(),
             end: StreamEnd::Hold,
             token: None,
-            seen: Arc::default(),
+            calls: Arc::default(),
         }
     }
 
@@ -67,7 +73,7 @@ impl FakeAgent {
             .get(TOKEN_METADATA_KEY)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        if let Ok(mut t) = self.seen.tokens.lock() {
+        if let Ok(mut t) = self.calls.tokens.lock() {
             t.push(got.clone());
         }
         match &self.token {
@@ -264,7 +270,7 @@ impl AgentService for Service {
         request: Request<QueryFlowsRequest>,
     ) -> Result<Response<QueryFlowsResponse>, Status> {
         self.0.check(request.metadata())?;
-        if let Ok(mut q) = self.0.seen.queries.lock() {
+        if let Ok(mut q) = self.0.calls.queries.lock() {
             q.push(request.into_inner());
         }
         Ok(Response::new(QueryFlowsResponse {
@@ -282,7 +288,7 @@ impl AgentService for Service {
         request: Request<StreamEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
         self.0.check(request.metadata())?;
-        if let Ok(mut s) = self.0.seen.streams.lock() {
+        if let Ok(mut s) = self.0.calls.streams.lock() {
             s.push(request.into_inner());
         }
         let events = stream::iter(self.0.events.clone().into_iter().map(Ok));
@@ -328,8 +334,8 @@ impl AgentService for Service {
 pub struct Running {
     /// `127.0.0.1:PORT` or `unix:/path`.
     pub addr: String,
-    /// What it saw.
-    pub seen: Arc<Seen>,
+    /// The calls it received.
+    pub calls: Arc<AgentCalls>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -347,7 +353,7 @@ impl Running {
 
     /// The `authorization` values seen so far.
     pub fn tokens(&self) -> Vec<Option<String>> {
-        self.seen
+        self.calls
             .tokens
             .lock()
             .map(|t| t.clone())
@@ -368,7 +374,7 @@ enum Bound {
 }
 
 fn run(agent: FakeAgent, bound: Bound, addr: String) -> Running {
-    let seen = agent.seen.clone();
+    let calls = agent.calls.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -406,7 +412,7 @@ fn run(agent: FakeAgent, bound: Bound, addr: String) -> Running {
     });
     Running {
         addr,
-        seen,
+        calls,
         stop: Some(stop),
         thread: Some(thread),
     }

@@ -26,7 +26,7 @@ pub async fn check_every_rpc(agent: &kubectl_orb8::transport::Agent, running: &R
         .expect("QueryFlows");
     assert_eq!(flows.flows.len(), 2);
     assert_eq!(
-        running.seen.queries.lock().expect("lock").as_slice(),
+        running.calls.queries.lock().expect("lock").as_slice(),
         &[request],
         "the filter, limit and sort arrive as sent"
     );
