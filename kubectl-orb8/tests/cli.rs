@@ -1,13 +1,13 @@
 //! The `kubectl-orb8` binary itself, run against fake agents: output formats, merging, errors,
 //! help text and closed pipes.
 
-mod support;
-
 use std::io::Read;
 use std::process::{Command, Output, Stdio};
 
+use orb8_testkit::fake_agent::{
+    FakeAgent, Running, StreamEnd, flow, gap_event, new_flow_event, serve_tcp,
+};
 use serde_json::Value;
-use support::{FakeAgent, Running, StreamEnd, flow, gap_event, new_flow_event, serve_tcp};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kubectl-orb8");
 
@@ -130,7 +130,7 @@ fn flows_from_two_agents_merge_into_one_json_array() {
     );
     // The whole table was asked of each agent once, sorted by bytes.
     for agent in [&a, &b] {
-        let queries = agent.seen.queries.lock().expect("lock").clone();
+        let queries = agent.calls.queries.lock().expect("lock").clone();
         assert_eq!(queries.len(), 1);
         assert_eq!(queries[0].sort, orb8_proto::SortBy::Bytes as i32);
     }
@@ -180,7 +180,7 @@ fn flows_filters_and_limits_the_merged_table_on_the_client_too() {
         got,
         vec![("node-a".to_string(), 3), ("node-b".to_string(), 2)]
     );
-    let q = a.seen.queries.lock().expect("lock").clone();
+    let q = a.calls.queries.lock().expect("lock").clone();
     let filter = q[0].filter.clone().expect("filter sent");
     assert_eq!(filter.ports, vec![53]);
     assert_eq!(filter.protocols, vec![17]);
@@ -383,7 +383,7 @@ fn trace_prints_ndjson_with_gaps_and_lost_agents() {
         "{err}"
     );
     assert_eq!(
-        a.seen.streams.lock().expect("lock")[0]
+        a.calls.streams.lock().expect("lock")[0]
             .filter
             .clone()
             .expect("filter")

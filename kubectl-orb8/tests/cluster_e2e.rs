@@ -1,7 +1,7 @@
 //! The cluster suite: what an on-call engineer runs, against a whole cluster, checked by
 //! exact facts. It runs against the cluster `ORB8_E2E_KUBECONFIG` names (kind, k3d, ...;
 //! `ORB8_E2E_IMAGE` is then an agent image its nodes can pull), and otherwise, as root,
-//! against the project's own fake cluster (`orb8_tests::fake_cluster`: a fake API server and
+//! against the project's own fake cluster (`orb8_testkit::fake_cluster`: a fake API server and
 //! a fake kubelet that runs the real agent and busybox workloads in network namespaces and
 //! cgroups of their own), which is how CI runs it. Not root and no cluster: each test says
 //! `SKIPPED` on stderr and does nothing.
@@ -10,7 +10,10 @@
 //! removed by a guard even when the test fails), its own agent sessions (`--session`), and it
 //! counts only its own sessions' agent pods. Workloads are busybox (`ORB8_E2E_WORKLOAD_IMAGE`,
 //! default `busybox:1.36`) started as `busybox sh -c SCRIPT`, so the same pods run on a real
-//! node and in the fake kubelet (which runs the host's busybox).
+//! node and in the fake kubelet (which runs the host's busybox). Linux only (the fake cluster
+//! and the process handling are).
+
+#![cfg(target_os = "linux")]
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher as _, Hasher as _};
@@ -24,8 +27,8 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use orb8_tests::NetNs;
-use orb8_tests::fake_cluster::FakeCluster;
+use orb8_testkit::NetNs;
+use orb8_testkit::fake_cluster::FakeCluster;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::runtime::Runtime;

@@ -5,28 +5,20 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use kube::Client;
 use kube::client::Body;
 use kubectl_orb8::k8s::ephemeral::{self, AgentPods, EphemeralConfig, RunningAgent};
 use kubectl_orb8::k8s::lifecycle::StartFailure;
+use orb8_testkit::api_request::ApiRequest;
 use serde_json::{Value, json};
 use tower_test::mock;
 
-/// One request as the mock API server saw it.
-#[derive(Clone, Debug)]
-struct Seen {
-    method: Method,
-    path: String,
-    query: String,
-    body: Option<Value>,
-}
-
-type Script = Box<dyn FnMut(&Seen) -> (StatusCode, String) + Send>;
+type Script = Box<dyn FnMut(&ApiRequest) -> (StatusCode, String) + Send>;
 
 /// Serves kube's requests with `script` until the client is dropped; returns what it saw.
-fn api_server(script: Script) -> (Client, Arc<Mutex<Vec<Seen>>>) {
+fn api_server(script: Script) -> (Client, Arc<Mutex<Vec<ApiRequest>>>) {
     let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
@@ -39,13 +31,14 @@ fn api_server(script: Script) -> (Client, Arc<Mutex<Vec<Seen>>>) {
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            let s = Seen {
-                method: parts.method.clone(),
-                path: parts.uri.path().to_string(),
-                query: parts.uri.query().unwrap_or_default().to_string(),
-                body: serde_json::from_slice(&bytes).ok(),
-            };
+            let mut s = ApiRequest::new(
+                parts.method.as_str(),
+                parts.uri.path(),
+                parts.uri.query().unwrap_or_default(),
+                &bytes,
+            );
             let (status, text) = script(&s);
+            s.code = status.as_u16();
             log.lock().unwrap().push(s);
             send.send_response(
                 Response::builder()
@@ -110,30 +103,28 @@ fn config(timeout: Duration) -> EphemeralConfig {
 /// (again on every re-watch), and DELETE / GET-after-delete succeed / 404.
 fn one_pod(watch: Vec<Value>) -> Script {
     let mut deleted = false;
-    Box::new(move |s: &Seen| match (s.method.clone(), s.path.as_str()) {
-        (Method::GET, "/api/v1/namespaces/orb8-system") => (
-            StatusCode::OK,
-            json!({"metadata": {"name": NS}}).to_string(),
-        ),
-        (Method::POST, POD_PATH) => (
-            StatusCode::CREATED,
-            pod_json(json!({"phase": "Pending"}), "1").to_string(),
-        ),
-        (Method::GET, POD_PATH) if s.query.contains("watch=true") => {
-            (StatusCode::OK, watch_events(&watch))
-        }
-        (Method::DELETE, p) if p == format!("{POD_PATH}/orb8-agent-s1-0") => {
-            deleted = true;
-            (
+    Box::new(
+        move |s: &ApiRequest| match (s.method.as_str(), s.path.as_str()) {
+            ("GET", "/api/v1/namespaces/orb8-system") => (
                 StatusCode::OK,
-                pod_json(json!({"phase": "Running"}), "99").to_string(),
-            )
-        }
-        (Method::GET, p) if p == format!("{POD_PATH}/orb8-agent-s1-0") && deleted => {
-            not_found("pod")
-        }
-        _ => panic!("unexpected request {s:?}"),
-    })
+                json!({"metadata": {"name": NS}}).to_string(),
+            ),
+            ("POST", POD_PATH) => (
+                StatusCode::CREATED,
+                pod_json(json!({"phase": "Pending"}), "1").to_string(),
+            ),
+            ("GET", POD_PATH) if s.is_watch() => (StatusCode::OK, watch_events(&watch)),
+            ("DELETE", p) if p == format!("{POD_PATH}/orb8-agent-s1-0") => {
+                deleted = true;
+                (
+                    StatusCode::OK,
+                    pod_json(json!({"phase": "Running"}), "99").to_string(),
+                )
+            }
+            ("GET", p) if p == format!("{POD_PATH}/orb8-agent-s1-0") && deleted => not_found("pod"),
+            _ => panic!("unexpected request {s:?}"),
+        },
+    )
 }
 
 async fn run(
@@ -157,11 +148,12 @@ async fn run(
     (pods, result)
 }
 
-fn methods(seen: &Arc<Mutex<Vec<Seen>>>) -> Vec<(Method, String)> {
+/// `METHOD path` of every request so far.
+fn methods(seen: &Arc<Mutex<Vec<ApiRequest>>>) -> Vec<String> {
     seen.lock()
         .unwrap()
         .iter()
-        .map(|s| (s.method.clone(), s.path.clone()))
+        .map(|s| format!("{} {}", s.method, s.path))
         .collect()
 }
 
@@ -180,7 +172,7 @@ async fn runs_then_deletes_with_the_contracted_pod_spec() {
     assert!(pods.delete_all(Duration::from_secs(5)).await.is_empty());
 
     let log = seen.lock().unwrap().clone();
-    let post = log.iter().find(|s| s.method == Method::POST).unwrap();
+    let post = log.iter().find(|s| s.method == "POST").unwrap();
     let body = post.body.as_ref().unwrap();
     assert_eq!(body["spec"]["nodeName"], "node-a");
     assert_eq!(body["spec"]["hostNetwork"], true);
@@ -222,27 +214,27 @@ async fn runs_then_deletes_with_the_contracted_pod_spec() {
         json!({"name": "ORB8_AGENT_TOKEN", "value": "tok-0123456789abcdef"})
     );
 
-    let watch = log.iter().find(|s| s.query.contains("watch=true")).unwrap();
-    assert!(
-        watch
-            .query
-            .contains("fieldSelector=metadata.name%3Dorb8-agent-s1-0"),
+    let watch = log.iter().find(|s| s.is_watch()).unwrap();
+    assert_eq!(
+        watch.param("fieldSelector"),
+        Some("metadata.name=orb8-agent-s1-0"),
         "{}",
-        watch.query
+        watch.line()
     );
-    assert!(
-        watch.query.contains("resourceVersion=1"),
+    assert_eq!(
+        watch.param("resourceVersion"),
+        Some("1"),
         "watches from the created version: {}",
-        watch.query
+        watch.line()
     );
     assert_eq!(
         methods(&seen),
         vec![
-            (Method::GET, "/api/v1/namespaces/orb8-system".to_string()),
-            (Method::POST, POD_PATH.to_string()),
-            (Method::GET, POD_PATH.to_string()),
-            (Method::DELETE, format!("{POD_PATH}/orb8-agent-s1-0")),
-            (Method::GET, format!("{POD_PATH}/orb8-agent-s1-0")),
+            "GET /api/v1/namespaces/orb8-system".to_string(),
+            format!("POST {POD_PATH}"),
+            format!("GET {POD_PATH}"),
+            format!("DELETE {POD_PATH}/orb8-agent-s1-0"),
+            format!("GET {POD_PATH}/orb8-agent-s1-0"),
         ]
     );
 }
@@ -257,7 +249,7 @@ async fn failure_then_delete(status: Value) -> StartFailure {
     let (pods, mut result) = run(&client, &config(Duration::from_secs(10))).await;
     assert!(pods.delete_all(Duration::from_secs(5)).await.is_empty());
     assert!(
-        methods(&seen).contains(&(Method::DELETE, format!("{POD_PATH}/orb8-agent-s1-0"))),
+        methods(&seen).contains(&format!("DELETE {POD_PATH}/orb8-agent-s1-0")),
         "a failed pod is deleted"
     );
     let (node, f) = result.remove(0).unwrap_err();
@@ -317,7 +309,7 @@ async fn pending_forever_times_out_saying_what_it_waited_for_and_deletes() {
         matches!(f, StartFailure::Timeout { after, .. } if after == Duration::from_millis(800))
     );
     assert!(pods.delete_all(Duration::from_secs(5)).await.is_empty());
-    assert!(methods(&seen).contains(&(Method::DELETE, format!("{POD_PATH}/orb8-agent-s1-0"))));
+    assert!(methods(&seen).contains(&format!("DELETE {POD_PATH}/orb8-agent-s1-0")));
 }
 
 #[tokio::test]
@@ -348,17 +340,17 @@ async fn cancelled_start_still_deletes_the_pod() {
     assert!(pods.delete_all(Duration::from_secs(5)).await.is_empty());
     assert_eq!(
         methods(&seen).last(),
-        Some(&(Method::GET, format!("{POD_PATH}/orb8-agent-s1-0")))
+        Some(&format!("GET {POD_PATH}/orb8-agent-s1-0"))
     );
-    assert!(methods(&seen).contains(&(Method::DELETE, format!("{POD_PATH}/orb8-agent-s1-0"))));
+    assert!(methods(&seen).contains(&format!("DELETE {POD_PATH}/orb8-agent-s1-0")));
 }
 
 #[tokio::test]
 async fn missing_namespace_is_created_privileged() {
-    let (client, seen) = api_server(Box::new(|s: &Seen| {
-        match (s.method.clone(), s.path.as_str()) {
-            (Method::GET, "/api/v1/namespaces/orb8-system") => not_found("namespace"),
-            (Method::POST, "/api/v1/namespaces") => {
+    let (client, seen) = api_server(Box::new(|s: &ApiRequest| {
+        match (s.method.as_str(), s.path.as_str()) {
+            ("GET", "/api/v1/namespaces/orb8-system") => not_found("namespace"),
+            ("POST", "/api/v1/namespaces") => {
                 (StatusCode::CREATED, s.body.clone().unwrap().to_string())
             }
             _ => panic!("unexpected {s:?}"),
@@ -378,16 +370,16 @@ async fn missing_namespace_is_created_privileged() {
 
 #[tokio::test]
 async fn forbidden_create_says_which_rbac_is_missing() {
-    let (client, _) = api_server(Box::new(|s: &Seen| {
-        match (s.method.clone(), s.path.as_str()) {
-        (Method::GET, "/api/v1/namespaces/orb8-system") => (StatusCode::OK, json!({"metadata": {"name": NS}}).to_string()),
-        (Method::POST, POD_PATH) => (
+    let (client, _) = api_server(Box::new(|s: &ApiRequest| {
+        match (s.method.as_str(), s.path.as_str()) {
+        ("GET", "/api/v1/namespaces/orb8-system") => (StatusCode::OK, json!({"metadata": {"name": NS}}).to_string()),
+        ("POST", POD_PATH) => (
             StatusCode::FORBIDDEN,
             json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
                    "message": "pods is forbidden: User \"dev\" cannot create resource \"pods\" in the namespace \"orb8-system\""})
             .to_string(),
         ),
-        (Method::DELETE, _) => not_found("pod"),
+        ("DELETE", _) => not_found("pod"),
         _ => panic!("unexpected {s:?}"),
     }
     }));
@@ -407,23 +399,19 @@ async fn forbidden_create_says_which_rbac_is_missing() {
 
 #[tokio::test]
 async fn a_pod_that_stays_after_delete_is_reported_not_hidden() {
-    let (client, seen) = api_server(Box::new(|s: &Seen| {
-        match (s.method.clone(), s.path.as_str()) {
-            (Method::GET, "/api/v1/namespaces/orb8-system") => (
+    let (client, seen) = api_server(Box::new(|s: &ApiRequest| {
+        match (s.method.as_str(), s.path.as_str()) {
+            ("GET", "/api/v1/namespaces/orb8-system") => (
                 StatusCode::OK,
                 json!({"metadata": {"name": NS}}).to_string(),
             ),
-            (Method::POST, POD_PATH) => (
+            ("POST", POD_PATH) => (
                 StatusCode::CREATED,
                 pod_json(json!({"phase": "Pending"}), "1").to_string(),
             ),
-            (Method::GET, POD_PATH) if s.query.contains("watch=true") => {
-                (StatusCode::OK, watch_events(&[running()]))
-            }
+            ("GET", POD_PATH) if s.is_watch() => (StatusCode::OK, watch_events(&[running()])),
             // A finalizer holds it: DELETE is accepted, the pod stays.
-            (Method::DELETE, _) | (Method::GET, _) => {
-                (StatusCode::OK, pod_json(running(), "50").to_string())
-            }
+            ("DELETE", _) | ("GET", _) => (StatusCode::OK, pod_json(running(), "50").to_string()),
             _ => panic!("unexpected {s:?}"),
         }
     }));
@@ -437,5 +425,5 @@ async fn a_pod_that_stays_after_delete_is_reported_not_hidden() {
             "still terminating after 600ms".to_string()
         )]
     );
-    assert!(methods(&seen).contains(&(Method::DELETE, format!("{POD_PATH}/orb8-agent-s1-0"))));
+    assert!(methods(&seen).contains(&format!("DELETE {POD_PATH}/orb8-agent-s1-0")));
 }

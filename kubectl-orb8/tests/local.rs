@@ -4,14 +4,12 @@
 //! stopped at the end. Starting a local agent needs root; as another user only the refusal is
 //! checked. One test function, so no other test thread forks while a script is being written.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{FakeAgent, flow, serve_tcp};
+use orb8_testkit::fake_agent::{FakeAgent, flow, serve_tcp};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kubectl-orb8");
 

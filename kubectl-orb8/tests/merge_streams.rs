@@ -1,7 +1,5 @@
 //! Component tests: the real transport and merge over three fake agents' event streams.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -9,7 +7,7 @@ use futures::{Stream, StreamExt};
 use kubectl_orb8::merge::{GapCause, Merged, merge_events};
 use kubectl_orb8::transport::Agent;
 use orb8_proto::{DropStage, StreamEventsRequest};
-use support::{
+use orb8_testkit::fake_agent::{
     FakeAgent, Running, StreamEnd, gap_event, new_flow_event, new_flow_events, serve_tcp,
 };
 use tonic::Code;

@@ -2,19 +2,20 @@
 //! fake API server speaking the pod port-forward protocol, carrying real gRPC to test-double
 //! agents (and, as root, to a real `orb8-agent serve`).
 
-mod support;
+mod every_rpc;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use every_rpc::check_every_rpc;
 use futures::StreamExt;
 use kubectl_orb8::filter::FlowFilterSpec;
 use kubectl_orb8::k8s::portforward::{PodPort, PortForwardError, channel, connect_agent};
 use kubectl_orb8::merge::{Merged, SortKey, merge_events, merge_flow_tables};
 use kubectl_orb8::transport::{Agent, AgentAddr, AgentError};
 use orb8_proto::{FlowFilter, PROTOCOL_VERSION, QueryFlowsRequest, StreamEventsRequest};
-use support::fake_apiserver::FakeApiServer;
-use support::{Running, StreamEnd, TOKEN, agent_with_data, check_every_rpc, serve_tcp};
+use orb8_testkit::fake_agent::{Running, StreamEnd, TOKEN, agent_with_data, serve_tcp};
+use orb8_testkit::fake_apiserver::FakeApiServer;
 
 const NS: &str = "orb8-system";
 const TIMEOUT: Duration = Duration::from_secs(5);

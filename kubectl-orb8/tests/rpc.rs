@@ -1,13 +1,14 @@
 //! Component tests: the real client transport against fake agents speaking orb8.agent.v1 over
 //! loopback TCP and unix sockets.
 
-mod support;
+mod every_rpc;
 
 use std::time::{Duration, Instant};
 
+use every_rpc::check_every_rpc;
 use kubectl_orb8::transport::{Agent, AgentAddr, AgentError};
 use orb8_proto::PROTOCOL_VERSION;
-use support::{FakeAgent, StreamEnd, TOKEN, check_every_rpc, serve_tcp};
+use orb8_testkit::fake_agent::{self, FakeAgent, Running, StreamEnd, TOKEN, serve_tcp};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -15,7 +16,7 @@ fn addr(s: &str) -> AgentAddr {
     s.parse().expect("fake agent address parses")
 }
 
-async fn every_rpc_through(running: &support::Running, node: &str) {
+async fn every_rpc_through(running: &Running, node: &str) {
     let agent = Agent::connect(addr(&running.addr), Some(TOKEN), TIMEOUT)
         .await
         .expect("connects");
@@ -25,7 +26,7 @@ async fn every_rpc_through(running: &support::Running, node: &str) {
 }
 
 fn agent_with_data(node: &str) -> FakeAgent {
-    support::agent_with_data(node, 4, StreamEnd::Close)
+    fake_agent::agent_with_data(node, 4, StreamEnd::Close)
 }
 
 #[tokio::test]
@@ -37,7 +38,7 @@ async fn every_rpc_over_tcp_with_the_token() {
 #[cfg(unix)]
 #[tokio::test]
 async fn every_rpc_over_a_unix_socket_with_the_token() {
-    let running = support::serve_unix(agent_with_data("node-unix"));
+    let running = fake_agent::serve_unix(agent_with_data("node-unix"));
     assert!(running.addr.starts_with("unix:/"));
     every_rpc_through(&running, "node-unix").await;
 }

@@ -10,8 +10,8 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use orb8_tests::fake_cluster::FakeCluster;
-use orb8_tests::*;
+use orb8_testkit::fake_cluster::FakeCluster;
+use orb8_testkit::*;
 
 fn main() {
     // SAFETY: geteuid has no preconditions.

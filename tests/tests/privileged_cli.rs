@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use orb8_tests::*;
+use orb8_testkit::*;
 use serde_json::Value;
 
 /// Starts `kubectl-orb8 ARGS` inside `ns` with stdout captured.

@@ -1,5 +1,5 @@
 //! Privileged end-to-end: the `kubectl-orb8` binary in cluster mode (no --local, no --agent)
-//! against a fake cluster on loopback ([`orb8_tests::fake_cluster`]): a fake API server, and a
+//! against a fake cluster on loopback ([`orb8_testkit::fake_cluster`]): a fake API server, and a
 //! fake kubelet that runs the agent pods kubectl-orb8 creates as real `orb8-agent` processes in
 //! the network namespace playing the node. Workload pods are the topology's pod namespaces.
 //! Real probes, real traffic, exact counts, and every agent pod deleted at the end.
@@ -10,8 +10,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use orb8_tests::fake_cluster::{FakeCluster, Seen};
-use orb8_tests::*;
+use orb8_testkit::api_request::ApiRequest;
+use orb8_testkit::fake_cluster::FakeCluster;
+use orb8_testkit::*;
 use serde_json::Value;
 
 const NODE: &str = "node-1";
@@ -80,15 +81,18 @@ impl Drop for Orb8 {
 }
 
 fn lines(cluster: &FakeCluster) -> Vec<String> {
-    cluster.requests().iter().map(Seen::line).collect()
+    cluster.requests().iter().map(ApiRequest::line).collect()
 }
 
 /// Index of the first request matching `pred`, panicking with the whole log when none does.
-fn position(reqs: &[Seen], what: &str, pred: impl Fn(&Seen) -> bool) -> usize {
+fn position(reqs: &[ApiRequest], what: &str, pred: impl Fn(&ApiRequest) -> bool) -> usize {
     reqs.iter().position(pred).unwrap_or_else(|| {
         panic!(
             "no request {what}; saw:\n{}",
-            reqs.iter().map(Seen::line).collect::<Vec<_>>().join("\n")
+            reqs.iter()
+                .map(ApiRequest::line)
+                .collect::<Vec<_>>()
+                .join("\n")
         )
     })
 }
@@ -98,8 +102,12 @@ fn position(reqs: &[Seen], what: &str, pred: impl Fn(&Seen) -> bool) -> usize {
 /// nothing left: no pod, no process, each agent stopped cleanly by SIGTERM.
 fn assert_agents_came_and_went(cluster: &FakeCluster) -> Vec<String> {
     let reqs = cluster.requests();
-    let log = reqs.iter().map(Seen::line).collect::<Vec<_>>().join("\n");
-    let creates: Vec<&Seen> = reqs
+    let log = reqs
+        .iter()
+        .map(ApiRequest::line)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let creates: Vec<&ApiRequest> = reqs
         .iter()
         .filter(|r| r.method == "POST" && r.path == format!("/api/v1/namespaces/{AGENT_NS}/pods"))
         .collect();
@@ -610,7 +618,7 @@ fn privileged_trace_syscall_pod_traces_its_container_cgroup_on_its_node() {
     assert_eq!(row("close")["errnos"]["EBADF"], 2);
     // One agent, on the pod's node, created, used and deleted.
     let reqs = cluster.requests();
-    let creates: Vec<&Seen> = reqs
+    let creates: Vec<&ApiRequest> = reqs
         .iter()
         .filter(|r| r.method == "POST" && r.path.ends_with("/pods"))
         .collect();

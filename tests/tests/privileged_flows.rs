@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use orb8_tests::*;
+use orb8_testkit::*;
 
 const UDP4_OVERHEAD: u64 = 20 + 8;
 const UDP6_OVERHEAD: u64 = 40 + 8;

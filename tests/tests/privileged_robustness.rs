@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use orb8_tests::*;
+use orb8_testkit::*;
 
 fn mac(ns: &NetNs, iface: &str) -> [u8; 6] {
     let out = ns.ip(&["link", "show", iface]);

@@ -17,7 +17,7 @@ use orb8_agent::{
     service::{Listen, Listener, Service, serve},
 };
 use orb8_proto::{self as pb, agent_service_client::AgentServiceClient, syscall_trace_event::Kind};
-use orb8_tests::*;
+use orb8_testkit::*;
 use serde_json::Value;
 use tonic::{Request, Status, service::interceptor::InterceptedService, transport::Channel};
 

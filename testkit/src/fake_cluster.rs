@@ -39,6 +39,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::sync::{Notify, mpsc, watch};
 
+use crate::api_request::ApiRequest;
 use crate::fake_apiserver::{self, Dial};
 use crate::pod_sandbox::{PodNetwork, Sandbox};
 use crate::{NetNs, cgroup2_mount, unique, workspace_bin};
@@ -47,47 +48,6 @@ use crate::{NetNs, cgroup2_mount, unique, workspace_bin};
 pub const AGENT_IMAGE_PATH: &str = "/usr/local/bin/orb8-agent";
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
-
-/// One request the API server received.
-#[derive(Clone, Debug)]
-pub struct Seen {
-    /// `GET`, `POST`, ...
-    pub method: String,
-    /// The path, e.g. `/api/v1/namespaces/a/pods`.
-    pub path: String,
-    /// The query, decoded, in order.
-    pub query: Vec<(String, String)>,
-    /// The JSON body, if any.
-    pub body: Option<Value>,
-    /// The status code answered.
-    pub code: u16,
-}
-
-impl Seen {
-    /// A query parameter.
-    pub fn param(&self, key: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// `METHOD path?k=v&...` (decoded) → code.
-    pub fn line(&self) -> String {
-        let q: Vec<String> = self.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        if q.is_empty() {
-            format!("{} {} -> {}", self.method, self.path, self.code)
-        } else {
-            format!(
-                "{} {}?{} -> {}",
-                self.method,
-                self.path,
-                q.join("&"),
-                self.code
-            )
-        }
-    }
-}
 
 /// A container the kubelet started.
 #[derive(Clone, Debug)]
@@ -143,7 +103,7 @@ struct State {
     store: Mutex<Store>,
     /// How many pod events the log holds; watches wait on it.
     changed: watch::Sender<usize>,
-    requests: Mutex<Vec<Seen>>,
+    requests: Mutex<Vec<ApiRequest>>,
     open_forwards: Arc<Mutex<usize>>,
     /// Node name → its network namespace.
     node_netns: HashMap<String, String>,
@@ -431,7 +391,7 @@ impl FakeCluster {
     }
 
     /// Every request so far, in order.
-    pub fn requests(&self) -> Vec<Seen> {
+    pub fn requests(&self) -> Vec<ApiRequest> {
         self.state.requests.lock().expect("requests").clone()
     }
 
@@ -596,7 +556,7 @@ fn field(object: &Value, path: &str) -> Option<String> {
 }
 
 impl Selection {
-    fn new(namespace: Option<String>, seen: &Seen) -> Result<Selection, String> {
+    fn new(namespace: Option<String>, seen: &ApiRequest) -> Result<Selection, String> {
         let labels = parse_terms(seen.param("labelSelector").unwrap_or(""));
         let fields = parse_terms(seen.param("fieldSelector").unwrap_or(""));
         for t in &fields {
@@ -655,7 +615,7 @@ async fn handle(state: Arc<State>, mut req: Request<Incoming>) -> Response<Body>
     let query: Vec<(String, String)> = form_urlencoded::parse(raw_query.as_bytes())
         .into_owned()
         .collect();
-    let mut seen = Seen {
+    let mut seen = ApiRequest {
         method: method.to_string(),
         path: path.clone(),
         query,
@@ -685,7 +645,7 @@ async fn handle(state: Arc<State>, mut req: Request<Incoming>) -> Response<Body>
     resp
 }
 
-fn route(state: &Arc<State>, method: &Method, parts: &[&str], seen: &Seen) -> Response<Body> {
+fn route(state: &Arc<State>, method: &Method, parts: &[&str], seen: &ApiRequest) -> Response<Body> {
     let watching = seen.param("watch").is_some_and(|w| w == "true" || w == "1");
     match (method, parts) {
         (&Method::GET, ["api", "v1", "namespaces"]) => {
@@ -761,7 +721,7 @@ fn route(state: &Arc<State>, method: &Method, parts: &[&str], seen: &Seen) -> Re
     }
 }
 
-fn create_namespace(state: &Arc<State>, seen: &Seen) -> Response<Body> {
+fn create_namespace(state: &Arc<State>, seen: &ApiRequest) -> Response<Body> {
     let Some(name) = seen
         .body
         .as_ref()
@@ -791,7 +751,7 @@ fn create_namespace(state: &Arc<State>, seen: &Seen) -> Response<Body> {
 fn list_pods(
     state: &Arc<State>,
     namespace: Option<String>,
-    seen: &Seen,
+    seen: &ApiRequest,
     watching: bool,
 ) -> Response<Body> {
     let selection = match Selection::new(namespace, seen) {
@@ -814,7 +774,7 @@ fn list_pods(
 
 /// Streams watch events (one JSON object a line) newer than `resourceVersion` until
 /// `timeoutSeconds` pass or the client leaves; version "0" or none starts with the current pods.
-fn watch_pods(state: &Arc<State>, selection: Selection, seen: &Seen) -> Response<Body> {
+fn watch_pods(state: &Arc<State>, selection: Selection, seen: &ApiRequest) -> Response<Body> {
     let since: Option<u64> = seen
         .param("resourceVersion")
         .and_then(|v| v.parse().ok())
@@ -895,7 +855,7 @@ fn watch_pods(state: &Arc<State>, selection: Selection, seen: &Seen) -> Response
 }
 
 /// A watch with nothing to report, held open until `timeoutSeconds` (or the client leaves).
-fn quiet_watch(seen: &Seen) -> Response<Body> {
+fn quiet_watch(seen: &ApiRequest) -> Response<Body> {
     let timeout = Duration::from_secs(
         seen.param("timeoutSeconds")
             .and_then(|t| t.parse().ok())
@@ -920,7 +880,7 @@ fn quiet_watch(seen: &Seen) -> Response<Body> {
     resp
 }
 
-fn create_pod(state: &Arc<State>, ns: &str, seen: &Seen) -> Response<Body> {
+fn create_pod(state: &Arc<State>, ns: &str, seen: &ApiRequest) -> Response<Body> {
     let Some(mut object) = seen.body.clone().filter(Value::is_object) else {
         return bad_request("the body of the request was in an unknown format");
     };

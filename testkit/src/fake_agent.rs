@@ -1,13 +1,6 @@
 //! A test double for orb8-agent: a real tonic server speaking orb8.agent.v1 with fixed data,
 //! run on its own runtime thread so that a test can kill it like a crashed agent.
 
-#![allow(
-    dead_code,
-    reason = "each test file uses a different part of the double"
-)]
-
-pub mod fake_apiserver;
-
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -33,9 +26,10 @@ pub enum StreamEnd {
     Fail(Code, String),
 }
 
-/// What every fake agent saw, for assertions.
+/// The calls a fake agent received, for assertions: the session token each call carried and
+/// the request of each QueryFlows and StreamEvents call, in arrival order.
 #[derive(Debug, Default)]
-pub struct Seen {
+pub struct AgentCalls {
     /// The `authorization` value of every call (None when absent).
     pub tokens: Mutex<Vec<Option<String>>>,
     /// Every QueryFlows request.
@@ -47,13 +41,18 @@ pub struct Seen {
 /// The fixed data and behaviour of one fake agent.
 #[derive(Debug, Clone)]
 pub struct FakeAgent {
+    /// The GetStatus answer (its `node` also names the node of every flow and event).
     pub status: GetStatusResponse,
+    /// The QueryFlows answer, whatever the filter.
     pub flows: Vec<Flow>,
+    /// What StreamEvents plays before `end`.
     pub events: Vec<Event>,
+    /// How StreamEvents ends.
     pub end: StreamEnd,
     /// When set, calls without `authorization: Bearer <token>` are refused.
     pub token: Option<String>,
-    pub seen: Arc<Seen>,
+    /// The calls it received, shared with the [`Running`] server.
+    pub calls: Arc<AgentCalls>,
 }
 
 impl FakeAgent {
@@ -65,7 +64,7 @@ impl FakeAgent {
             events: Vec::new(),
             end: StreamEnd::Hold,
             token: None,
-            seen: Arc::default(),
+            calls: Arc::default(),
         }
     }
 
@@ -74,7 +73,7 @@ impl FakeAgent {
             .get(TOKEN_METADATA_KEY)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        if let Ok(mut t) = self.seen.tokens.lock() {
+        if let Ok(mut t) = self.calls.tokens.lock() {
             t.push(got.clone());
         }
         match &self.token {
@@ -271,7 +270,7 @@ impl AgentService for Service {
         request: Request<QueryFlowsRequest>,
     ) -> Result<Response<QueryFlowsResponse>, Status> {
         self.0.check(request.metadata())?;
-        if let Ok(mut q) = self.0.seen.queries.lock() {
+        if let Ok(mut q) = self.0.calls.queries.lock() {
             q.push(request.into_inner());
         }
         Ok(Response::new(QueryFlowsResponse {
@@ -289,7 +288,7 @@ impl AgentService for Service {
         request: Request<StreamEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
         self.0.check(request.metadata())?;
-        if let Ok(mut s) = self.0.seen.streams.lock() {
+        if let Ok(mut s) = self.0.calls.streams.lock() {
             s.push(request.into_inner());
         }
         let events = stream::iter(self.0.events.clone().into_iter().map(Ok));
@@ -335,8 +334,8 @@ impl AgentService for Service {
 pub struct Running {
     /// `127.0.0.1:PORT` or `unix:/path`.
     pub addr: String,
-    /// What it saw.
-    pub seen: Arc<Seen>,
+    /// The calls it received.
+    pub calls: Arc<AgentCalls>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -354,7 +353,7 @@ impl Running {
 
     /// The `authorization` values seen so far.
     pub fn tokens(&self) -> Vec<Option<String>> {
-        self.seen
+        self.calls
             .tokens
             .lock()
             .map(|t| t.clone())
@@ -375,7 +374,7 @@ enum Bound {
 }
 
 fn run(agent: FakeAgent, bound: Bound, addr: String) -> Running {
-    let seen = agent.seen.clone();
+    let calls = agent.calls.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -413,7 +412,7 @@ fn run(agent: FakeAgent, bound: Bound, addr: String) -> Running {
     });
     Running {
         addr,
-        seen,
+        calls,
         stop: Some(stop),
         thread: Some(thread),
     }
@@ -452,49 +451,4 @@ pub fn agent_with_data(node: &str, events: u64, end: StreamEnd) -> FakeAgent {
     fake.events = new_flow_events(node, events);
     fake.end = end;
     fake
-}
-
-/// Calls GetStatus, QueryFlows and StreamEvents on `agent`, connected to `running` (an
-/// [`agent_with_data`] with 4 events), and checks each answer, that the query arrived as sent,
-/// and that every call (connect's GetStatus included) carried [`TOKEN`].
-pub async fn check_every_rpc(agent: &kubectl_orb8::transport::Agent, running: &Running) {
-    let status = agent.get_status().await.expect("GetStatus");
-    assert_eq!(status.kernel_release, "6.18.0-test");
-
-    let request = QueryFlowsRequest {
-        filter: Some(orb8_proto::FlowFilter {
-            ports: vec![53],
-            ..Default::default()
-        }),
-        limit: 7,
-        sort: orb8_proto::SortBy::Packets as i32,
-    };
-    let flows = agent
-        .query_flows(request.clone())
-        .await
-        .expect("QueryFlows");
-    assert_eq!(flows.flows.len(), 2);
-    assert_eq!(
-        running.seen.queries.lock().expect("lock").as_slice(),
-        &[request],
-        "the filter, limit and sort arrive as sent"
-    );
-
-    let events: Vec<_> = agent
-        .stream_events(StreamEventsRequest::default())
-        .await
-        .expect("StreamEvents")
-        .collect()
-        .await;
-    let seqs: Vec<u64> = events.into_iter().map(|e| e.expect("event").seq).collect();
-    assert_eq!(seqs, vec![1, 2, 3, 4]);
-
-    let tokens = running.tokens();
-    assert_eq!(tokens.len(), 4, "connect's GetStatus plus three calls");
-    assert!(
-        tokens
-            .iter()
-            .all(|t| t.as_deref() == Some("Bearer s3cret-token")),
-        "{tokens:?}"
-    );
 }

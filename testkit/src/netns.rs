@@ -1,0 +1,257 @@
+//! Network namespaces the tests create and delete: a namespace guard, a "pod" (a namespace
+//! joined to the node by a veth pair), and a node with pods routed like a CNI's point-to-point
+//! setup. Addresses exist only inside these namespaces. Work inside a namespace runs on a thread
+//! that entered it with `setns`, so the sockets it opens live there.
+//!
+//! Guards panic when their cleanup fails (unless the thread is already panicking), so a leaked
+//! namespace fails the test that leaked it.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::Command,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    thread,
+    time::Duration,
+};
+
+use crate::guard::cleanup_failed;
+
+/// Panics unless the tests run as root: they load eBPF and create namespaces.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(
+        uid, 0,
+        "privileged test: run as root (eBPF programs and network namespaces need it)"
+    );
+}
+
+/// Runs a command, panicking with its output when it fails.
+pub fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call, for namespaces and interfaces (<= 15 chars).
+pub fn unique(prefix: &str) -> String {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id() % 100_000)
+}
+
+/// A network namespace, deleted on drop.
+pub struct NetNs {
+    /// Its name under /var/run/netns.
+    pub name: String,
+}
+
+impl NetNs {
+    /// Creates a namespace with loopback up.
+    pub fn new(prefix: &str) -> NetNs {
+        let name = unique(prefix);
+        run(&["ip", "netns", "add", &name]);
+        let ns = NetNs { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs `ip -n NAME ARGS...`.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut v = vec!["ip", "-n", &self.name];
+        v.extend_from_slice(args);
+        run(&v)
+    }
+
+    /// Runs a command inside the namespace (`ip netns exec`).
+    pub fn exec(&self, args: &[&str]) -> String {
+        let mut v = vec!["ip", "netns", "exec", &self.name];
+        v.extend_from_slice(args);
+        run(&v)
+    }
+
+    /// Sets a sysctl inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
+    }
+
+    /// Runs `f` on a thread that has entered this namespace; sockets it opens live here.
+    pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        thread::spawn(move || {
+            let ns = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+            // SAFETY: setns on a namespace fd affects only this thread.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    /// The index of an interface in this namespace.
+    pub fn ifindex(&self, iface: &str) -> u32 {
+        let iface = iface.to_string();
+        self.run_in(move || {
+            let c = std::ffi::CString::new(iface.clone()).expect("interface name");
+            // SAFETY: valid C string.
+            let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            assert_ne!(i, 0, "no interface {iface}");
+            i
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let why = match Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output()
+        {
+            Ok(out) if out.status.success() => return,
+            Ok(out) => format!(
+                "`ip netns del` {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => format!("running `ip netns del`: {e}"),
+        };
+        cleanup_failed(&format!("network namespace {}", self.name), &why);
+    }
+}
+
+/// A "pod": a namespace joined to the node by a veth pair. `eth0` inside, `host_if` in the node.
+pub struct Pod {
+    /// The pod's namespace.
+    pub ns: NetNs,
+    /// Name of the host end of the veth, in the node namespace.
+    pub host_if: String,
+    /// The pod's IPv4 address.
+    pub ip4: String,
+    /// The pod's IPv6 address.
+    pub ip6: String,
+}
+
+/// A node namespace with pods, routed like a CNI's point-to-point setup: pod `n` owns
+/// 10.77.n.2/24 and fd77:n::2/64; the node end of its veth owns .1 / ::1 and routes between pods.
+pub struct Topology {
+    /// Pods, in creation order. Dropped before the node.
+    pub pods: Vec<Pod>,
+    /// The namespace playing the node.
+    pub node: NetNs,
+    next_subnet: u32,
+}
+
+impl Topology {
+    /// A node with `pods` pods.
+    pub fn new(pods: usize) -> Topology {
+        let node = NetNs::new("o8n");
+        node.sysctl("net.ipv4.ip_forward", "1");
+        node.sysctl("net.ipv6.conf.all.forwarding", "1");
+        let mut t = Topology {
+            pods: Vec::new(),
+            node,
+            next_subnet: 1,
+        };
+        for _ in 0..pods {
+            t.add_pod();
+        }
+        t
+    }
+
+    /// Adds a pod (also while an agent runs: a pod created later).
+    pub fn add_pod(&mut self) -> &Pod {
+        let n = self.next_subnet;
+        self.next_subnet += 1;
+        let ns = NetNs::new("o8p");
+        let host_if = unique("o8v");
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &host_if,
+            "netns",
+            &self.node.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns.name,
+        ]);
+        let ip4 = format!("10.77.{n}.2");
+        let ip6 = format!("fd77:{n}::2");
+        self.node
+            .ip(&["addr", "add", &format!("10.77.{n}.1/24"), "dev", &host_if]);
+        self.node.ip(&[
+            "addr",
+            "add",
+            &format!("fd77:{n}::1/64"),
+            "dev",
+            &host_if,
+            "nodad",
+        ]);
+        self.node.ip(&["link", "set", &host_if, "up"]);
+        ns.ip(&["addr", "add", &format!("{ip4}/24"), "dev", "eth0"]);
+        ns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["route", "add", "default", "via", &format!("10.77.{n}.1")]);
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("fd77:{n}::1"),
+        ]);
+        self.pods.push(Pod {
+            ns,
+            host_if,
+            ip4,
+            ip6,
+        });
+        self.pods.last().expect("just pushed")
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        // Pods first: deleting a pod namespace deletes its veth pair.
+        self.pods.clear();
+    }
+}
+
+/// Runs `f` on a thread inside `ns` in the background. `f` gets a sender to say "ready" (for
+/// example once its socket is bound); this call returns after that, with the thread's handle.
+pub fn spawn_in<T: Send + 'static>(
+    ns: &NetNs,
+    f: impl FnOnce(mpsc::Sender<()>) -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let path = format!("/var/run/netns/{}", ns.name);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let h = thread::spawn(move || {
+        let nsf = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        // SAFETY: setns on a namespace fd affects only this thread.
+        let rc = unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f(ready_tx)
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("background thread never became ready");
+    h
+}
