@@ -558,6 +558,29 @@ fn e2e_ctrl_c_mid_stream_deletes_the_agents() {
     );
 }
 
+/// Starts `trace network -n NS` in `session`, waits for its first line, and SIGKILLs it;
+/// returns the agent pods it left.
+fn killed_client(e: &E2e, namespace: &str, session: &str) -> Vec<String> {
+    let mut child = e
+        .orb8(
+            session,
+            &["-n", namespace, "trace", "network", "-o", "json"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning kubectl-orb8");
+    first_line(&mut child, POD_START);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaping the killed client");
+    let left = e.session_pods(session);
+    assert!(
+        !left.is_empty(),
+        "the killed client's agent pods stay behind"
+    );
+    left
+}
+
 #[test]
 fn e2e_killed_client_leaves_pods_that_cleanup_removes() {
     let Some(mut e) = E2e::new("killed") else {
@@ -566,22 +589,10 @@ fn e2e_killed_client_leaves_pods_that_cleanup_removes() {
     let n = e.namespace("k");
     let server = e.pod(&n, "server", IDLE);
     e.pod(&n, "caller", &caller_script(&server));
-    let session = e.session("k");
-    let mut child = e
-        .orb8(&session, &["-n", &n, "trace", "network", "-o", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawning kubectl-orb8");
-    first_line(&mut child, POD_START);
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reaping the killed client");
-    let left = e.session_pods(&session);
-    assert!(
-        !left.is_empty(),
-        "the killed client's agent pods stay behind"
-    );
-    let listed = e.orb8_ok(&session, &["cleanup", "--dry-run", "-o", "json"]);
+    let (first, second) = (e.session("k1"), e.session("k2"));
+    let left = killed_client(&e, &n, &first);
+    let other = killed_client(&e, &n, &second);
+    let listed = e.orb8_ok(&first, &["cleanup", "--dry-run", "-o", "json"]);
     let items: Vec<Value> = serde_json::from_str(&listed).expect("JSON list");
     let names: Vec<&str> = items.iter().filter_map(|i| i["pod"].as_str()).collect();
     assert_eq!(
@@ -592,15 +603,18 @@ fn e2e_killed_client_leaves_pods_that_cleanup_removes() {
         items.iter().all(|i| i["action"] == "would delete"),
         "{items:#?}"
     );
+    assert_eq!(e.session_pods(&first), left, "--dry-run deleted something");
+    e.orb8_ok(&first, &["cleanup"]);
     assert_eq!(
-        e.session_pods(&session),
-        left,
-        "--dry-run deleted something"
-    );
-    e.orb8_ok(&session, &["cleanup"]);
-    assert_eq!(
-        e.session_pods(&session),
+        e.session_pods(&first),
         Vec::<String>::new(),
         "cleanup left agent pods"
     );
+    assert_eq!(
+        e.session_pods(&second),
+        other,
+        "cleanup --session deleted another session's pods"
+    );
+    e.orb8_ok(&second, &["cleanup"]);
+    assert_eq!(e.session_pods(&second), Vec::<String>::new());
 }
