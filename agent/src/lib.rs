@@ -10,6 +10,7 @@ pub mod ebpf {
 pub mod cgroups;
 pub mod containers;
 pub mod convert;
+pub mod defaults;
 pub mod flows;
 pub mod interfaces;
 pub mod peers;
