@@ -160,7 +160,7 @@ impl Caller {
         let cgroup = host_cgroup2_mount()
             .expect("privileged test: needs a cgroup2 mount")
             .join(format!("orb8-service-test-{}", std::process::id()));
-        let mut caller = Caller {
+        let caller = Caller {
             pid,
             go: Some(go),
             reaped: false,
