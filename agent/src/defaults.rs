@@ -41,3 +41,20 @@ pub const SYSCALL_EVENT_QUEUE: usize = 65536;
 pub const TRACE_EXIT_CHECK: Duration = Duration::from_millis(20);
 /// How long a trace whose target exited waits for the target's last events to be read.
 pub const TRACE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_values_the_agent_accepts() {
+        assert_eq!(
+            humantime::parse_duration(IDLE_TIMEOUT).unwrap(),
+            Duration::from_secs(60)
+        );
+        assert!(RINGBUF_BYTES.is_power_of_two() && RINGBUF_BYTES >= MIN_RINGBUF_BYTES);
+        assert!(SYSCALL_RINGBUF_BYTES.is_power_of_two());
+        assert!(Duration::from_millis(RESCAN_MS) >= MIN_RESCAN);
+        assert!(GAP_FLUSH > Duration::ZERO && TRACE_EXIT_CHECK > Duration::ZERO);
+    }
+}
