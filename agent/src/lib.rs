@@ -8,8 +8,10 @@ pub mod ebpf {
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/orb8-syscalls"));
 }
 pub mod cgroups;
+pub mod clsact;
 pub mod containers;
 pub mod convert;
+pub mod defaults;
 pub mod flows;
 pub mod interfaces;
 pub mod peers;

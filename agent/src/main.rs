@@ -5,6 +5,7 @@ use std::{io::Write as _, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use orb8_agent::{
+    defaults,
     probes::{AttachMode, ProbeConfig},
     report::Line,
     runtime::{Agent, AgentConfig},
@@ -39,10 +40,10 @@ struct ServeArgs {
     #[command(flatten)]
     probe: ProbeArgs,
     /// Where to listen: a loopback HOST:PORT (port 0 picks one) or unix:PATH.
-    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    #[arg(long, default_value = defaults::LISTEN, value_name = "ADDR")]
     listen: Listen,
     /// Exit when no client has been connected for this long.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = defaults::IDLE_TIMEOUT, value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
     /// Node name reported to clients (default: $NODE_NAME, else the host name).
     #[arg(long, env = "NODE_NAME")]
@@ -59,13 +60,13 @@ struct ProbeArgs {
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     attach: Mode,
     /// Flow table capacity; least recently updated flows are evicted (and counted) beyond it.
-    #[arg(long, default_value_t = 65536, value_name = "ENTRIES")]
+    #[arg(long, default_value_t = defaults::FLOW_MAP_ENTRIES, value_name = "ENTRIES")]
     flow_map_size: u32,
     /// Ring buffer size in bytes for new-flow events (power of two, at least one page).
-    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    #[arg(long, default_value_t = defaults::RINGBUF_BYTES, value_name = "BYTES")]
     ringbuf_size: u32,
     /// Interface rescan period in milliseconds.
-    #[arg(long, default_value_t = 250, value_name = "MS")]
+    #[arg(long, default_value_t = defaults::RESCAN_MS, value_name = "MS")]
     rescan_ms: u64,
 }
 
@@ -96,9 +97,10 @@ struct WatchArgs {
 
 impl ProbeArgs {
     fn config(&self) -> anyhow::Result<AgentConfig> {
-        if !self.ringbuf_size.is_power_of_two() || self.ringbuf_size < 4096 {
+        if !self.ringbuf_size.is_power_of_two() || self.ringbuf_size < defaults::MIN_RINGBUF_BYTES {
             anyhow::bail!(
-                "--ringbuf-size must be a power of two of at least 4096, got {}",
+                "--ringbuf-size must be a power of two of at least {}, got {}",
+                defaults::MIN_RINGBUF_BYTES,
                 self.ringbuf_size
             );
         }
@@ -107,7 +109,7 @@ impl ProbeArgs {
         }
         Ok(AgentConfig {
             interfaces: self.interfaces.clone(),
-            rescan: Duration::from_millis(self.rescan_ms.max(10)),
+            rescan: Duration::from_millis(self.rescan_ms).max(defaults::MIN_RESCAN),
             probe: ProbeConfig {
                 flow_map_entries: self.flow_map_size,
                 ringbuf_bytes: self.ringbuf_size,
@@ -117,7 +119,7 @@ impl ProbeArgs {
                     Mode::Tc => AttachMode::Tc,
                 },
             },
-            event_queue: 16384,
+            event_queue: defaults::EVENT_QUEUE,
         })
     }
 }

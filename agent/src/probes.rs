@@ -2,7 +2,8 @@
 //!
 //! Kernels >= 6.6 get TCX links: they belong to this process, so the kernel removes them when the
 //! agent exits, even on SIGKILL. Older kernels get clsact filters over netlink, which outlive the
-//! process; the agent removes them on shutdown and, at start, removes any an earlier agent left.
+//! process; the agent removes its own on shutdown and, before attaching to an interface, those a
+//! killed agent left there, never those of another live agent (see [`crate::clsact`]).
 
 use std::collections::BTreeMap;
 
@@ -11,14 +12,14 @@ use aya::{
     maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         SchedClassifier, TcAttachType,
-        links::LinkOrder,
-        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
+        links::{Link as _, LinkOrder},
+        tc::{self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
     },
     util::KernelVersion,
 };
 use orb8_common::{FlowKey, FlowStats, counter, names};
 
-use crate::interfaces::Selected;
+use crate::{clsact, interfaces::Selected};
 
 /// How TC programs are attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,13 +200,17 @@ impl Probes {
         if self.mode == AttachMode::Tc {
             // clsact may exist already (another tool, or an earlier orb8): that is fine.
             let _ = tc::qdisc_add_clsact(&iface.name);
-            remove_stale_filters(&iface.name);
+            remove_stale_filters(iface);
         }
         let mut ids = Vec::with_capacity(2);
         for (name, attach_type, hook) in PROGRAMS {
             let options = match self.mode {
                 AttachMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
-                AttachMode::Tc => TcAttachOptions::Netlink(NlOptions::default()),
+                // The handle names this agent as the filter's owner.
+                AttachMode::Tc => TcAttachOptions::Netlink(NlOptions {
+                    handle: clsact::own_handle().into(),
+                    ..NlOptions::default()
+                }),
             };
             let prog = self.program(name)?;
             match prog.attach_with_options(&iface.name, attach_type, options) {
@@ -358,12 +363,46 @@ pub struct SyncReport {
     pub failed: Vec<(Selected, String)>,
 }
 
-/// Removes clsact filters carrying orb8's program names, left by an agent that was killed.
-fn remove_stale_filters(iface: &str) {
-    for (name, attach_type, _) in PROGRAMS {
-        match tc::qdisc_detach_program(iface, attach_type, name) {
-            Ok(()) => log::info!("removed a stale orb8 {name} filter from {iface}"),
-            Err(e) => log::debug!("no stale {name} filter on {iface}: {e}"),
+/// Removes the clsact filters of orb8 agents that are gone (killed before they could remove
+/// them) from `iface`; live agents' filters stay.
+fn remove_stale_filters(iface: &Selected) {
+    let ours: Vec<&str> = PROGRAMS.iter().map(|(n, _, _)| *n).collect();
+    for (hook, attach_type) in [
+        (clsact::Hook::Ingress, TcAttachType::Ingress),
+        (clsact::Hook::Egress, TcAttachType::Egress),
+    ] {
+        let filters = match clsact::list(iface.index, hook) {
+            Ok(f) => f,
+            Err(e) => {
+                log::debug!("listing {hook:?} filters of {}: {e}", iface.name);
+                continue;
+            }
+        };
+        let proc = std::path::Path::new("/proc");
+        for f in clsact::stale(&filters, &ours, |f| clsact::owner(f, proc)) {
+            let removed = SchedClassifierLink::attached(
+                &iface.name,
+                attach_type,
+                f.priority,
+                f.handle.into(),
+                None,
+            )
+            .map_err(aya::programs::ProgramError::from)
+            .and_then(|link| link.detach());
+            match removed {
+                Ok(()) => log::info!(
+                    "removed the {} filter of a gone agent (pid {}) from {}",
+                    f.name,
+                    f.handle,
+                    iface.name
+                ),
+                Err(e) => log::warn!(
+                    "removing the {} filter of a gone agent (pid {}) from {}: {e}",
+                    f.name,
+                    f.handle,
+                    iface.name
+                ),
+            }
         }
     }
 }

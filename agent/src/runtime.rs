@@ -349,13 +349,10 @@ async fn rescan(agent: Arc<Agent>, handle: rtnetlink::Handle) {
             Err(e) => log::warn!("listing network interfaces: {e}"),
         }
         // Peers are looked for at most every PEER_SCAN (it reads /proc).
-        if last_peer_scan.is_none_or(|t| t.elapsed() >= PEER_SCAN) {
+        if last_peer_scan.is_none_or(|t| t.elapsed() >= crate::defaults::PEER_SCAN) {
             last_peer_scan = Some(Instant::now());
             let a = agent.clone();
             let _ = tokio::task::spawn_blocking(move || a.refresh_peers()).await;
         }
     }
 }
-
-/// How often veths with an unknown peer are looked up again.
-const PEER_SCAN: Duration = Duration::from_secs(1);

@@ -33,11 +33,6 @@ use tokio::{
 
 use crate::cgroups::{self, Resolved, Target};
 
-/// Bytes of the syscall event ring buffer.
-pub const RINGBUF_BYTES: u32 = 4 << 20;
-/// Events queued for stream consumers in the agent; one further behind loses the oldest.
-pub const EVENT_QUEUE: usize = 65536;
-
 /// Why a trace could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SyscallError {
@@ -220,7 +215,7 @@ impl Default for SyscallTracer {
     fn default() -> Self {
         SyscallTracer {
             loaded: Mutex::new(None),
-            events: broadcast::channel(EVENT_QUEUE).0,
+            events: broadcast::channel(crate::defaults::SYSCALL_EVENT_QUEUE).0,
             next_id: AtomicU64::new(1),
             events_received: AtomicU64::new(0),
             lost_agent: AtomicU64::new(0),
@@ -379,7 +374,7 @@ impl SyscallTracer {
         description: String,
     ) -> Result<Loaded, SyscallError> {
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::EVENTS, RINGBUF_BYTES)
+            .map_max_entries(names::EVENTS, crate::defaults::SYSCALL_RINGBUF_BYTES)
             .load(crate::ebpf::SYSCALLS_OBJECT)
             .map_err(|e| SyscallError::Load(format!("{e:#}")))?;
         // Loaded before any map is taken out (and maybe dropped), so every map fd is still

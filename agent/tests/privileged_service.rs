@@ -1,10 +1,18 @@
 //! Privileged component tests of the gRPC service: a real agent (probes attached to this host's
 //! loopback), a real tonic server on 127.0.0.1 and a real tonic client. Traffic is UDP on
-//! 127.0.0.1 only, on ports unique to each test.
+//! 127.0.0.1 only, on ports unique to each test; traced syscalls come from a child process in a
+//! cgroup v2 group the test creates and removes.
 
-use std::{net::UdpSocket, sync::Arc, time::Duration};
+use std::{
+    net::UdpSocket,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use orb8_agent::{
+    cgroups::host_cgroup2_mount,
     probes::{AttachMode, ProbeConfig},
     runtime::{Agent, AgentConfig},
     service::{Listen, Listener, Service, Stopped, serve},
@@ -112,6 +120,95 @@ fn by_ports(ports: Vec<u32>) -> Option<pb::FlowFilter> {
         protocols: vec![17],
         ..Default::default()
     })
+}
+
+/// A child process in a cgroup v2 group of its own (created here, removed on drop) that makes
+/// exactly `calls` `getppid` calls when told to, then exits.
+struct Caller {
+    pid: libc::pid_t,
+    go: Option<OwnedFd>,
+    reaped: bool,
+    cgroup: PathBuf,
+}
+
+impl Caller {
+    fn start(calls: u32) -> Caller {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two fds into a valid array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: the child only makes async-signal-safe syscalls (read, getppid, _exit).
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            let mut byte = 0u8;
+            // SAFETY: reads one byte into a valid buffer, then makes argument-free syscalls.
+            unsafe {
+                if libc::read(fds[0], (&raw mut byte).cast(), 1) != 1 {
+                    libc::_exit(2);
+                }
+                for _ in 0..calls {
+                    libc::syscall(libc::SYS_getppid);
+                }
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: both fds are ours; the read end is only the child's.
+        let go = unsafe {
+            libc::close(fds[0]);
+            OwnedFd::from_raw_fd(fds[1])
+        };
+        let cgroup = host_cgroup2_mount()
+            .expect("privileged test: needs a cgroup2 mount")
+            .join(format!("orb8-service-test-{}", std::process::id()));
+        let caller = Caller {
+            pid,
+            go: Some(go),
+            reaped: false,
+            cgroup,
+        };
+        std::fs::create_dir(&caller.cgroup)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", caller.cgroup.display()));
+        std::fs::write(caller.cgroup.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", caller.cgroup.display()));
+        caller
+    }
+
+    /// Lets it make its calls and waits for it to exit.
+    fn go_and_wait(&mut self) {
+        let go = self.go.take().expect("told once");
+        // SAFETY: writes one byte from a valid buffer to our pipe.
+        assert_eq!(
+            unsafe { libc::write(go.as_raw_fd(), b"g".as_ptr().cast(), 1) },
+            1
+        );
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(self.pid, &mut status, 0) }, self.pid);
+        self.reaped = true;
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the caller failed: {status:#x}"
+        );
+    }
+}
+
+impl Drop for Caller {
+    fn drop(&mut self) {
+        if !self.reaped {
+            // SAFETY: kills and reaps our own child.
+            unsafe {
+                libc::kill(self.pid, libc::SIGKILL);
+                libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+            }
+        }
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("warning: could not remove {}", self.cgroup.display());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,6 +339,89 @@ async fn privileged_service_answers_every_rpc() {
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     drop(stream);
+
+    // A process of our own, in a group of its own, makes exactly CALLS getppid calls.
+    const CALLS: u32 = 777;
+    let mut caller = Caller::start(CALLS);
+    let mut trace = c
+        .trace_syscalls(pb::TraceSyscallsRequest {
+            target: Some(pb::SyscallTarget {
+                kind: Some(pb::syscall_target::Kind::Pid(caller.pid as u32)),
+            }),
+            syscalls: vec!["getppid".into()],
+            stream: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = trace.message().await.unwrap().unwrap();
+    assert_eq!((first.seq, first.node.as_str()), (1, "test-node"));
+    let Some(pb::syscall_trace_event::Kind::Started(started)) = first.kind else {
+        panic!("the trace began with {first:?}")
+    };
+    assert_eq!(started.filter, pb::SyscallFilterKind::Cgroup as i32);
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let id = std::fs::metadata(&caller.cgroup).unwrap().ino();
+        assert_eq!(started.cgroup_ids, vec![id]);
+    }
+    caller.go_and_wait();
+    let mut getppid = 0u32;
+    let mut next_seq = 2;
+    let exited = loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), trace.message())
+            .await
+            .unwrap_or_else(|_| panic!("no target_exited after {getppid} calls"))
+            .unwrap()
+            .expect("the stream stays open");
+        assert_eq!((ev.seq, ev.node.as_str()), (next_seq, "test-node"));
+        next_seq += 1;
+        match ev.kind {
+            Some(pb::syscall_trace_event::Kind::Syscall(e)) => {
+                assert_eq!(
+                    (e.name.as_str(), e.pid, e.ret),
+                    ("getppid", caller.pid as u32, std::process::id() as i64)
+                );
+                getppid += 1;
+            }
+            Some(pb::syscall_trace_event::Kind::TargetExited(x)) => break x,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(getppid, CALLS);
+    assert_eq!(exited.reason, format!("process {} exited", caller.pid));
+    let summary = c
+        .get_syscall_summary(pb::GetSyscallSummaryRequest {
+            trace_id: started.trace_id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(summary.node, "test-node");
+    assert_eq!(summary.arch, started.arch);
+    assert!(summary.target_exited);
+    let calls: Vec<(&str, u64, u64)> = summary
+        .syscalls
+        .iter()
+        .map(|s| (s.name.as_str(), s.calls, s.errors))
+        .collect();
+    assert_eq!(calls, vec![("getppid", CALLS as u64, 0)]);
+    assert_eq!(
+        summary.syscalls[0].histogram.iter().sum::<u64>(),
+        CALLS as u64
+    );
+    for d in &summary.drops {
+        assert_eq!(d.count, 0, "lost: {d:?}");
+    }
+    let unknown = c
+        .get_syscall_summary(pb::GetSyscallSummaryRequest {
+            trace_id: started.trace_id + 1000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    drop(trace);
+    drop(caller);
     drop(c);
     assert_eq!(r.shutdown().await, Stopped::Shutdown);
 }
@@ -263,7 +443,32 @@ async fn privileged_service_rejects_missing_or_wrong_token() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
+        // A request that would start a trace of this very process, were it let in.
+        let e = c
+            .trace_syscalls(pb::TraceSyscallsRequest {
+                target: Some(pb::SyscallTarget {
+                    kind: Some(pb::syscall_target::Kind::Pid(std::process::id())),
+                }),
+                syscalls: vec!["getppid".into()],
+                stream: true,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+        let e = c
+            .get_syscall_summary(pb::GetSyscallSummaryRequest { trace_id: 1 })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
     }
+    assert!(
+        r.agent
+            .probe_info()
+            .1
+            .iter()
+            .all(|p| !p.starts_with("orb8_sys")),
+        "no trace was started"
+    );
     r.shutdown().await;
 }
 

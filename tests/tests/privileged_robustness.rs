@@ -361,3 +361,130 @@ fn privileged_tc_fallback_counts_and_cleans_up_even_after_sigkill() {
     agent.stop();
     assert!(!tc_filters(&topo.node, &a.host_if).contains("orb8"));
 }
+
+/// The owners (filter handles, which orb8 sets to the agent's pid) of the orb8 filters on one
+/// clsact hook (`ingress` or `egress`) of `iface`, sorted.
+fn orb8_filter_owners(ns: &NetNs, iface: &str, hook: &str) -> Vec<u32> {
+    let out = ns.exec(&["tc", "filter", "show", "dev", iface, hook]);
+    let mut owners: Vec<u32> = out
+        .lines()
+        .filter(|l| l.contains(&format!(" orb8_tc_{hook} ")))
+        .map(|l| {
+            let hex = l
+                .split_whitespace()
+                .skip_while(|w| *w != "handle")
+                .nth(1)
+                .unwrap_or_else(|| panic!("no handle in {l}"));
+            u32::from_str_radix(hex.trim_start_matches("0x"), 16).expect("hex handle")
+        })
+        .collect();
+    owners.sort();
+    owners
+}
+
+fn sorted(mut v: Vec<u32>) -> Vec<u32> {
+    v.sort();
+    v
+}
+
+#[test]
+fn privileged_tc_agents_sharing_a_node_keep_each_others_filters() {
+    require_root();
+    let topo = Topology::new(2);
+    let (a, b) = (&topo.pods[0], &topo.pods[1]);
+    let args = ["--attach", "tc", "--interface", a.host_if.as_str()];
+    let mut first = WatchAgent::start(&topo.node, &args);
+    let second = WatchAgent::start(&topo.node, &args);
+    let both = sorted(vec![first.pid(), second.pid()]);
+    for hook in ["ingress", "egress"] {
+        assert_eq!(
+            orb8_filter_owners(&topo.node, &a.host_if, hook),
+            both,
+            "the second agent left the first one's {hook} filter"
+        );
+    }
+
+    // The first agent still sees every packet: 10 datagrams, each its own flow.
+    let rx = udp_receiver(&b.ns, &format!("{}:5000", b.ip4), 10);
+    a.ns.run_in({
+        let (src, dst) = (a.ip4.clone(), b.ip4.clone());
+        move || {
+            for port in 41000..41010u16 {
+                let s = std::net::UdpSocket::bind(format!("{src}:{port}")).unwrap();
+                s.send_to(&[0x5a; 100], format!("{dst}:5000")).unwrap();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    });
+    assert_eq!(rx.join().unwrap(), 10);
+    let is_ours = |v: &serde_json::Value| {
+        v["event"] == "new_flow"
+            && v["interface"] == a.host_if.as_str()
+            && v["direction"] == "ingress"
+            && v["dst_port"] == 5000
+    };
+    for port in 41000..41010u16 {
+        first.wait_for(Duration::from_secs(10), |v| {
+            is_ours(v) && v["src_port"] == port
+        });
+    }
+    let events: Vec<&serde_json::Value> = first.seen.iter().filter(|v| is_ours(v)).collect();
+    assert_eq!(events.len(), 10, "{events:#?}");
+    assert!(events.iter().all(|v| v["bytes"] == 128), "{events:#?}");
+
+    // A killed agent's filters stay behind until the next agent starts; only they go then.
+    let dead = first.pid();
+    first.kill();
+    assert_eq!(
+        orb8_filter_owners(&topo.node, &a.host_if, "ingress"),
+        both,
+        "clsact filters outlive a killed agent"
+    );
+    let third = WatchAgent::start(&topo.node, &args);
+    let live = sorted(vec![second.pid(), third.pid()]);
+    assert!(!live.contains(&dead), "pid {dead} reused too soon");
+    for hook in ["ingress", "egress"] {
+        assert_eq!(
+            orb8_filter_owners(&topo.node, &a.host_if, hook),
+            live,
+            "the third agent removed the dead agent's {hook} filter, and only it"
+        );
+    }
+
+    // Both live agents count the same packets exactly.
+    let rx = udp_receiver(&b.ns, &format!("{}:5001", b.ip4), 10);
+    udp_send(
+        &a.ns,
+        &format!("{}:40000", a.ip4),
+        &format!("{}:5001", b.ip4),
+        10,
+        100,
+    );
+    assert_eq!(rx.join().unwrap(), 10);
+    let third_pid = third.pid();
+    for (agent, name, left) in [
+        (second, "second", vec![third_pid]),
+        (third, "third", vec![]),
+    ] {
+        let s = agent.stop();
+        let flows: Vec<(u64, u64)> = find_flows(&s, &a.host_if, "ingress", "udp", &a.ip4, &b.ip4)
+            .into_iter()
+            .filter(|f| f["src_port"] == 40000)
+            .map(counts)
+            .collect();
+        assert_eq!(flows, vec![(10, 1280)], "{name} agent");
+        // A clean exit removes the agent's own filters and no other.
+        for hook in ["ingress", "egress"] {
+            assert_eq!(
+                orb8_filter_owners(&topo.node, &a.host_if, hook),
+                left,
+                "after the {name} agent stopped"
+            );
+        }
+    }
+    assert!(
+        !tc_filters(&topo.node, &a.host_if).contains("orb8"),
+        "{}",
+        tc_filters(&topo.node, &a.host_if)
+    );
+}

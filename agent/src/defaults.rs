@@ -1,0 +1,60 @@
+//! The agent's defaults in one place: the CLI's default values, the sizes of the queues between
+//! the kernel, the agent and its clients, and the periods of its background checks. Every other
+//! module names these constants instead of repeating a number.
+
+use std::time::Duration;
+
+/// `serve --listen`: loopback, a free port.
+pub const LISTEN: &str = "127.0.0.1:0";
+/// `serve --idle-timeout`: exit when no client has been connected for this long.
+pub const IDLE_TIMEOUT: &str = "60s";
+/// How often the idle watchdog looks at the connection count (or the idle timeout, if shorter).
+pub const IDLE_CHECK: Duration = Duration::from_millis(100);
+
+/// `--flow-map-size`: flow table capacity (entries).
+pub const FLOW_MAP_ENTRIES: u32 = 65536;
+/// `--ringbuf-size`: bytes of the new-flow ring buffer.
+pub const RINGBUF_BYTES: u32 = 1 << 20;
+/// The smallest ring buffer the kernel accepts: one page.
+pub const MIN_RINGBUF_BYTES: u32 = 4096;
+/// `--rescan-ms`: how often the interface list is re-read, in milliseconds.
+pub const RESCAN_MS: u64 = 250;
+/// The shortest rescan period accepted.
+pub const MIN_RESCAN: Duration = Duration::from_millis(10);
+/// How often veths whose peer is unknown are looked up again (it reads `/proc`).
+pub const PEER_SCAN: Duration = Duration::from_secs(1);
+
+/// Flow events queued in the agent's fan-out; a consumer further behind loses the oldest,
+/// counted as `queue_overflow`.
+pub const EVENT_QUEUE: usize = 16384;
+/// Messages buffered per client stream; a client further behind loses events, counted as
+/// `slow_client` and reported to it in a `Gap`.
+pub const CLIENT_BUFFER: usize = 4096;
+/// The longest a flow stream's unreported loss waits for its `Gap` when no event comes.
+pub const GAP_FLUSH: Duration = Duration::from_millis(250);
+
+/// Bytes of the syscall event ring buffer.
+pub const SYSCALL_RINGBUF_BYTES: u32 = 4 << 20;
+/// Syscall events queued for stream consumers in the agent; one further behind loses the oldest.
+pub const SYSCALL_EVENT_QUEUE: usize = 65536;
+/// How often a syscall trace checks that its target is still there (and flushes its gaps).
+pub const TRACE_EXIT_CHECK: Duration = Duration::from_millis(20);
+/// How long a trace whose target exited waits for the target's last events to be read.
+pub const TRACE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_values_the_agent_accepts() {
+        assert_eq!(
+            humantime::parse_duration(IDLE_TIMEOUT).unwrap(),
+            Duration::from_secs(60)
+        );
+        assert!(RINGBUF_BYTES.is_power_of_two() && RINGBUF_BYTES >= MIN_RINGBUF_BYTES);
+        assert!(SYSCALL_RINGBUF_BYTES.is_power_of_two());
+        assert!(Duration::from_millis(RESCAN_MS) >= MIN_RESCAN);
+        assert!(GAP_FLUSH > Duration::ZERO && TRACE_EXIT_CHECK > Duration::ZERO);
+    }
+}

@@ -1,0 +1,108 @@
+//! The `orb8.agent.v1` gRPC service over a running [`Agent`]: a thin tonic service forwarding
+//! each RPC to the module that does its job.
+//!
+//! - [`listen`]: the loopback or unix-socket listener, idle watchdog, graceful shutdown;
+//! - [`auth`]: the per-session token every request must carry;
+//! - [`stream`]: the one sequenced, loss-counting client stream both streaming RPCs use;
+//! - [`flows`]: `QueryFlows` and `StreamEvents`;
+//! - [`syscall_trace`]: `TraceSyscalls` and `GetSyscallSummary`;
+//! - [`status`]: the `GetStatus` reply.
+//!
+//! The modules form a stack: `stream` and `auth` import no sibling, `listen` imports `auth`,
+//! `flows` and `syscall_trace` import `stream`, `status` imports `flows`; only this one
+//! imports them all.
+
+pub mod auth;
+pub mod flows;
+pub mod listen;
+pub mod status;
+pub mod stream;
+pub mod syscall_trace;
+
+use std::sync::Arc;
+
+use orb8_proto as pb;
+use tonic::{Request, Response, Status};
+
+pub use crate::defaults::CLIENT_BUFFER;
+pub use auth::TokenCheck;
+pub use listen::{Activity, Listen, Listener, Stopped, Tracked, serve};
+pub use status::kernel_release;
+
+use crate::runtime::Agent;
+
+/// The gRPC service.
+pub struct Service {
+    agent: Arc<Agent>,
+    node: String,
+    flows: flows::Flows,
+    traces: syscall_trace::Traces,
+}
+
+impl Service {
+    /// A service answering for `agent` as node `node`.
+    pub fn new(agent: Arc<Agent>, node: String) -> Self {
+        Service {
+            flows: flows::Flows::new(agent.clone(), node.clone()),
+            traces: syscall_trace::Traces::new(agent.clone(), node.clone()),
+            agent,
+            node,
+        }
+    }
+
+    /// The status reply.
+    pub fn status(&self) -> pb::GetStatusResponse {
+        status::status(&self.agent, &self.node, self.flows.slow_client_drops())
+    }
+
+    /// The flow table, filtered, sorted and limited.
+    pub fn query(&self, req: &pb::QueryFlowsRequest) -> Result<pb::QueryFlowsResponse, String> {
+        self.flows.query(req)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::agent_service_server::AgentService for Service {
+    async fn get_status(
+        &self,
+        _req: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        Ok(Response::new(self.status()))
+    }
+
+    async fn query_flows(
+        &self,
+        req: Request<pb::QueryFlowsRequest>,
+    ) -> Result<Response<pb::QueryFlowsResponse>, Status> {
+        self.query(req.get_ref())
+            .map(Response::new)
+            .map_err(Status::invalid_argument)
+    }
+
+    type StreamEventsStream = flows::EventStream;
+
+    async fn stream_events(
+        &self,
+        req: Request<pb::StreamEventsRequest>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        self.flows.stream(req.get_ref()).map(Response::new)
+    }
+
+    type TraceSyscallsStream = syscall_trace::SyscallStream;
+
+    async fn trace_syscalls(
+        &self,
+        req: Request<pb::TraceSyscallsRequest>,
+    ) -> Result<Response<Self::TraceSyscallsStream>, Status> {
+        self.traces.trace(req.get_ref()).map(Response::new)
+    }
+
+    async fn get_syscall_summary(
+        &self,
+        req: Request<pb::GetSyscallSummaryRequest>,
+    ) -> Result<Response<pb::SyscallSummary>, Status> {
+        self.traces
+            .summary(req.get_ref().trace_id)
+            .map(Response::new)
+    }
+}

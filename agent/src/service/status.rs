@@ -1,0 +1,98 @@
+//! The `GetStatus` reply: who the agent is, its kernel and probes, and every counter, losses
+//! by stage and reason included.
+
+use std::sync::atomic::Ordering;
+
+use orb8_common::counter;
+use orb8_proto as pb;
+
+use super::flows::iface;
+use crate::runtime::Agent;
+
+/// The status of `agent` as node `node`; `slow_client` is what flow streams lost to slow
+/// clients.
+pub fn status(agent: &Agent, node: &str, slow_client: u64) -> pb::GetStatusResponse {
+    let snap = agent.snapshot();
+    let c = &snap.counters;
+    let (mode, programs) = agent.probe_info();
+    let mut drops = vec![
+        drop_counter(
+            pb::DropStage::Kernel,
+            "ringbuf_full",
+            c[counter::RINGBUF_FULL as usize],
+        ),
+        drop_counter(
+            pb::DropStage::Kernel,
+            "flow_insert_failed",
+            c[counter::FLOW_INSERT_FAILED as usize],
+        ),
+        drop_counter(
+            pb::DropStage::Agent,
+            "queue_overflow",
+            agent
+                .stats
+                .events_lost_slow_consumer
+                .load(Ordering::Relaxed),
+        ),
+        drop_counter(pb::DropStage::Client, "slow_client", slow_client),
+    ];
+    if let Some(sc) = agent.syscalls.counters() {
+        use orb8_common::sys::counter as sys;
+        for i in [sys::INFLIGHT_FULL, sys::RINGBUF_FULL, sys::ERRNO_MAP_FULL] {
+            drops.push(drop_counter(
+                pb::DropStage::Kernel,
+                &format!("syscall_{}", sys::NAMES[i as usize]),
+                sc[i as usize],
+            ));
+        }
+    }
+    let not_parsed = [
+        counter::NOT_IP,
+        counter::TRUNCATED_L2,
+        counter::BAD_L3,
+        counter::BAD_L4,
+        counter::IPV6_EXT_TOO_DEEP,
+        counter::PULL_FAILED,
+    ]
+    .into_iter()
+    .map(|i| (counter::NAMES[i as usize].to_string(), c[i as usize]))
+    .collect();
+    pb::GetStatusResponse {
+        node: node.to_string(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        protocol_version: pb::PROTOCOL_VERSION,
+        kernel_release: kernel_release(),
+        btf_present: std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+        attach_mode: mode.to_string(),
+        interfaces: agent.interfaces().iter().map(iface).collect(),
+        programs: programs.into_iter().map(String::from).collect(),
+        counters: Some(pb::Counters {
+            events_processed: agent.stats.events_received.load(Ordering::Relaxed),
+            packets_seen: c[counter::PACKETS_SEEN as usize],
+            active_flows: snap.flows.len() as u64,
+            flow_map_evictions: snap.flows_evicted,
+            drops,
+            packets_not_parsed: not_parsed,
+        }),
+        uptime_ms: agent.uptime().as_millis() as u64,
+        arch: orb8_syscalls::Arch::current()
+            .map(|a| a.as_str())
+            .unwrap_or(std::env::consts::ARCH)
+            .to_string(),
+    }
+}
+
+fn drop_counter(stage: pb::DropStage, reason: &str, count: u64) -> pb::DropCounter {
+    pb::DropCounter {
+        stage: stage as i32,
+        reason: reason.to_string(),
+        count,
+    }
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
