@@ -31,9 +31,9 @@ impl Flow {
     pub fn dst(&self) -> IpAddr {
         addr(self.key.family, &self.key.dst_addr)
     }
-    /// Its direction, named by the shared model.
-    pub fn direction(&self) -> Direction {
-        direction(self.key.direction)
+    /// `ingress` or `egress`, as the shared model names it.
+    pub fn direction(&self) -> &'static str {
+        direction(self.key.direction).name()
     }
     /// True for flows of non-first IP fragments (ports unknown).
     pub fn is_fragment(&self) -> bool {

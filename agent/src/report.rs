@@ -45,7 +45,7 @@ impl FlowId {
         FlowId {
             interface: agent.interface_name(key.ifindex),
             ifindex: key.ifindex,
-            direction: f.direction().name(),
+            direction: f.direction(),
             protocol: Protocol(key.protocol).to_string(),
             src: f.src().to_string(),
             src_port: key.src_port,

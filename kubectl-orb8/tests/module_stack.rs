@@ -247,10 +247,10 @@ fn references(me: &ModPath, text: &str, known: &BTreeSet<ModPath>) -> BTreeMap<M
             let j = (after..c.len())
                 .find(|&j| !c[j].is_whitespace())
                 .unwrap_or(c.len());
-            if c.get(j) == Some(&'{') {
-                if let Some(n) = paths.first().and_then(|p| p.first()) {
-                    inline.push((n.clone(), depth + 1));
-                }
+            if c.get(j) == Some(&'{')
+                && let Some(n) = paths.first().and_then(|p| p.first())
+            {
+                inline.push((n.clone(), depth + 1));
             }
             i = after;
             continue;
