@@ -1,9 +1,10 @@
 //! The one place where kernel ABI types (`orb8-common`) become wire types (`orb8-proto`), and
-//! where the wire's flow filters are applied.
+//! where the wire's flow filters and sort orders become the shared model's (`orb8-flowspec`),
+//! which decides what they mean.
 
-use std::net::IpAddr;
-
-use orb8_common::{FlowKey, direction};
+use orb8_flowspec::{
+    Direction, FlowFilterSpec, FlowKey, Protocol, SortKey, Totals, ip_from_bytes, ip_to_bytes,
+};
 use orb8_proto as pb;
 
 use crate::flows::{BootClock, Flow, addr};
@@ -53,30 +54,22 @@ pub fn new_flow(
     out
 }
 
-fn flow_key(node: &str, interface: String, k: &FlowKey) -> pb::Flow {
+fn flow_key(node: &str, interface: String, k: &orb8_common::FlowKey) -> pb::Flow {
     pb::Flow {
         node: node.to_string(),
         interface,
         ifindex: k.ifindex,
-        direction: if k.direction == direction::EGRESS {
-            pb::Direction::Egress
-        } else {
-            pb::Direction::Ingress
+        direction: match crate::flows::direction(k.direction) {
+            Direction::Ingress => pb::Direction::Ingress,
+            Direction::Egress => pb::Direction::Egress,
         } as i32,
         protocol: k.protocol as u32,
-        src_addr: ip_bytes(addr(k.family, &k.src_addr)),
-        dst_addr: ip_bytes(addr(k.family, &k.dst_addr)),
+        src_addr: ip_to_bytes(addr(k.family, &k.src_addr)),
+        dst_addr: ip_to_bytes(addr(k.family, &k.dst_addr)),
         src_port: k.src_port as u32,
         dst_port: k.dst_port as u32,
         fragment: k.flags & orb8_common::key_flags::FRAGMENT != 0,
         ..Default::default()
-    }
-}
-
-fn ip_bytes(a: IpAddr) -> Vec<u8> {
-    match a {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
     }
 }
 
@@ -174,122 +167,67 @@ pub fn unix_nanos(clock: &BootClock, boot_ns: u64) -> i64 {
         .unwrap_or(0)
 }
 
-/// An address range: an address and a prefix length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// Parses `ADDR` or `ADDR/PREFIX`.
-    pub fn parse(s: &str) -> Result<Cidr, String> {
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a
-            .parse()
-            .map_err(|_| format!("invalid address or CIDR {s:?}"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("invalid prefix length in {s:?}"))?,
-            None => max,
-        };
-        Ok(Cidr { addr, prefix })
-    }
-
-    /// True when `a` lies inside the range.
-    pub fn contains(&self, a: IpAddr) -> bool {
-        match (self.addr, a) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), self.prefix),
-            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), self.prefix),
-            _ => false,
-        }
-    }
-}
-
-fn prefix_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
-    let full = (prefix / 8) as usize;
-    if a[..full] != b[..full] {
-        return false;
-    }
-    let rem = prefix % 8;
-    rem == 0 || {
-        let mask = 0xffu8 << (8 - rem);
-        a[full] & mask == b[full] & mask
-    }
-}
-
-/// A parsed [`pb::FlowFilter`].
+/// A parsed [`pb::FlowFilter`]: the wire's filter as the shared [`FlowFilterSpec`], whose
+/// semantics the client applies too.
 #[derive(Clone, Debug, Default)]
 pub struct Matcher {
-    cidrs: Vec<Cidr>,
-    ports: std::collections::HashSet<u32>,
-    protocols: Vec<u32>,
-    direction: Option<i32>,
-    interfaces: Vec<String>,
+    spec: FlowFilterSpec,
+}
+
+/// The shared model's direction of a wire direction; `None` for unspecified or unknown values.
+fn direction(wire: i32) -> Option<Direction> {
+    match pb::Direction::try_from(wire).ok()? {
+        pb::Direction::Ingress => Some(Direction::Ingress),
+        pb::Direction::Egress => Some(Direction::Egress),
+        pb::Direction::Unspecified => None,
+    }
 }
 
 impl Matcher {
-    /// Parses a wire filter; a bad CIDR is an error naming it.
+    /// Parses a wire filter; a bad CIDR, port or protocol is an error naming it.
     pub fn new(f: Option<&pb::FlowFilter>) -> Result<Matcher, String> {
         let Some(f) = f else {
             return Ok(Matcher::default());
         };
-        Ok(Matcher {
-            cidrs: f
-                .cidrs
-                .iter()
-                .map(|c| Cidr::parse(c))
-                .collect::<Result<_, _>>()?,
-            ports: f.ports.iter().copied().collect(),
-            protocols: f.protocols.clone(),
-            direction: (f.direction != pb::Direction::Unspecified as i32).then_some(f.direction),
-            interfaces: f.interfaces.clone(),
-        })
+        let spec = FlowFilterSpec::from_parts(
+            &f.cidrs,
+            &f.ports,
+            &f.protocols,
+            direction(f.direction),
+            &f.interfaces,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Matcher { spec })
     }
 
     /// True when the flow passes every field of the filter.
     pub fn matches(&self, f: &pb::Flow) -> bool {
-        let ends = || {
-            [to_ip(&f.src_addr), to_ip(&f.dst_addr)]
-                .into_iter()
-                .flatten()
-        };
-        (self.cidrs.is_empty() || self.cidrs.iter().any(|c| ends().any(|a| c.contains(a))))
-            && (self.ports.is_empty()
-                || self.ports.contains(&f.src_port)
-                || self.ports.contains(&f.dst_port))
-            && (self.protocols.is_empty() || self.protocols.contains(&f.protocol))
-            && self.direction.is_none_or(|d| d == f.direction)
-            && (self.interfaces.is_empty() || self.interfaces.contains(&f.interface))
+        self.spec.matches(&FlowKey {
+            interface: &f.interface,
+            direction: direction(f.direction),
+            protocol: Protocol::try_from(f.protocol).ok(),
+            src: ip_from_bytes(&f.src_addr),
+            src_port: f.src_port,
+            dst: ip_from_bytes(&f.dst_addr),
+            dst_port: f.dst_port,
+        })
     }
 }
 
-fn to_ip(b: &[u8]) -> Option<IpAddr> {
-    match b.len() {
-        4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
-        16 => Some(IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
-        _ => None,
-    }
-}
-
-/// Sorts flows for a query: bytes (default), packets, or most recent first; ties by bytes.
+/// Sorts flows for a query by the shared [`SortKey`]s: bytes (the default), packets, or most
+/// recent first.
 pub fn sort(flows: &mut [pb::Flow], by: pb::SortBy) {
-    match by {
-        pb::SortBy::Packets => {
-            flows.sort_by(|a, b| b.packets.cmp(&a.packets).then(b.bytes.cmp(&a.bytes)))
-        }
-        pb::SortBy::Time => flows.sort_by_key(|f| std::cmp::Reverse(f.last_seen_unix_nanos)),
-        pb::SortBy::Bytes | pb::SortBy::Unspecified => {
-            flows.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.packets.cmp(&a.packets)))
-        }
-    }
+    let key = match by {
+        pb::SortBy::Packets => SortKey::Packets,
+        pb::SortBy::Time => SortKey::Time,
+        pb::SortBy::Bytes | pb::SortBy::Unspecified => SortKey::Bytes,
+    };
+    let totals = |f: &pb::Flow| Totals {
+        bytes: f.bytes,
+        packets: f.packets,
+        last_seen: f.last_seen_unix_nanos,
+    };
+    flows.sort_by(|a, b| key.order(&totals(a), &totals(b)));
 }
 
 #[cfg(test)]
@@ -298,8 +236,8 @@ mod tests {
 
     fn flow(src: &str, sp: u32, dst: &str, dp: u32, proto: u32, bytes: u64) -> pb::Flow {
         pb::Flow {
-            src_addr: ip_bytes(src.parse().unwrap()),
-            dst_addr: ip_bytes(dst.parse().unwrap()),
+            src_addr: ip_to_bytes(src.parse().unwrap()),
+            dst_addr: ip_to_bytes(dst.parse().unwrap()),
             src_port: sp,
             dst_port: dp,
             protocol: proto,
@@ -311,70 +249,115 @@ mod tests {
         }
     }
 
-    #[test]
-    fn cidrs() {
-        let c = Cidr::parse("10.1.0.0/16").unwrap();
-        assert!(c.contains("10.1.200.3".parse().unwrap()));
-        assert!(!c.contains("10.2.0.1".parse().unwrap()));
-        assert!(!c.contains("::1".parse().unwrap()));
-        let c = Cidr::parse("fd00::/15").unwrap();
-        assert!(c.contains("fd01::1".parse().unwrap()));
-        assert!(!c.contains("fd02::1".parse().unwrap()));
-        assert_eq!(
-            Cidr::parse("10.0.0.1").unwrap(),
-            Cidr::parse("10.0.0.1/32").unwrap()
-        );
-        assert!(Cidr::parse("10.0.0.0/33").is_err());
-        assert!(Cidr::parse("nonsense").is_err());
-        assert!(
-            Cidr::parse("0.0.0.0/0")
-                .unwrap()
-                .contains("192.0.2.1".parse().unwrap())
-        );
-    }
-
-    #[test]
-    fn filter_fields_combine_with_and() {
-        let flows = [
-            flow("10.0.0.1", 40000, "10.0.1.2", 53, 17, 500),
-            flow("10.0.0.1", 40001, "10.0.1.2", 443, 6, 900),
-            flow("fd00::1", 5000, "fd00::2", 53, 17, 300),
-        ];
-        let m = Matcher::new(Some(&pb::FlowFilter {
-            cidrs: vec!["10.0.1.0/24".into()],
-            ports: vec![53],
-            ..Default::default()
-        }))
-        .unwrap();
-        let got: Vec<u64> = flows
+    fn matching(filter: pb::FlowFilter, flows: &[pb::Flow]) -> Vec<u64> {
+        let m = Matcher::new(Some(&filter)).expect("valid filter");
+        flows
             .iter()
             .filter(|f| m.matches(f))
             .map(|f| f.bytes)
-            .collect();
-        assert_eq!(got, vec![500]);
-        let m = Matcher::new(Some(&pb::FlowFilter {
+            .collect()
+    }
+
+    #[test]
+    fn every_wire_filter_field_is_applied() {
+        let mut egress_tcp = flow("10.0.0.1", 40001, "10.0.1.2", 443, 6, 900);
+        egress_tcp.direction = pb::Direction::Egress as i32;
+        egress_tcp.interface = "eth0".into();
+        let flows = [
+            flow("10.0.0.1", 40000, "10.0.1.2", 53, 17, 500),
+            egress_tcp,
+            flow("fd00::1", 5000, "fd00::2", 53, 17, 300),
+        ];
+        let all = matching(pb::FlowFilter::default(), &flows);
+        assert_eq!(all, vec![500, 900, 300]);
+        assert_eq!(
+            Matcher::new(None).map(|m| flows.iter().filter(|f| m.matches(f)).count()),
+            Ok(3)
+        );
+        let cidr_and_port = pb::FlowFilter {
+            cidrs: vec!["10.0.1.0/24".into()],
+            ports: vec![53],
+            ..Default::default()
+        };
+        assert_eq!(matching(cidr_and_port, &flows), vec![500]);
+        let v6 = pb::FlowFilter {
+            cidrs: vec!["fd00::2".into()],
+            ..Default::default()
+        };
+        assert_eq!(matching(v6, &flows), vec![300]);
+        let tcp = pb::FlowFilter {
+            protocols: vec![6],
+            ..Default::default()
+        };
+        assert_eq!(matching(tcp, &flows), vec![900]);
+        let egress = pb::FlowFilter {
+            direction: pb::Direction::Egress as i32,
+            ..Default::default()
+        };
+        assert_eq!(matching(egress, &flows), vec![900]);
+        let ingress = pb::FlowFilter {
+            direction: pb::Direction::Ingress as i32,
+            ..Default::default()
+        };
+        assert_eq!(matching(ingress, &flows), vec![500, 300]);
+        let iface = pb::FlowFilter {
+            interfaces: vec!["eth0".into()],
+            ..Default::default()
+        };
+        assert_eq!(matching(iface, &flows), vec![900]);
+        let udp_egress = pb::FlowFilter {
             protocols: vec![17],
             direction: pb::Direction::Egress as i32,
             ..Default::default()
-        }))
-        .unwrap();
-        assert_eq!(flows.iter().filter(|f| m.matches(f)).count(), 0);
-        assert!(
-            Matcher::new(Some(&pb::FlowFilter {
+        };
+        assert_eq!(matching(udp_egress, &flows), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn bad_wire_filters_are_one_line_naming_the_value() {
+        let err = |f: pb::FlowFilter| Matcher::new(Some(&f)).expect_err("bad filter");
+        assert_eq!(
+            err(pb::FlowFilter {
                 cidrs: vec!["10.0.0.0/99".into()],
                 ..Default::default()
-            }))
-            .is_err()
+            }),
+            "bad CIDR '10.0.0.0/99': prefix length must be a number from 0 to 32"
+        );
+        assert_eq!(
+            err(pb::FlowFilter {
+                ports: vec![70000],
+                ..Default::default()
+            }),
+            "bad port 70000: ports are 0 to 65535"
+        );
+        assert_eq!(
+            err(pb::FlowFilter {
+                protocols: vec![256],
+                ..Default::default()
+            }),
+            "bad protocol number 256: protocols are 0 to 255"
         );
     }
 
     #[test]
-    fn sorting() {
-        let mut flows = vec![
-            flow("10.0.0.1", 1, "10.0.0.2", 2, 6, 100),
-            flow("10.0.0.1", 1, "10.0.0.2", 3, 6, 900),
-        ];
-        sort(&mut flows, pb::SortBy::Unspecified);
-        assert_eq!(flows[0].bytes, 900);
+    fn sorting_follows_the_requested_key() {
+        let mut a = flow("10.0.0.1", 1, "10.0.0.2", 2, 6, 100);
+        a.packets = 50;
+        a.last_seen_unix_nanos = 2;
+        let mut b = flow("10.0.0.1", 1, "10.0.0.2", 3, 6, 900);
+        b.packets = 9;
+        b.last_seen_unix_nanos = 3;
+        let mut c = flow("10.0.0.1", 1, "10.0.0.2", 4, 6, 500);
+        c.packets = 20;
+        c.last_seen_unix_nanos = 1;
+        let order = |by: pb::SortBy| {
+            let mut flows = vec![a.clone(), b.clone(), c.clone()];
+            sort(&mut flows, by);
+            flows.iter().map(|f| f.bytes).collect::<Vec<_>>()
+        };
+        assert_eq!(order(pb::SortBy::Unspecified), vec![900, 500, 100]);
+        assert_eq!(order(pb::SortBy::Bytes), vec![900, 500, 100]);
+        assert_eq!(order(pb::SortBy::Packets), vec![100, 500, 900]);
+        assert_eq!(order(pb::SortBy::Time), vec![900, 100, 500]);
     }
 }

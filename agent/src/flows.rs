@@ -11,6 +11,7 @@ use std::{
 
 use aya::maps::{MapData, PerCpuHashMap};
 use orb8_common::{FlowKey, FlowStats, direction, family, key_flags};
+use orb8_flowspec::Direction;
 
 /// One aggregated flow, as read from the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,9 +31,9 @@ impl Flow {
     pub fn dst(&self) -> IpAddr {
         addr(self.key.family, &self.key.dst_addr)
     }
-    /// `ingress` or `egress`.
+    /// `ingress` or `egress`, as the shared model names it.
     pub fn direction(&self) -> &'static str {
-        direction_name(self.key.direction)
+        direction(self.key.direction).name()
     }
     /// True for flows of non-first IP fragments (ports unknown).
     pub fn is_fragment(&self) -> bool {
@@ -40,12 +41,12 @@ impl Flow {
     }
 }
 
-/// `ingress` or `egress` for a kernel direction value.
-pub fn direction_name(d: u8) -> &'static str {
+/// The shared model's direction of a kernel direction value.
+pub fn direction(d: u8) -> Direction {
     if d == direction::EGRESS {
-        "egress"
+        Direction::Egress
     } else {
-        "ingress"
+        Direction::Ingress
     }
 }
 
@@ -56,38 +57,6 @@ pub fn addr(fam: u8, bytes: &[u8; 16]) -> IpAddr {
     } else {
         IpAddr::V6(Ipv6Addr::from(*bytes))
     }
-}
-
-/// Protocol name for an IP protocol number (`tcp`, `udp`, ...), or the number.
-pub fn protocol_name(p: u8) -> String {
-    match p {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        58 => "icmpv6".into(),
-        132 => "sctp".into(),
-        136 => "udplite".into(),
-        n => n.to_string(),
-    }
-}
-
-/// TCP flags as `tcpdump` letters: F S R P . U E W (FIN, SYN, RST, PSH, ACK, URG, ECE, CWR).
-pub fn tcp_flags_string(f: u8) -> String {
-    const LETTERS: [(u8, char); 8] = [
-        (0x01, 'F'),
-        (0x02, 'S'),
-        (0x04, 'R'),
-        (0x08, 'P'),
-        (0x10, '.'),
-        (0x20, 'U'),
-        (0x40, 'E'),
-        (0x80, 'W'),
-    ];
-    LETTERS
-        .iter()
-        .filter(|(b, _)| f & b != 0)
-        .map(|(_, c)| *c)
-        .collect()
 }
 
 /// Sums one flow's per-CPU copies: packets and bytes add up, first seen is the earliest CPU's,
@@ -196,10 +165,8 @@ mod tests {
         assert_eq!(addr(family::IPV4, &v4).to_string(), "10.1.2.3");
         let v6: Ipv6Addr = "fd00::1".parse().unwrap();
         assert_eq!(addr(family::IPV6, &v6.octets()).to_string(), "fd00::1");
-        assert_eq!(tcp_flags_string(0x1b), "FSP.");
-        assert_eq!(tcp_flags_string(0), "");
-        assert_eq!(protocol_name(17), "udp");
-        assert_eq!(protocol_name(47), "47");
+        assert_eq!(direction(direction::EGRESS), Direction::Egress);
+        assert_eq!(direction(direction::INGRESS), Direction::Ingress);
     }
 
     #[test]

@@ -4,11 +4,12 @@
 use serde::Serialize;
 
 use crate::{
-    flows::{self, BootClock, Flow, protocol_name, tcp_flags_string},
+    flows::{BootClock, Flow},
     interfaces::Selected,
     runtime::{Agent, AgentEvent, Snapshot},
 };
 use orb8_common::{Event, FlowKey, counter};
+use orb8_flowspec::{Protocol, tcp_flag_letters};
 use std::{collections::BTreeMap, sync::atomic::Ordering};
 
 /// The identity of a flow, as printed.
@@ -45,7 +46,7 @@ impl FlowId {
             interface: agent.interface_name(key.ifindex),
             ifindex: key.ifindex,
             direction: f.direction(),
-            protocol: protocol_name(key.protocol),
+            protocol: Protocol(key.protocol).to_string(),
             src: f.src().to_string(),
             src_port: key.src_port,
             dst: f.dst().to_string(),
@@ -190,7 +191,7 @@ impl Line {
                 id: FlowId::new(agent, &f.key),
                 packets: f.stats.packets,
                 bytes: f.stats.bytes,
-                tcp_flags: tcp_flags_string(f.stats.tcp_flags),
+                tcp_flags: tcp_flag_letters(f.stats.tcp_flags.into()),
                 first_seen: rfc3339(&agent.clock, f.stats.first_seen_ns),
                 last_seen: rfc3339(&agent.clock, f.stats.last_seen_ns),
             })
@@ -270,6 +271,6 @@ fn new_flow(agent: &Agent, e: &Event) -> Line {
         time: rfc3339(&agent.clock, e.ts_ns),
         id: FlowId::new(agent, &e.key),
         bytes: e.bytes,
-        tcp_flags: flows::tcp_flags_string(e.tcp_flags),
+        tcp_flags: tcp_flag_letters(e.tcp_flags.into()),
     }
 }

@@ -4,11 +4,13 @@ use std::ffi::OsString;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use orb8_proto::Direction;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{Args, Parser, Subcommand};
+use orb8_flowspec::{Cidr, Direction, FlowFilterSpec, Protocol, SortKey};
 
-use crate::filter::{Cidr, FlowFilterSpec, Protocol};
-use crate::merge::SortKey;
+use crate::defaults;
+use crate::k8s::client::KubeAccess;
+use crate::k8s::cluster::ClusterOptions;
 use crate::render::OutputFormat;
 use crate::transport::AgentAddr;
 
@@ -34,15 +36,32 @@ pub fn parse_session(input: &str) -> Result<String, String> {
 }
 
 fn parse_cidr(input: &str) -> Result<Cidr, String> {
-    input
-        .parse()
-        .map_err(|e: crate::filter::FilterError| e.to_string())
+    Cidr::parse(input).map_err(|e| e.to_string())
 }
 
 fn parse_protocol(input: &str) -> Result<Protocol, String> {
-    input
-        .parse()
-        .map_err(|e: crate::filter::FilterError| e.to_string())
+    Protocol::parse(input).map_err(|e| e.to_string())
+}
+
+/// `--direction`: the names are orb8-flowspec's; the help for each is here.
+fn direction_parser() -> impl TypedValueParser<Value = Direction> {
+    let help = |d: Direction| match d {
+        Direction::Ingress => "Packets arriving on the interface",
+        Direction::Egress => "Packets leaving through the interface",
+    };
+    PossibleValuesParser::new(Direction::ALL.map(|d| PossibleValue::new(d.name()).help(help(d))))
+        .try_map(|s| s.parse::<Direction>())
+}
+
+/// `--sort`: the names are orb8-flowspec's; the help for each is here.
+fn sort_parser() -> impl TypedValueParser<Value = SortKey> {
+    let help = |k: SortKey| match k {
+        SortKey::Bytes => "Most bytes first",
+        SortKey::Packets => "Most packets first",
+        SortKey::Time => "Most recently seen first",
+    };
+    PossibleValuesParser::new(SortKey::ALL.map(|k| PossibleValue::new(k.name()).help(help(k))))
+        .try_map(|s| s.parse::<SortKey>())
 }
 
 fn parse_agent(input: &str) -> Result<AgentAddr, String> {
@@ -146,7 +165,7 @@ pub struct GlobalArgs {
     pub local_args: Vec<String>,
 
     /// How long to wait for each agent to answer when connecting.
-    #[arg(long, value_name = "DURATION", global = true, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", global = true, default_value = defaults::CONNECT_TIMEOUT, value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
     /// Cluster mode (used when neither --local nor --agent is given).
@@ -183,7 +202,7 @@ pub struct ClusterArgs {
     pub nodes: Vec<String>,
 
     /// Namespace for the agent pods (created if missing, labelled for privileged pods).
-    #[arg(long, value_name = "NS", global = true, default_value = crate::k8s::pod_spec::DEFAULT_NAMESPACE)]
+    #[arg(long, value_name = "NS", global = true, default_value = defaults::AGENT_NAMESPACE)]
     pub agent_namespace: String,
 
     /// Agent image (default: the published orb8-agent image of this client's version).
@@ -195,7 +214,7 @@ pub struct ClusterArgs {
     pub image_pull_policy: Option<String>,
 
     /// How long agent pods may take to start.
-    #[arg(long, value_name = "DURATION", global = true, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", global = true, default_value = defaults::POD_START_TIMEOUT, value_parser = parse_duration)]
     pub timeout: Duration,
 
     /// Run agent pods privileged (kernels without CAP_BPF, before 5.8) instead of with listed
@@ -207,6 +226,37 @@ pub struct ClusterArgs {
     /// scripts: `cleanup --session ID` then lists and deletes only that session's pods).
     #[arg(long, value_name = "ID", global = true, value_parser = parse_session)]
     pub session: Option<String>,
+}
+
+impl ClusterArgs {
+    /// Which cluster these flags name.
+    pub fn access(&self) -> KubeAccess {
+        KubeAccess {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+            namespace: self.namespace.clone(),
+        }
+    }
+}
+
+impl GlobalArgs {
+    /// What cluster mode needs from these flags.
+    pub fn cluster_options(&self) -> ClusterOptions {
+        let c = &self.cluster;
+        ClusterOptions {
+            access: c.access(),
+            all_namespaces: c.all_namespaces,
+            selector: c.selector.clone(),
+            nodes: c.nodes.clone(),
+            agent_namespace: c.agent_namespace.clone(),
+            image: c.image.clone(),
+            pull_policy: c.image_pull_policy.clone(),
+            start_timeout: c.timeout,
+            connect_timeout: self.connect_timeout,
+            privileged: c.privileged,
+            session: c.session.clone(),
+        }
+    }
 }
 
 /// The verbs.
@@ -278,24 +328,6 @@ pub struct TraceSyscallArgs {
     pub duration: Option<Duration>,
 }
 
-/// Which direction a flow goes, relative to its interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DirectionArg {
-    /// Packets arriving on the interface.
-    Ingress,
-    /// Packets leaving through the interface.
-    Egress,
-}
-
-impl From<DirectionArg> for Direction {
-    fn from(d: DirectionArg) -> Self {
-        match d {
-            DirectionArg::Ingress => Direction::Ingress,
-            DirectionArg::Egress => Direction::Egress,
-        }
-    }
-}
-
 /// Flow filters shared by `flows` and `trace network`.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Filters")]
@@ -304,7 +336,7 @@ pub struct FilterArgs {
     #[arg(long = "port", value_name = "N")]
     pub ports: Vec<u16>,
 
-    /// Only this protocol: tcp, udp, icmp, icmpv6, sctp or a number (repeatable).
+    /// Only this protocol: tcp, udp, icmp, icmpv6, sctp, udplite or a number (repeatable).
     #[arg(long = "protocol", value_name = "PROTO", value_parser = parse_protocol)]
     pub protocols: Vec<Protocol>,
 
@@ -317,8 +349,8 @@ pub struct FilterArgs {
     pub cidrs: Vec<Cidr>,
 
     /// Only this direction.
-    #[arg(long, value_enum)]
-    pub direction: Option<DirectionArg>,
+    #[arg(long, value_parser = direction_parser())]
+    pub direction: Option<Direction>,
 
     /// Only flows on this interface (repeatable).
     #[arg(long = "interface", value_name = "NAME")]
@@ -334,7 +366,7 @@ impl FilterArgs {
             cidrs,
             ports: self.ports.clone(),
             protocols: self.protocols.clone(),
-            direction: self.direction.map(Direction::from),
+            direction: self.direction,
             interfaces: self.interfaces.clone(),
         }
     }
@@ -344,11 +376,11 @@ impl FilterArgs {
 #[derive(Debug, Clone, Args)]
 pub struct FlowsArgs {
     /// How long to collect before printing (Ctrl-C ends early and still prints).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = defaults::FLOWS_DURATION, value_parser = parse_duration)]
     pub duration: Duration,
 
     /// Order of the table.
-    #[arg(long, value_enum, default_value_t = SortKey::Bytes)]
+    #[arg(long, value_parser = sort_parser(), default_value_t = SortKey::Bytes)]
     pub sort: SortKey,
 
     /// Print at most N flows (of the merged table).
@@ -430,14 +462,99 @@ mod tests {
             panic!("expected flows");
         };
         let spec = f.filter.spec();
-        let wire = spec.to_proto();
-        assert_eq!(wire.cidrs, vec!["10.0.0.1/32", "fd00::/8"]);
-        assert_eq!(wire.ports, vec![53, 443]);
-        assert_eq!(wire.protocols, vec![17]);
-        assert_eq!(wire.direction, Direction::Egress as i32);
+        assert_eq!(
+            spec,
+            FlowFilterSpec {
+                cidrs: vec![
+                    Cidr::parse("10.0.0.1/32").expect("cidr"),
+                    Cidr::parse("fd00::/8").expect("cidr")
+                ],
+                ports: vec![53, 443],
+                protocols: vec![Protocol::UDP],
+                direction: Some(Direction::Egress),
+                interfaces: vec!["eth0".into()],
+            }
+        );
         assert_eq!(f.limit, Some(5));
         assert_eq!(f.sort, SortKey::Packets);
         assert_eq!(f.duration, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn session_ids_fit_labels_and_pod_names() {
+        for ok in ["a", "e2e1f2k1", "ci-42", "abcdefghij0123456789"] {
+            assert_eq!(parse_session(ok).as_deref(), Ok(ok));
+        }
+        for bad in ["", "-a", "a-", "A1", "a_b", "a.b", "abcdefghij0123456789x"] {
+            assert!(parse_session(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn cluster_flags_become_plain_options() {
+        let args = "kubectl-orb8 --kubeconfig /tmp/kc --context kind -n shop -l app=x --node n1 \
+            --agent-namespace agents --image img:1 --image-pull-policy Never --timeout 7s \
+            --connect-timeout 2s --privileged --session ci-42 status";
+        let cli = Cli::try_parse_from(args.split_whitespace()).expect("parses");
+        let access = KubeAccess {
+            kubeconfig: Some("/tmp/kc".into()),
+            context: Some("kind".into()),
+            namespace: Some("shop".into()),
+        };
+        assert_eq!(cli.global.cluster.access(), access);
+        let expected = ClusterOptions {
+            access,
+            all_namespaces: false,
+            selector: Some("app=x".into()),
+            nodes: vec!["n1".into()],
+            agent_namespace: "agents".into(),
+            image: Some("img:1".into()),
+            pull_policy: Some("Never".into()),
+            start_timeout: Duration::from_secs(7),
+            connect_timeout: Duration::from_secs(2),
+            privileged: true,
+            session: Some("ci-42".into()),
+        };
+        assert_eq!(cli.global.cluster_options(), expected);
+        let plain = Cli::try_parse_from(["kubectl-orb8", "-A", "status"]).expect("parses");
+        let o = plain.global.cluster_options();
+        assert_eq!(
+            (o.access, o.all_namespaces, o.agent_namespace.as_str()),
+            (KubeAccess::default(), true, "orb8-system")
+        );
+        assert_eq!(
+            (o.start_timeout, o.connect_timeout),
+            (Duration::from_secs(60), Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn direction_and_sort_take_the_shared_names_only() {
+        let flows = |extra: &[&str]| {
+            let mut args = vec!["kubectl-orb8", "flows"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args)
+        };
+        let Command::Flows(f) = flows(&["--direction", "ingress", "--sort", "time"])
+            .expect("parses")
+            .command
+        else {
+            panic!("expected flows");
+        };
+        assert_eq!(f.filter.direction, Some(Direction::Ingress));
+        assert_eq!(f.sort, SortKey::Time);
+        let Command::Flows(f) = flows(&[]).expect("parses").command else {
+            panic!("expected flows");
+        };
+        assert_eq!((f.filter.direction, f.sort), (None, SortKey::Bytes));
+        assert_eq!(f.duration, Duration::from_secs(10));
+        for bad in [
+            &["--direction", "up"][..],
+            &["--sort", "size"][..],
+            &["--direction", "Egress"][..],
+        ] {
+            assert!(flows(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

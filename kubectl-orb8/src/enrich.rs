@@ -1,6 +1,7 @@
 //! Names for flow endpoints: the pods, services and nodes the client knows from the API
 //! server, joined with the addresses agents report. Pure: a [`Directory`] is data, filled by
-//! `k8s::directory` from watches, and [`Directory::name_of`] answers for an address at a time.
+//! `k8s::directory` from watches, and [`Directory::name_of`] answers for an address at a time
+//! with an [`Endpoint`] (defined with the flow model, which carries it).
 //!
 //! - A pod address names the pod that had it at that time: a pod IP reused by a new pod is
 //!   attributed by time (creation and deletion), not to whichever pod was seen last.
@@ -13,7 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use crate::flow::FlowRecord;
+use crate::flow::{Endpoint, FlowRecord};
 
 /// A pod as the directory keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,47 +31,6 @@ pub struct PodEntry {
     pub created: Option<SystemTime>,
     /// When the client saw it deleted, if it was.
     pub deleted: Option<SystemTime>,
-}
-
-/// What an address is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    /// A pod: `namespace/name`.
-    Pod {
-        /// Its namespace.
-        namespace: String,
-        /// Its name.
-        name: String,
-    },
-    /// A Service's cluster IP.
-    Service {
-        /// Its namespace.
-        namespace: String,
-        /// Its name.
-        name: String,
-    },
-    /// A node's own address (the node, or a pod on its host network).
-    Host {
-        /// The node.
-        node: String,
-    },
-    /// A public address outside the cluster.
-    World,
-    /// A private address the cluster does not name.
-    Unknown,
-}
-
-impl Endpoint {
-    /// As shown: `ns/pod`, `svc:ns/name`, `host:node`, `world`, `unknown`.
-    pub fn label(&self) -> String {
-        match self {
-            Endpoint::Pod { namespace, name } => format!("{namespace}/{name}"),
-            Endpoint::Service { namespace, name } => format!("svc:{namespace}/{name}"),
-            Endpoint::Host { node } => format!("host:{node}"),
-            Endpoint::World => "world".into(),
-            Endpoint::Unknown => "unknown".into(),
-        }
-    }
 }
 
 /// Pods, services and nodes by address.

@@ -1,12 +1,59 @@
-//! Flows as the client works with them: a wire [`Flow`] tagged with its node and decoded
-//! (addresses, protocol, direction), plus the formatting shared by every output format.
+//! The client's model, at the bottom of its stack: flows as the client works with them (a wire
+//! [`Flow`] tagged with its node and decoded into `orb8-flowspec`'s protocol, direction and
+//! addresses), what an address is ([`Endpoint`], filled in by `enrich`), the wire form of
+//! filters and sort orders, and the formatting shared by every output format.
+//!
+//! What filters, CIDRs, protocols, directions and sort keys mean is `orb8-flowspec`'s, shared
+//! with the agent; this module only maps the wire's types onto it.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
+#[cfg(test)]
+use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use orb8_proto::{Direction, Flow};
+use orb8_flowspec::{Direction, FlowFilterSpec, FlowKey, Protocol, SortKey, Totals};
+use orb8_proto::{Flow, FlowFilter, SortBy};
 
-use crate::filter::Protocol;
+/// What an address is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A pod: `namespace/name`.
+    Pod {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// A Service's cluster IP.
+    Service {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// A node's own address (the node, or a pod on its host network).
+    Host {
+        /// The node.
+        node: String,
+    },
+    /// A public address outside the cluster.
+    World,
+    /// A private address the cluster does not name.
+    Unknown,
+}
+
+impl Endpoint {
+    /// As shown: `ns/pod`, `svc:ns/name`, `host:node`, `world`, `unknown`.
+    pub fn label(&self) -> String {
+        match self {
+            Endpoint::Pod { namespace, name } => format!("{namespace}/{name}"),
+            Endpoint::Service { namespace, name } => format!("svc:{namespace}/{name}"),
+            Endpoint::Host { node } => format!("host:{node}"),
+            Endpoint::World => "world".into(),
+            Endpoint::Unknown => "unknown".into(),
+        }
+    }
+}
 
 /// One flow from one node, decoded from the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,8 +62,8 @@ pub struct FlowRecord {
     pub node: String,
     /// Interface name on that node.
     pub interface: String,
-    /// Direction relative to the interface.
-    pub direction: Direction,
+    /// Direction relative to the interface; `None` when the agent left it unspecified.
+    pub direction: Option<Direction>,
     /// IP protocol.
     pub protocol: Protocol,
     /// Source address; `None` when the agent sent a malformed one.
@@ -39,10 +86,10 @@ pub struct FlowRecord {
     pub first_seen_nanos: i64,
     /// Latest packet, nanoseconds since the Unix epoch (0: unknown).
     pub last_seen_nanos: i64,
-    /// What the source address is (cluster mode; see [`crate::enrich`]).
-    pub src_name: Option<crate::enrich::Endpoint>,
+    /// What the source address is (cluster mode; filled in by `enrich`).
+    pub src_name: Option<Endpoint>,
     /// What the destination address is.
-    pub dst_name: Option<crate::enrich::Endpoint>,
+    pub dst_name: Option<Endpoint>,
     /// For a flow on a host-side veth: the process (and container) in the namespace it leads
     /// to, as the agent found it.
     pub netns_owner: Option<Box<orb8_proto::NetnsOwner>>,
@@ -51,7 +98,7 @@ pub struct FlowRecord {
 impl FlowRecord {
     /// Decodes a wire flow seen on `node`. An empty `node` falls back to the flow's own.
     pub fn from_proto(node: &str, flow: Flow) -> Self {
-        let direction = flow.direction();
+        let direction = direction_from_wire(flow.direction());
         let node = if node.is_empty() {
             flow.node
         } else {
@@ -61,10 +108,11 @@ impl FlowRecord {
             node,
             interface: flow.interface,
             direction,
-            protocol: Protocol::from_wire(flow.protocol),
-            src: addr_from_bytes(&flow.src_addr),
+            // A number above 255 (never sent by a sane agent) shows as 255 (reserved).
+            protocol: Protocol::try_from(flow.protocol).unwrap_or(Protocol(u8::MAX)),
+            src: orb8_flowspec::ip_from_bytes(&flow.src_addr),
             src_port: flow.src_port,
-            dst: addr_from_bytes(&flow.dst_addr),
+            dst: orb8_flowspec::ip_from_bytes(&flow.dst_addr),
             dst_port: flow.dst_port,
             fragment: flow.fragment,
             packets: flow.packets,
@@ -75,6 +123,28 @@ impl FlowRecord {
             src_name: None,
             dst_name: None,
             netns_owner: flow.netns_owner,
+        }
+    }
+
+    /// What a filter looks at in this flow.
+    pub fn key(&self) -> FlowKey<'_> {
+        FlowKey {
+            interface: &self.interface,
+            direction: self.direction,
+            protocol: Some(self.protocol),
+            src: self.src,
+            src_port: self.src_port,
+            dst: self.dst,
+            dst_port: self.dst_port,
+        }
+    }
+
+    /// The counts a sort key orders by.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            bytes: self.bytes,
+            packets: self.packets,
+            last_seen: self.last_seen_nanos,
         }
     }
 
@@ -105,7 +175,7 @@ impl FlowRecord {
     /// TCP flags as tcpdump letters; empty for other protocols.
     pub fn tcp_flag_letters(&self) -> String {
         if self.protocol == Protocol::TCP {
-            tcp_flag_letters(self.tcp_flags)
+            orb8_flowspec::tcp_flag_letters(self.tcp_flags)
         } else {
             String::new()
         }
@@ -122,7 +192,7 @@ impl FlowRecord {
         FlowRecord {
             node: "node-a".into(),
             interface: "eth0".into(),
-            direction: Direction::Egress,
+            direction: Some(Direction::Egress),
             protocol: Protocol(17),
             src: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))),
             src_port: 40000,
@@ -141,17 +211,6 @@ impl FlowRecord {
     }
 }
 
-/// Decodes 4 or 16 address bytes; anything else is malformed.
-pub fn addr_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
-    if let Ok(b) = <[u8; 4]>::try_from(bytes) {
-        Some(IpAddr::V4(Ipv4Addr::from(b)))
-    } else if let Ok(b) = <[u8; 16]>::try_from(bytes) {
-        Some(IpAddr::V6(Ipv6Addr::from(b)))
-    } else {
-        None
-    }
-}
-
 fn addr_text(addr: Option<IpAddr>) -> String {
     addr.map_or_else(|| "?".to_string(), |a| a.to_string())
 }
@@ -162,25 +221,6 @@ fn endpoint(addr: Option<IpAddr>, port: u32, with_port: bool) -> String {
         (Some(a), true) => format!("{a}:{port}"),
         (a, _) => addr_text(a),
     }
-}
-
-/// TCP flags as tcpdump prints them, in bit order: `F S R P . U E W`.
-pub fn tcp_flag_letters(flags: u32) -> String {
-    const LETTERS: [(u32, char); 8] = [
-        (0x01, 'F'),
-        (0x02, 'S'),
-        (0x04, 'R'),
-        (0x08, 'P'),
-        (0x10, '.'),
-        (0x20, 'U'),
-        (0x40, 'E'),
-        (0x80, 'W'),
-    ];
-    LETTERS
-        .iter()
-        .filter(|(bit, _)| flags & bit != 0)
-        .map(|(_, c)| *c)
-        .collect()
 }
 
 /// The wall-clock time of a Unix-nanosecond timestamp; `None` for 0 (unset) or earlier.
@@ -257,12 +297,48 @@ pub fn human_count(count: u64) -> String {
     format!("{value:.1}{}", UNITS[unit])
 }
 
-/// The name of a direction as printed and as accepted by `--direction`.
-pub fn direction_name(direction: Direction) -> &'static str {
+/// The name of a direction as printed (`ingress`, `egress`; `unspecified` when unknown).
+pub fn direction_name(direction: Option<Direction>) -> &'static str {
+    direction.map_or("unspecified", Direction::name)
+}
+
+/// The model's direction of a wire direction; `None` for unspecified.
+pub fn direction_from_wire(direction: orb8_proto::Direction) -> Option<Direction> {
     match direction {
-        Direction::Ingress => "ingress",
-        Direction::Egress => "egress",
-        Direction::Unspecified => "unspecified",
+        orb8_proto::Direction::Ingress => Some(Direction::Ingress),
+        orb8_proto::Direction::Egress => Some(Direction::Egress),
+        orb8_proto::Direction::Unspecified => None,
+    }
+}
+
+/// The wire's direction of the model's.
+pub fn direction_to_wire(direction: Direction) -> orb8_proto::Direction {
+    match direction {
+        Direction::Ingress => orb8_proto::Direction::Ingress,
+        Direction::Egress => orb8_proto::Direction::Egress,
+    }
+}
+
+/// The filter as sent to agents.
+pub fn filter_to_wire(spec: &FlowFilterSpec) -> FlowFilter {
+    FlowFilter {
+        cidrs: spec.cidrs.iter().map(ToString::to_string).collect(),
+        ports: spec.ports.iter().map(|p| u32::from(*p)).collect(),
+        protocols: spec.protocols.iter().map(|p| u32::from(p.0)).collect(),
+        direction: spec
+            .direction
+            .map_or(orb8_proto::Direction::Unspecified, direction_to_wire)
+            as i32,
+        interfaces: spec.interfaces.clone(),
+    }
+}
+
+/// The sort order as asked of agents.
+pub fn sort_to_wire(key: SortKey) -> SortBy {
+    match key {
+        SortKey::Bytes => SortBy::Bytes,
+        SortKey::Packets => SortBy::Packets,
+        SortKey::Time => SortBy::Time,
     }
 }
 
@@ -270,13 +346,12 @@ pub fn direction_name(direction: Direction) -> &'static str {
 mod tests {
     use super::*;
 
-    #[test]
-    fn decodes_a_wire_flow() {
-        let wire = Flow {
+    fn wire() -> Flow {
+        Flow {
             node: "ignored".into(),
             interface: "veth1".into(),
             ifindex: 7,
-            direction: Direction::Ingress as i32,
+            direction: orb8_proto::Direction::Ingress as i32,
             protocol: 6,
             src_addr: vec![0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
             dst_addr: vec![192, 0, 2, 1],
@@ -289,19 +364,34 @@ mod tests {
             first_seen_unix_nanos: 1,
             last_seen_unix_nanos: 2,
             netns_owner: None,
-        };
-        let f = FlowRecord::from_proto("node-b", wire);
+        }
+    }
+
+    #[test]
+    fn decodes_a_wire_flow() {
+        let f = FlowRecord::from_proto("node-b", wire());
         assert_eq!(f.node, "node-b");
         assert_eq!(f.src_endpoint(), "[fd00::1]:443");
         assert_eq!(f.dst_endpoint(), "192.0.2.1:5555");
         assert_eq!(f.tcp_flag_letters(), "S.");
-        assert_eq!(f.direction, Direction::Ingress);
+        assert_eq!(f.direction, Some(Direction::Ingress));
+        assert_eq!(direction_name(f.direction), "ingress");
+        assert_eq!(FlowRecord::from_proto("", wire()).node, "ignored");
+
+        let mut odd = wire();
+        odd.direction = orb8_proto::Direction::Unspecified as i32;
+        odd.protocol = 300;
+        let f = FlowRecord::from_proto("n", odd);
+        assert_eq!(f.direction, None);
+        assert_eq!(direction_name(f.direction), "unspecified");
+        assert_eq!(f.protocol, Protocol(255));
+        assert_eq!(f.tcp_flag_letters(), "", "flags only show for TCP");
     }
 
     #[test]
     fn malformed_addresses_and_portless_protocols() {
         let mut f = FlowRecord::test_flow();
-        f.src = addr_from_bytes(&[1, 2, 3]);
+        f.src = orb8_flowspec::ip_from_bytes(&[1, 2, 3]);
         assert_eq!(f.src_endpoint(), "?");
         f.protocol = Protocol::ICMP;
         assert_eq!(f.dst_endpoint(), "10.0.0.2");
@@ -311,11 +401,87 @@ mod tests {
     }
 
     #[test]
-    fn tcp_flags_use_tcpdump_letters_in_bit_order() {
-        assert_eq!(tcp_flag_letters(0), "");
-        assert_eq!(tcp_flag_letters(0x02), "S");
-        assert_eq!(tcp_flag_letters(0x1b), "FSP.");
-        assert_eq!(tcp_flag_letters(0xff), "FSRP.UEW");
+    fn builds_the_wire_filter_and_sort_order() {
+        let spec = FlowFilterSpec {
+            cidrs: vec![
+                "10.0.0.0/8".parse().expect("cidr"),
+                "fd00::1".parse().expect("cidr"),
+            ],
+            ports: vec![53, 443],
+            protocols: vec![Protocol(17)],
+            direction: Some(Direction::Egress),
+            interfaces: vec!["eth0".into()],
+        };
+        let wire = filter_to_wire(&spec);
+        assert_eq!(wire.cidrs, vec!["10.0.0.0/8", "fd00::1/128"]);
+        assert_eq!(wire.ports, vec![53, 443]);
+        assert_eq!(wire.protocols, vec![17]);
+        assert_eq!(wire.direction, orb8_proto::Direction::Egress as i32);
+        assert_eq!(wire.interfaces, vec!["eth0"]);
+        assert_eq!(
+            filter_to_wire(&FlowFilterSpec::default()),
+            FlowFilter::default(),
+            "an empty spec matches everything on the agent too"
+        );
+        for d in Direction::ALL {
+            assert_eq!(direction_from_wire(direction_to_wire(d)), Some(d));
+        }
+        assert_eq!(sort_to_wire(SortKey::Bytes), SortBy::Bytes);
+        assert_eq!(sort_to_wire(SortKey::Packets), SortBy::Packets);
+        assert_eq!(sort_to_wire(SortKey::Time), SortBy::Time);
+    }
+
+    #[test]
+    fn filters_see_every_field_of_a_record() {
+        let flow = FlowRecord::test_flow();
+        let key = flow.key();
+        assert_eq!(key.interface, "eth0");
+        assert_eq!(key.direction, Some(Direction::Egress));
+        assert_eq!(key.protocol, Some(Protocol(17)));
+        assert_eq!(key.src, flow.src);
+        assert_eq!((key.src_port, key.dst_port), (40000, 53));
+        assert_eq!(key.dst, flow.dst);
+        let spec = FlowFilterSpec {
+            cidrs: vec!["10.0.0.2".parse().expect("cidr")],
+            ports: vec![53],
+            protocols: vec![Protocol::UDP],
+            direction: Some(Direction::Egress),
+            interfaces: vec!["eth0".into()],
+        };
+        assert!(spec.matches(&flow.key()));
+        let ingress = FlowFilterSpec {
+            direction: Some(Direction::Ingress),
+            ..Default::default()
+        };
+        assert!(!ingress.matches(&flow.key()));
+        assert_eq!(
+            flow.totals(),
+            Totals {
+                bytes: 150,
+                packets: 2,
+                last_seen: 1_700_000_001_000_000_000
+            }
+        );
+    }
+
+    #[test]
+    fn endpoints_are_labelled() {
+        let pod = Endpoint::Pod {
+            namespace: "shop".into(),
+            name: "checkout-1".into(),
+        };
+        assert_eq!(pod.label(), "shop/checkout-1");
+        let svc = Endpoint::Service {
+            namespace: "default".into(),
+            name: "kubernetes".into(),
+        };
+        assert_eq!(svc.label(), "svc:default/kubernetes");
+        let host = Endpoint::Host {
+            node: "node-a".into(),
+        };
+        assert_eq!(host.label(), "host:node-a");
+        assert_eq!(Endpoint::World.label(), "world");
+        assert_eq!(Endpoint::Unknown.label(), "unknown");
     }
 
     #[test]

@@ -1,7 +1,13 @@
 //! Ctrl-C and SIGTERM: counted, so a command can end its collection on the first and give up
-//! waiting on the second; the third exits at once.
+//! waiting on the second; the third exits at once. [`Interrupted`] is the error of whatever the
+//! first one stopped.
 
 use tokio::sync::watch;
+
+/// A command was stopped by Ctrl-C (or SIGTERM) before it had anything to show.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
 
 /// A handle that tells how many interrupts arrived and waits for them.
 #[derive(Debug, Clone)]

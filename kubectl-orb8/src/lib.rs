@@ -2,15 +2,22 @@
 //! this host with `--local`), merges what they report and prints it.
 //!
 //! `main.rs` only calls [`main`]; everything else is here, one module per concern. Pure logic
-//! ([`filter`], [`flow`], [`merge`], [`render`]) takes data and returns data; [`transport`],
-//! [`local`] and [`session`] do the I/O with agents.
+//! ([`flow`], [`enrich`], [`merge`], [`render`]) takes data and returns data; [`transport`],
+//! [`local`], [`k8s`] and [`session`] do the I/O with agents.
+//!
+//! The modules form a stack; each imports only modules below it (`tests/module_stack.rs`
+//! checks): [`defaults`], [`interrupt`], [`progress`] and the model [`flow`] (on
+//! `orb8-flowspec`) at the bottom; [`enrich`], [`merge`], [`render`] and [`transport`] on them;
+//! [`local`] and [`k8s`] (which implements transport's pod connector) above; then [`cli`] (the
+//! parsed flags, turned into the plain options the layers below take), [`session`] and
+//! [`commands`]; this root, which runs a command line, on top.
 
 #![warn(missing_docs)]
 
 pub mod cli;
 pub mod commands;
+pub mod defaults;
 pub mod enrich;
-pub mod filter;
 pub mod flow;
 pub mod interrupt;
 pub mod k8s;
@@ -28,8 +35,7 @@ use clap::Parser as _;
 use clap::error::ErrorKind;
 
 use crate::cli::{Cli, Command, TraceCommand};
-use crate::commands::Interrupted;
-use crate::interrupt::Interrupt;
+use crate::interrupt::{Interrupt, Interrupted};
 use crate::session::Session;
 
 /// Exit code after Ctrl-C interrupted a command before it could print anything.
@@ -64,7 +70,7 @@ pub fn main() -> ExitCode {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let interrupt = Interrupt::install();
     if let Command::Cleanup(args) = &cli.command {
-        let (client, _) = k8s::client::connect(&cli.global.cluster).await?;
+        let (client, _) = k8s::client::connect(&cli.global.cluster.access()).await?;
         let mut out = BufWriter::new(io::stdout().lock());
         tokio::select! {
             r = commands::cleanup::run(&client, cli.global.cluster.session.as_deref(), args.dry_run, cli.global.output, &mut out) => r?,
@@ -79,13 +85,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         commands::syscall::check(args, &cli.global)?;
         if let Some(pod) = &args.pod {
             // The agent goes only to the pod's node.
-            let (client, namespace) = k8s::client::connect(&cli.global.cluster).await?;
+            let (client, namespace) = k8s::client::connect(&cli.global.cluster.access()).await?;
             let t = tokio::select! {
                 t = k8s::podtarget::lookup(&client, &namespace, pod, args.container.as_deref()) => t?,
                 () = interrupt.wait() => return Err(Interrupted.into()),
             };
             if let Some(note) = &t.note {
-                commands::warn(note);
+                progress::warn(note);
             }
             global.cluster.nodes = vec![t.node.clone()];
             global.cluster.selector = None;

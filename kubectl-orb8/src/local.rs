@@ -13,18 +13,14 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+use crate::defaults::{AGENT_IDLE_TIMEOUT, LOCAL_START_TIMEOUT, LOCAL_STOP_GRACE};
+
 /// The agent binary's name (without the platform's executable suffix).
 pub const AGENT_BINARY: &str = "orb8-agent";
 /// Environment variable naming the agent binary to run instead of searching for it.
 pub const AGENT_BINARY_ENV: &str = "ORB8_AGENT_BINARY";
 /// Environment variable through which the agent receives the session token.
 pub const AGENT_TOKEN_ENV: &str = "ORB8_AGENT_TOKEN";
-/// How long the agent may take to load its probes and print its ready line.
-pub const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the agent gets to exit after SIGTERM before it is killed.
-pub const STOP_GRACE: Duration = Duration::from_secs(5);
-/// The agent exits by itself after this long without a client.
-pub const IDLE_TIMEOUT: &str = "30s";
 
 const STDERR_LINES_KEPT: usize = 50;
 
@@ -60,7 +56,7 @@ pub enum LocalError {
     /// The agent did not say where it listens in time.
     #[error(
         "local agent did not become ready within {}",
-        humantime::format_duration(START_TIMEOUT)
+        humantime::format_duration(LOCAL_START_TIMEOUT)
     )]
     Timeout,
     /// The agent's ready line names an address this client cannot use.
@@ -142,19 +138,16 @@ pub fn find_agent_binary(
     })
 }
 
-/// The agent's command line: `serve` on a free loopback port with the idle watchdog, then
-/// the user's `--local-arg`s.
+/// The agent's command line: `serve` on a free loopback port with the idle watchdog
+/// ([`AGENT_IDLE_TIMEOUT`]), then the user's `--local-arg`s.
 pub fn agent_args(local_args: &[String]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--idle-timeout",
-        IDLE_TIMEOUT,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--idle-timeout".into(),
+        format!("{}s", AGENT_IDLE_TIMEOUT.as_secs()),
+    ];
     args.extend(local_args.iter().cloned());
     args
 }
@@ -227,7 +220,7 @@ impl LocalAgent {
             });
         };
         let mut lines = BufReader::new(stdout).lines();
-        let waited = tokio::time::timeout(START_TIMEOUT, async {
+        let waited = tokio::time::timeout(LOCAL_START_TIMEOUT, async {
             loop {
                 match lines.next_line().await {
                     Ok(Some(line)) => {
@@ -252,7 +245,7 @@ impl LocalAgent {
                 })
             }
             Ok(None) => {
-                let status = tokio::time::timeout(STOP_GRACE, child.wait()).await;
+                let status = tokio::time::timeout(LOCAL_STOP_GRACE, child.wait()).await;
                 finish_stderr(stderr_task).await;
                 let line = last_line(&stderr_tail).unwrap_or_else(|| match status {
                     Ok(Ok(s)) => exit_text(s),
@@ -273,7 +266,7 @@ impl LocalAgent {
         last_line(&self.stderr_tail)
     }
 
-    /// Stops the agent: SIGTERM, up to [`STOP_GRACE`] to exit, then SIGKILL.
+    /// Stops the agent: SIGTERM, up to [`LOCAL_STOP_GRACE`] to exit, then SIGKILL.
     pub async fn stop(mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
@@ -286,7 +279,7 @@ impl LocalAgent {
                 libc::kill(pid, libc::SIGTERM);
             }
         }
-        if tokio::time::timeout(STOP_GRACE, self.child.wait())
+        if tokio::time::timeout(LOCAL_STOP_GRACE, self.child.wait())
             .await
             .is_err()
         {

@@ -6,10 +6,10 @@
 use std::cmp::Ordering;
 
 use futures::stream::{self, BoxStream, Stream, StreamExt};
-use orb8_proto::{DropStage, Event, Flow, SortBy, event};
+use orb8_flowspec::{FlowFilterSpec, SortKey};
+use orb8_proto::{DropStage, Event, Flow, event};
 use tonic::Status;
 
-use crate::filter::FlowFilterSpec;
 use crate::flow::FlowRecord;
 
 /// One item of the merged event stream.
@@ -193,36 +193,8 @@ where
     )
 }
 
-/// How a flow table is ordered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum SortKey {
-    /// Most bytes first.
-    #[default]
-    Bytes,
-    /// Most packets first.
-    Packets,
-    /// Most recently seen first.
-    Time,
-}
-
-impl SortKey {
-    /// The same order, as asked of agents.
-    pub fn to_proto(self) -> SortBy {
-        match self {
-            SortKey::Bytes => SortBy::Bytes,
-            SortKey::Packets => SortBy::Packets,
-            SortKey::Time => SortBy::Time,
-        }
-    }
-}
-
 fn compare(a: &FlowRecord, b: &FlowRecord, key: SortKey) -> Ordering {
-    let primary = match key {
-        SortKey::Bytes => b.bytes.cmp(&a.bytes).then(b.packets.cmp(&a.packets)),
-        SortKey::Packets => b.packets.cmp(&a.packets).then(b.bytes.cmp(&a.bytes)),
-        SortKey::Time => b.last_seen_nanos.cmp(&a.last_seen_nanos),
-    };
-    primary
+    key.order(&a.totals(), &b.totals())
         .then_with(|| a.node.cmp(&b.node))
         .then_with(|| a.first_seen_nanos.cmp(&b.first_seen_nanos))
         .then_with(|| a.interface.cmp(&b.interface))
@@ -233,7 +205,8 @@ fn compare(a: &FlowRecord, b: &FlowRecord, key: SortKey) -> Ordering {
         .then_with(|| a.protocol.cmp(&b.protocol))
 }
 
-/// Sorts flows by `key`, with a fixed tie-break so equal flows always print in one order.
+/// Sorts flows by `key` (the agent's order too), with a fixed tie-break so equal flows always
+/// print in one order.
 pub fn sort_flows(flows: &mut [FlowRecord], key: SortKey) {
     flows.sort_by(|a, b| compare(a, b, key));
 }
@@ -253,7 +226,7 @@ pub fn merge_flow_tables(
                 .into_iter()
                 .map(move |f| FlowRecord::from_proto(&node, f))
         })
-        .filter(|f| filter.matches(f))
+        .filter(|f| filter.matches(&f.key()))
         .collect();
     sort_flows(&mut flows, sort);
     if let Some(limit) = limit.filter(|l| *l > 0) {
@@ -265,7 +238,7 @@ pub fn merge_flow_tables(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filter::Protocol;
+    use orb8_flowspec::Protocol;
     use orb8_proto::{Direction, Gap};
 
     fn wire_flow(bytes: u64, packets: u64, last: i64, port: u32) -> Flow {

@@ -8,10 +8,12 @@ use anyhow::Context as _;
 use futures::future::join_all;
 
 use crate::cli::GlobalArgs;
-use crate::interrupt::Interrupt;
+use crate::interrupt::{Interrupt, Interrupted};
+use crate::k8s::cluster;
+use crate::k8s::directory::LiveDirectory;
 use crate::k8s::ephemeral::AgentPods;
 use crate::local::{self, LocalAgent, LocalError};
-use crate::progress::Progress;
+use crate::progress::{self, Progress};
 use crate::transport::{Agent, AgentAddr};
 
 /// Connected agents, each with a unique display name, and the local agent if one was started.
@@ -24,7 +26,7 @@ pub struct Session {
     local: Option<LocalAgent>,
     cluster: Option<AgentPods>,
     /// Names for flow endpoints (cluster mode).
-    pub directory: Option<crate::k8s::directory::LiveDirectory>,
+    pub directory: Option<LiveDirectory>,
 }
 
 /// Names agents by node, adding the address where two report the same node.
@@ -49,7 +51,7 @@ impl Session {
     /// Starts or reaches the agents the flags name: `--local`, `--agent`, or else agent pods
     /// in the cluster (living at most `deadline`). With `require_agents` false (`version`), no
     /// agents is fine and no cluster is touched. Ctrl-C while opening cleans up what was
-    /// started and returns [`Interrupted`](crate::commands::Interrupted).
+    /// started and returns [`Interrupted`].
     pub async fn open(
         global: &GlobalArgs,
         require_agents: bool,
@@ -64,7 +66,8 @@ impl Session {
                 return Ok(Session::default());
             }
             // Cluster mode handles Ctrl-C itself: its pods must be deleted, not dropped.
-            let c = crate::k8s::cluster::open(global, None, deadline, interrupt).await?;
+            let options = global.cluster_options();
+            let c = cluster::open(&options, None, deadline, interrupt, &progress::warn).await?;
             let mut session = Session::new(c.agents, None);
             session.cluster = Some(c.pods);
             session.directory = Some(c.directory);
@@ -72,7 +75,7 @@ impl Session {
         }
         tokio::select! {
             s = Self::open_direct_or_local(global) => s,
-            () = interrupt.wait() => Err(crate::commands::Interrupted.into()),
+            () = interrupt.wait() => Err(Interrupted.into()),
         }
     }
 
@@ -150,7 +153,7 @@ impl Session {
             local.stop().await;
         }
         if let Some(pods) = self.cluster {
-            crate::k8s::cluster::teardown(&pods).await;
+            cluster::teardown(&pods, &progress::warn).await;
         }
     }
 }

@@ -207,7 +207,7 @@ async fn runs_then_deletes_with_the_contracted_pod_spec() {
         .iter()
         .map(|m| m["mountPath"].as_str().unwrap())
         .collect();
-    assert_eq!(mounts, vec!["/sys/fs/bpf", "/sys/fs/cgroup", "/host/proc"]);
+    assert_eq!(mounts, vec!["/sys/fs/bpf", "/sys/fs/cgroup"]);
     let env = c["env"].as_array().unwrap();
     assert_eq!(
         env[1],

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use every_rpc::check_every_rpc;
 use futures::StreamExt;
-use kubectl_orb8::filter::FlowFilterSpec;
-use kubectl_orb8::k8s::portforward::{PodPort, PortForwardError, channel, connect_agent};
-use kubectl_orb8::merge::{Merged, SortKey, merge_events, merge_flow_tables};
-use kubectl_orb8::transport::{Agent, AgentAddr, AgentError};
+use kubectl_orb8::k8s::portforward::{channel, connect_agent};
+use kubectl_orb8::merge::{Merged, merge_events, merge_flow_tables};
+use kubectl_orb8::transport::{Agent, AgentAddr, AgentError, PodPort, PortForwardError};
+use orb8_flowspec::{FlowFilterSpec, SortKey};
 use orb8_proto::{FlowFilter, PROTOCOL_VERSION, QueryFlowsRequest, StreamEventsRequest};
 use orb8_testkit::fake_agent::{Running, StreamEnd, TOKEN, agent_with_data, serve_tcp};
 use orb8_testkit::fake_apiserver::FakeApiServer;

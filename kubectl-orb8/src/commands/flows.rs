@@ -7,11 +7,11 @@ use anyhow::Context as _;
 use orb8_proto::QueryFlowsRequest;
 use tokio::time::{Duration, Instant};
 
-use super::{Interrupted, warn};
 use crate::cli::FlowsArgs;
-use crate::interrupt::Interrupt;
+use crate::flow::{filter_to_wire, sort_to_wire};
+use crate::interrupt::{Interrupt, Interrupted};
 use crate::merge::merge_flow_tables;
-use crate::progress::{Progress, countdown_message};
+use crate::progress::{Progress, countdown_message, warn};
 use crate::render::{self, OutputFormat};
 use crate::session::Session;
 
@@ -55,9 +55,9 @@ pub async fn run(
 
     let filter = args.filter.spec();
     let request = QueryFlowsRequest {
-        filter: Some(filter.to_proto()),
+        filter: Some(filter_to_wire(&filter)),
         limit: args.limit.unwrap_or(0),
-        sort: args.sort.to_proto() as i32,
+        sort: sort_to_wire(args.sort) as i32,
     };
     let interrupts_so_far = interrupt.count();
     let progress = Progress::spinner("querying flows");

@@ -11,9 +11,9 @@ use orb8_proto::{
     syscall_target, syscall_trace_event,
 };
 
-use super::warn;
 use crate::cli::{GlobalArgs, TraceSyscallArgs};
 use crate::interrupt::Interrupt;
+use crate::progress::warn;
 use crate::render::syscalls::{self as view, SummaryView, SyscallLine};
 use crate::render::{OutputFormat, json, yaml};
 use crate::session::Session;

@@ -5,12 +5,14 @@ use std::io::Write;
 use futures::StreamExt as _;
 use orb8_proto::{Event, StreamEventsRequest, event};
 
-use super::warn;
+use orb8_flowspec::FlowFilterSpec;
+
 use crate::cli::TraceNetworkArgs;
-use crate::filter::FlowFilterSpec;
-use crate::flow::{FlowRecord, direction_name, rfc3339_nanos, time_of_day};
+use crate::flow::{FlowRecord, direction_name, filter_to_wire, rfc3339_nanos, time_of_day};
 use crate::interrupt::Interrupt;
+use crate::k8s::directory::LiveDirectory;
 use crate::merge::{GapCause, Merged, merge_events};
+use crate::progress::warn;
 use crate::render::{AgentLostLine, FlowView, GapLine, NewFlowLine, OutputFormat, json, yaml};
 use crate::session::Session;
 
@@ -88,14 +90,14 @@ fn write_event(
     out: &mut dyn Write,
     format: LineFormat,
     filter: &FlowFilterSpec,
-    names: Option<&crate::k8s::directory::LiveDirectory>,
+    names: Option<&LiveDirectory>,
     node: &str,
     event: Event,
 ) -> std::io::Result<()> {
     match event.kind {
         Some(event::Kind::NewFlow(flow)) => {
             let flow = FlowRecord::from_proto(node, flow);
-            if !filter.matches(&flow) {
+            if !filter.matches(&flow.key()) {
                 return Ok(());
             }
             // Cluster mode: name both ends; flows of no selected pod are left out.
@@ -147,7 +149,7 @@ pub async fn network(
     let format = LineFormat::from(format);
     let filter = args.filter.spec();
     let request = StreamEventsRequest {
-        filter: Some(filter.to_proto()),
+        filter: Some(filter_to_wire(&filter)),
     };
     let opened = futures::future::join_all(
         session
@@ -238,7 +240,7 @@ mod tests {
             "22:13:20.123Z node-a eth0 egress udp 10.0.0.1:40000 -> 10.0.0.2:53 150 B"
         );
         let mut tcp = FlowRecord::test_flow();
-        tcp.protocol = crate::filter::Protocol::TCP;
+        tcp.protocol = orb8_flowspec::Protocol::TCP;
         tcp.tcp_flags = 0x02;
         assert!(text_line(0, &tcp).ends_with("150 B [S]"));
     }

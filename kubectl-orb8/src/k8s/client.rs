@@ -1,15 +1,26 @@
 //! A kube client configured like kubectl: `--kubeconfig`, `--context`, then `$KUBECONFIG` or
 //! `~/.kube/config`, then the in-cluster service account.
 
+use std::path::PathBuf;
+
 use anyhow::Context as _;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
-use crate::cli::ClusterArgs;
+/// Which cluster, as the user named it (kubectl's `--kubeconfig`, `--context`, `-n`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubeAccess {
+    /// A kubeconfig file to use instead of `$KUBECONFIG` or `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use instead of the current one.
+    pub context: Option<String>,
+    /// The namespace commands default to instead of the context's.
+    pub namespace: Option<String>,
+}
 
 /// Builds the client and returns it with the namespace commands default to (`-n`, else the
 /// context's namespace, else `default`).
-pub async fn connect(args: &ClusterArgs) -> anyhow::Result<(Client, String)> {
+pub async fn connect(args: &KubeAccess) -> anyhow::Result<(Client, String)> {
     let options = KubeConfigOptions {
         context: args.context.clone(),
         ..Default::default()

@@ -7,20 +7,48 @@
 
 use std::time::{Duration, Instant};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use kube::Client;
 
+use super::client::KubeAccess;
+use super::directory::{self, LiveDirectory};
 use super::ephemeral::{self, AgentPods, EphemeralConfig, RunningAgent};
 use super::lifecycle;
-use super::portforward::{self, PodPort};
+use super::portforward;
 use super::target::{self, TargetSpec};
-use crate::cli::GlobalArgs;
-use crate::commands::{Interrupted, warn};
-use crate::interrupt::Interrupt;
-use crate::transport::{Agent, AgentError};
+use crate::defaults::{CONNECT_RETRY, POD_DELETE_WAIT, cluster_idle_timeout};
+use crate::interrupt::{Interrupt, Interrupted};
+use crate::progress::NodeProgress;
+use crate::transport::{Agent, AgentError, PodPort, PortForwardError};
 
-/// How long deleting waits for each pod to be gone.
-pub const DELETE_CONFIRM: Duration = Duration::from_secs(10);
+/// Where warnings go: the caller decides how they are shown.
+pub type Warn<'a> = &'a (dyn Fn(&str) + Sync);
+
+/// What cluster mode needs to know, as plain values (the command line fills it in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterOptions {
+    /// Which cluster and the default namespace.
+    pub access: KubeAccess,
+    /// Observe every namespace: agents on every node.
+    pub all_namespaces: bool,
+    /// Only pods matching this label selector.
+    pub selector: Option<String>,
+    /// Run agents on these nodes, whatever runs there.
+    pub nodes: Vec<String>,
+    /// Namespace of the agent pods.
+    pub agent_namespace: String,
+    /// Agent image; the published one of this client's version when `None`.
+    pub image: Option<String>,
+    /// `imagePullPolicy` of the agent pods; the cluster's default when `None`.
+    pub pull_policy: Option<String>,
+    /// How long agent pods may take to start (and agents, then, to answer).
+    pub start_timeout: Duration,
+    /// How long each connection attempt to an agent may take.
+    pub connect_timeout: Duration,
+    /// Run agent pods privileged instead of with listed capabilities.
+    pub privileged: bool,
+    /// The session id the agent pods are labelled with; random when `None`.
+    pub session: Option<String>,
+}
 
 /// Agents started in the cluster for one command.
 pub struct ClusterAgents {
@@ -29,7 +57,7 @@ pub struct ClusterAgents {
     /// The pods to delete at the end.
     pub pods: AgentPods,
     /// Names for flow endpoints, kept current while the command runs.
-    pub directory: super::directory::LiveDirectory,
+    pub directory: LiveDirectory,
 }
 
 /// Random lowercase hex of `bytes` bytes.
@@ -47,70 +75,17 @@ fn random_u16() -> anyhow::Result<u16> {
     Ok(u16::from_le_bytes(b))
 }
 
-/// Per-node progress bars on stderr (hidden when stderr is not a terminal).
-struct NodeBars {
-    _multi: MultiProgress,
-    bars: Vec<(String, ProgressBar)>,
-}
-
-impl NodeBars {
-    fn new(nodes: &[String]) -> NodeBars {
-        use std::io::IsTerminal as _;
-        let multi = if std::io::stderr().is_terminal() {
-            MultiProgress::new()
-        } else {
-            MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
-        };
-        let style = ProgressStyle::with_template("{spinner} {prefix}: {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner());
-        let bars = nodes
-            .iter()
-            .map(|n| {
-                let bar = multi.add(ProgressBar::new_spinner());
-                bar.set_style(style.clone());
-                bar.set_prefix(n.clone());
-                bar.set_message("creating the agent pod");
-                bar.enable_steady_tick(Duration::from_millis(100));
-                (n.clone(), bar)
-            })
-            .collect();
-        NodeBars {
-            _multi: multi,
-            bars,
-        }
-    }
-
-    fn say(&self, node: &str, what: &str) {
-        if let Some((_, b)) = self.bars.iter().find(|(n, _)| n == node) {
-            b.set_message(format!("waiting for {what}"));
-        }
-    }
-
-    fn done(&self, node: &str, what: &str) {
-        if let Some((_, b)) = self.bars.iter().find(|(n, _)| n == node) {
-            b.finish_with_message(what.to_string());
-        }
-    }
-}
-
-impl Drop for NodeBars {
-    fn drop(&mut self) {
-        for (_, b) in &self.bars {
-            b.finish_and_clear();
-        }
-    }
-}
-
-/// Starts agents for the command's selection. `deadline` bounds the pods' lives.
+/// Starts agents for the command's selection. `deadline` bounds the pods' lives; warnings
+/// (nodes left out, names that cannot be listed, pods left behind) go to `warn`.
 pub async fn open(
-    global: &GlobalArgs,
+    args: &ClusterOptions,
     pod: Option<String>,
     deadline: Duration,
     interrupt: &Interrupt,
+    warn: Warn<'_>,
 ) -> anyhow::Result<ClusterAgents> {
-    let args = &global.cluster;
     let (client, namespace) = tokio::select! {
-        r = super::client::connect(args) => r?,
+        r = super::client::connect(&args.access) => r?,
         () = interrupt.wait() => return Err(Interrupted.into()),
     };
     let spec = TargetSpec {
@@ -129,13 +104,13 @@ pub async fn open(
         .map_err(|e| anyhow::anyhow!(lifecycle::api_error("preparing the agent namespace", &e)))?;
     let pods = AgentPods::new(&client, &args.agent_namespace);
     let started = tokio::select! {
-        r = start_and_connect(&client, global, &pods, &nodes, deadline) => r,
+        r = start_and_connect(&client, args, &pods, &nodes, deadline, warn) => r,
         () = interrupt.wait() => Err(Interrupted.into()),
     };
     match started {
         Ok(agents) => {
-            let selected = super::directory::selected_pods(&client, &spec).await;
-            let directory = super::directory::LiveDirectory::start(&client, selected).await;
+            let selected = directory::selected_pods(&client, &spec).await;
+            let directory = LiveDirectory::start(&client, selected, warn).await;
             Ok(ClusterAgents {
                 agents,
                 pods,
@@ -143,15 +118,15 @@ pub async fn open(
             })
         }
         Err(e) => {
-            teardown(&pods).await;
+            teardown(&pods, warn).await;
             Err(e)
         }
     }
 }
 
 /// Deletes the session's pods, warning about any that could not be deleted.
-pub async fn teardown(pods: &AgentPods) {
-    for (name, why) in pods.delete_all(DELETE_CONFIRM).await {
+pub async fn teardown(pods: &AgentPods, warn: Warn<'_>) {
+    for (name, why) in pods.delete_all(POD_DELETE_WAIT).await {
         warn(&format!(
             "agent pod {name}: {why}; `kubectl orb8 cleanup` removes what is left"
         ));
@@ -160,12 +135,12 @@ pub async fn teardown(pods: &AgentPods) {
 
 async fn start_and_connect(
     client: &Client,
-    global: &GlobalArgs,
+    args: &ClusterOptions,
     pods: &AgentPods,
     nodes: &[String],
     deadline: Duration,
+    warn: Warn<'_>,
 ) -> anyhow::Result<Vec<Agent>> {
-    let args = &global.cluster;
     let session = match &args.session {
         Some(s) => s.clone(),
         None => random_hex(4)?,
@@ -179,13 +154,13 @@ async fn start_and_connect(
             .image
             .clone()
             .unwrap_or_else(super::pod_spec::default_image),
-        pull_policy: args.image_pull_policy.clone(),
-        timeout: args.timeout,
-        idle_timeout: Duration::from_secs(60),
+        pull_policy: args.pull_policy.clone(),
+        timeout: args.start_timeout,
+        idle_timeout: cluster_idle_timeout(args.start_timeout),
         deadline,
         privileged: args.privileged,
     };
-    let bars = NodeBars::new(nodes);
+    let bars = NodeProgress::new(nodes, "creating the agent pod");
     let started = ephemeral::start(
         pods,
         &config,
@@ -193,12 +168,12 @@ async fn start_and_connect(
         &token,
         port,
         nodes,
-        &|node, what| bars.say(node, what),
+        &|node, what| bars.waiting(node, what),
     )
     .await;
     let mut agents = Vec::new();
     let mut missing = Vec::new();
-    let connect_until = Instant::now() + args.timeout;
+    let connect_until = Instant::now() + args.start_timeout;
     let connects = started.into_iter().map(|r| {
         let bars = &bars;
         let token = token.as_str();
@@ -206,7 +181,7 @@ async fn start_and_connect(
         async move {
             match r {
                 Ok(running) => {
-                    bars.say(&running.node, "the agent to answer");
+                    bars.waiting(&running.node, "the agent to answer");
                     let node = running.node.clone();
                     match connect(
                         client,
@@ -214,7 +189,7 @@ async fn start_and_connect(
                         running,
                         token,
                         connect_until,
-                        global.connect_timeout,
+                        args.connect_timeout,
                     )
                     .await
                     {
@@ -266,8 +241,8 @@ async fn connect(
         .await
         {
             Ok(a) => return Ok(a),
-            Err(e) if Instant::now() + Duration::from_millis(300) < until && retryable(&e) => {
-                tokio::time::sleep(Duration::from_millis(300)).await;
+            Err(e) if Instant::now() + CONNECT_RETRY < until && retryable(&e) => {
+                tokio::time::sleep(CONNECT_RETRY).await;
             }
             Err(e) => return Err(e.into()),
         }
@@ -277,7 +252,7 @@ async fn connect(
 /// Whether a connection failure may go away by itself while the agent starts: nothing listens
 /// on its port yet, or the port-forward closed before it answered.
 fn retryable(e: &AgentError) -> bool {
-    use super::portforward::PortForwardError as P;
+    use PortForwardError as P;
     matches!(
         e,
         AgentError::Unreachable { .. }

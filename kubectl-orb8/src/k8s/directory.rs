@@ -12,7 +12,10 @@ use kube::api::{Api, ListParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt as _};
 
+use super::lifecycle::api_error;
+use super::target::TargetSpec;
 use crate::enrich::{Directory, PodEntry};
+use crate::flow::FlowRecord;
 
 fn pod_entry(p: &Pod) -> PodEntry {
     let status = p.status.as_ref();
@@ -70,10 +73,11 @@ pub struct LiveDirectory {
 impl LiveDirectory {
     /// Lists pods, services and nodes (every namespace), then watches pods and services.
     /// `selected` restricts flows to those pods' endpoints. A listing the user may not do
-    /// (RBAC) is a warning: flows are then shown without those names.
+    /// (RBAC) is a warning given to `warn`: flows are then shown without those names.
     pub async fn start(
         client: &Client,
         selected: Option<BTreeSet<(String, String)>>,
+        warn: &(dyn Fn(&str) + Sync),
     ) -> LiveDirectory {
         let mut d = Directory {
             selected,
@@ -85,10 +89,7 @@ impl LiveDirectory {
         let lp = ListParams::default();
         match pods.list(&lp).await {
             Ok(l) => l.items.iter().for_each(|p| d.upsert_pod(pod_entry(p))),
-            Err(e) => crate::commands::warn(&super::lifecycle::api_error(
-                "listing pods to name flow endpoints",
-                &e,
-            )),
+            Err(e) => warn(&api_error("listing pods to name flow endpoints", &e)),
         }
         match services.list(&lp).await {
             Ok(l) => {
@@ -99,7 +100,7 @@ impl LiveDirectory {
                     }
                 }
             }
-            Err(e) => crate::commands::warn(&super::lifecycle::api_error("listing services", &e)),
+            Err(e) => warn(&api_error("listing services", &e)),
         }
         if let Ok(l) = nodes.list(&lp).await {
             for n in &l.items {
@@ -170,7 +171,7 @@ impl LiveDirectory {
     }
 
     /// [`Directory::apply`] on the directory as it is now.
-    pub fn apply(&self, flows: Vec<crate::flow::FlowRecord>) -> Vec<crate::flow::FlowRecord> {
+    pub fn apply(&self, flows: Vec<FlowRecord>) -> Vec<FlowRecord> {
         self.dir.read().expect("directory lock").apply(flows)
     }
 }
@@ -193,7 +194,7 @@ impl std::fmt::Debug for LiveDirectory {
 /// selection is nodes rather than pods (`--node`, or `-A` without a selector).
 pub async fn selected_pods(
     client: &Client,
-    spec: &super::target::TargetSpec,
+    spec: &TargetSpec,
 ) -> Option<BTreeSet<(String, String)>> {
     if !spec.nodes.is_empty() || spec.is_all_nodes() {
         return None;

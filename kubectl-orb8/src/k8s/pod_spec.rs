@@ -1,10 +1,12 @@
 //! The agent pod and its namespace, built from plain parameters (no cluster needed to test).
 //!
-//! The pod follows DESIGN.md's agent pod contract: pinned to its node with `nodeName`,
-//! `hostNetwork` and `hostPID`, the capabilities eBPF needs instead of `privileged`, a read-only
-//! root filesystem, the host mounts the probes read, every taint tolerated, no service-account
-//! token, a hard deadline, small requests and limits, and labels that `kubectl orb8 cleanup`
-//! finds it by.
+//! The agent pod contract (ephemeral mode), stated here and in README's "Cluster mode": pinned
+//! to its node with `nodeName`; `hostNetwork`, and `hostPID` so that `/proc` is the host's (no
+//! proc mount); the capabilities eBPF needs (BPF, PERFMON, NET_ADMIN, SYS_ADMIN) instead of
+//! `privileged`; a read-only root filesystem; only the host paths the agent reads mounted
+//! (`/sys/fs/bpf`, `/sys/fs/cgroup` read-only); every taint tolerated; no service-account token;
+//! gRPC on 127.0.0.1 behind a per-session token; a hard deadline and an idle watchdog; small
+//! requests and limits; and labels that `kubectl orb8 cleanup` finds it by.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -32,8 +34,6 @@ pub const MANAGED_BY: &str = "kubectl-orb8";
 /// The label selector matching every agent pod orb8 created.
 pub const SELECTOR: &str =
     "app.kubernetes.io/managed-by=kubectl-orb8,app.kubernetes.io/name=orb8-agent";
-/// Default namespace of agent pods.
-pub const DEFAULT_NAMESPACE: &str = "orb8-system";
 /// Name of the agent container.
 pub const CONTAINER: &str = "agent";
 /// Where the agent binary lives in the image.
@@ -208,7 +208,6 @@ pub fn agent_pod(p: &AgentPodParams) -> Pod {
         volume_mounts: Some(vec![
             mount("bpffs", "/sys/fs/bpf", false),
             mount("cgroup", "/sys/fs/cgroup", true),
-            mount("host-proc", "/host/proc", true),
         ]),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
@@ -242,7 +241,6 @@ pub fn agent_pod(p: &AgentPodParams) -> Pod {
             volumes: Some(vec![
                 host_path("bpffs", "/sys/fs/bpf"),
                 host_path("cgroup", "/sys/fs/cgroup"),
-                host_path("host-proc", "/proc"),
             ]),
             ..Default::default()
         }),
@@ -259,12 +257,12 @@ mod tests {
             session: "a1b2c3d4".into(),
             node: "worker-1".into(),
             name: pod_name("a1b2c3d4", 0),
-            namespace: DEFAULT_NAMESPACE.into(),
+            namespace: crate::defaults::AGENT_NAMESPACE.into(),
             image: "example.test/orb8-agent:v1".into(),
             pull_policy: Some("IfNotPresent".into()),
             port: 47001,
             token: "0123456789abcdef0123456789abcdef".into(),
-            idle_timeout: Duration::from_secs(60),
+            idle_timeout: crate::defaults::cluster_idle_timeout(Duration::from_secs(60)),
             deadline: Duration::from_secs(600),
             privileged: false,
         }
@@ -306,7 +304,7 @@ mod tests {
                 "--listen",
                 "127.0.0.1:47001",
                 "--idle-timeout",
-                "60s"
+                "90s"
             ])
         );
         let sc = &c["securityContext"];
@@ -330,11 +328,23 @@ mod tests {
             .collect();
         assert_eq!(
             mounts,
-            vec![
-                ("/sys/fs/bpf", false),
-                ("/sys/fs/cgroup", true),
-                ("/host/proc", true)
-            ]
+            vec![("/sys/fs/bpf", false), ("/sys/fs/cgroup", true)]
+        );
+        let volumes: Vec<(&str, &str)> = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["name"].as_str().unwrap(),
+                    v["hostPath"]["path"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            volumes,
+            vec![("bpffs", "/sys/fs/bpf"), ("cgroup", "/sys/fs/cgroup")],
+            "hostPID gives the host's /proc: no proc mount"
         );
         assert_eq!(c["resources"]["limits"]["memory"], "256Mi");
         let env: Vec<&str> = c["env"]

@@ -4,8 +4,11 @@
 //!
 //! The agent pod runs with `hostNetwork` and binds 127.0.0.1 only; the port-forward reaches it
 //! there with the user's `pods/portforward` permission.
+//!
+//! This is transport's [`PodConnector`] for Kubernetes: transport runs gRPC over the streams and
+//! owns the failure vocabulary ([`PortForwardError`]); this module opens the forwards with kube
+//! and says in those terms what went wrong.
 
-use std::error::Error as StdError;
 use std::fmt;
 use std::io;
 use std::pin::Pin;
@@ -15,154 +18,15 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Portforwarder};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, DuplexStream, ReadBuf};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
-use crate::transport::{Agent, AgentAddr, AgentError};
-
-/// The pod port a port-forward reaches.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PodPort {
-    /// The pod's namespace.
-    pub namespace: String,
-    /// The pod's name.
-    pub pod: String,
-    /// The port inside the pod.
-    pub port: u16,
-}
-
-impl PodPort {
-    /// The pod port `port` of `namespace/pod`.
-    pub fn new(namespace: impl Into<String>, pod: impl Into<String>, port: u16) -> PodPort {
-        PodPort {
-            namespace: namespace.into(),
-            pod: pod.into(),
-            port,
-        }
-    }
-
-    /// The address an agent reached here is known by.
-    pub fn agent_addr(&self) -> AgentAddr {
-        AgentAddr::PortForward {
-            namespace: self.namespace.clone(),
-            pod: self.pod.clone(),
-            port: self.port,
-        }
-    }
-}
-
-impl fmt::Display for PodPort {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{} port {}", self.namespace, self.pod, self.port)
-    }
-}
-
-/// An error from kube's port-forward task; kube does not export its type.
-pub type ForwarderError = Arc<dyn StdError + Send + Sync>;
-
-/// Why a port-forward to an agent pod failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum PortForwardError {
-    /// The API server has no such pod (never created, already deleted or evicted).
-    #[error("cannot port-forward to pod {namespace}/{pod}: the pod does not exist")]
-    PodNotFound {
-        /// The pod's namespace.
-        namespace: String,
-        /// The pod's name.
-        pod: String,
-        /// The port asked for.
-        port: u16,
-    },
-    /// The API server refused the user: port-forwarding needs `create` on `pods/portforward`.
-    #[error(
-        "cannot port-forward to pod {namespace}/{pod}: forbidden (needs create on pods/portforward): {message}"
-    )]
-    Forbidden {
-        /// The pod's namespace.
-        namespace: String,
-        /// The pod's name.
-        pod: String,
-        /// The port asked for.
-        port: u16,
-        /// The API server's message.
-        message: String,
-    },
-    /// The port-forward request failed otherwise (API server unreachable, pod not running,
-    /// no websocket upgrade).
-    #[error("cannot port-forward to pod {namespace}/{pod} port {port}: {}", kube_reason(.source))]
-    Open {
-        /// The pod's namespace.
-        namespace: String,
-        /// The pod's name.
-        pod: String,
-        /// The port asked for.
-        port: u16,
-        /// kube's error.
-        #[source]
-        source: Arc<kube::Error>,
-    },
-    /// The port-forward opened, but the API server returned no stream for the port.
-    #[error("port-forward to pod {namespace}/{pod} returned no stream for port {port}")]
-    NoStream {
-        /// The pod's namespace.
-        namespace: String,
-        /// The pod's name.
-        pod: String,
-        /// The port asked for.
-        port: u16,
-    },
-    /// The node reported an error on the port's error channel: usually nothing listens on
-    /// the port inside the pod (the agent is not up, or has exited).
-    #[error("port-forward to pod {namespace}/{pod} port {port} failed: {message}")]
-    Remote {
-        /// The pod's namespace.
-        namespace: String,
-        /// The pod's name.
-        pod: String,
-        /// The port asked for.
-        port: u16,
-        /// What the node said.
-        message: String,
-    },
-    /// The port-forward closed before the agent said anything.
-    #[error("port-forward to pod {namespace}/{pod} port {port} closed before the agent answered")]
-    Closed {
-        /// The pod's namespace.
-        namespace: String,
-        /// The pod's name.
-        pod: String,
-        /// The port asked for.
-        port: u16,
-    },
-    /// The port-forward connection to the API server broke.
-    #[error("port-forward to pod {namespace}/{pod} port {port} broke: {source}")]
-    Broken {
-        /// The pod's namespace.
-        namespace: String,
-        /// The pod's name.
-        pod: String,
-        /// The port asked for.
-        port: u16,
-        /// kube's forwarding error.
-        #[source]
-        source: ForwarderError,
-    },
-    /// The port-forward opened, but gRPC could not start over it.
-    #[error("cannot reach the agent in pod {namespace}/{pod} port {port}: {reason}")]
-    Connect {
-        /// The pod's namespace.
-        namespace: String,
-        /// The pod's name.
-        pod: String,
-        /// The port asked for.
-        port: u16,
-        /// What went wrong, in one line.
-        reason: String,
-    },
-}
+use crate::transport::{
+    Agent, AgentError, ForwarderError, PodConnector, PodPort, PortForwardError, chain_line,
+    pod_channel,
+};
 
 /// A kube error in one line: an API `Status` by its message, anything else by its causes.
 fn kube_reason(err: &kube::Error) -> String {
@@ -174,46 +38,32 @@ fn kube_reason(err: &kube::Error) -> String {
     }
 }
 
-fn chain_line(err: &(dyn StdError + 'static)) -> String {
-    let mut line = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let text = e.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        cur = e.source();
-    }
-    line.replace(['\n', '\r'], " ")
-}
-
-impl PortForwardError {
-    fn open(target: &PodPort, err: kube::Error) -> PortForwardError {
-        let PodPort {
+/// Classifies a failed port-forward request: no such pod, forbidden, or otherwise.
+fn open_error(target: &PodPort, err: kube::Error) -> PortForwardError {
+    let PodPort {
+        namespace,
+        pod,
+        port,
+    } = target.clone();
+    match &err {
+        kube::Error::Api(status) if status.code == 404 => PortForwardError::PodNotFound {
             namespace,
             pod,
             port,
-        } = target.clone();
-        match &err {
-            kube::Error::Api(status) if status.code == 404 => PortForwardError::PodNotFound {
-                namespace,
-                pod,
-                port,
-            },
-            kube::Error::Api(status) if status.code == 403 => PortForwardError::Forbidden {
-                namespace,
-                pod,
-                port,
-                message: status.message.replace(['\n', '\r'], " "),
-            },
-            _ => PortForwardError::Open {
-                namespace,
-                pod,
-                port,
-                source: Arc::new(err),
-            },
-        }
+        },
+        kube::Error::Api(status) if status.code == 403 => PortForwardError::Forbidden {
+            namespace,
+            pod,
+            port,
+            message: status.message.replace(['\n', '\r'], " "),
+        },
+        _ => PortForwardError::Open {
+            namespace,
+            pod,
+            port,
+            reason: kube_reason(&err),
+            source: Arc::new(err),
+        },
     }
 }
 
@@ -248,7 +98,7 @@ impl PortForwardStream {
         let mut forwarder = pods
             .portforward(&target.pod, &[target.port])
             .await
-            .map_err(|e| PortForwardError::open(&target, e))?;
+            .map_err(|e| open_error(&target, e))?;
         let mut stream = Self::from_forwarder(&mut forwarder, target.clone())?;
         stream.forwarder = Some(
             forwarder
@@ -437,66 +287,33 @@ impl AsyncWrite for PortForwardStream {
     }
 }
 
-/// The first [`PortForwardError`] in an error's chain of causes.
-pub fn find_port_forward_error(err: &(dyn StdError + 'static)) -> Option<PortForwardError> {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if let Some(found) = e.downcast_ref::<PortForwardError>() {
-            return Some(found.clone());
-        }
-        // io::Error hides its payload from `source()`: look inside.
-        if let Some(found) = e
-            .downcast_ref::<io::Error>()
-            .and_then(io::Error::get_ref)
-            .and_then(|inner| inner.downcast_ref::<PortForwardError>())
-        {
-            return Some(found.clone());
-        }
-        cur = e.source();
+/// The API server's port-forward as a [`PodConnector`]: each stream is a fresh port-forward
+/// through the API server `client` talks to.
+#[derive(Clone)]
+pub struct KubePortForward(pub kube::Client);
+
+impl fmt::Debug for KubePortForward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KubePortForward")
     }
-    None
 }
 
-/// A tonic channel to `target` whose connector opens a fresh port-forward through the API
-/// server for every connection (the first now, then each reconnect). `timeout` bounds opening
-/// the first one.
+impl PodConnector for KubePortForward {
+    type Stream = PortForwardStream;
+
+    fn open(&self, target: &PodPort) -> BoxFuture<'static, Result<Self::Stream, PortForwardError>> {
+        PortForwardStream::open(self.0.clone(), target.clone()).boxed()
+    }
+}
+
+/// A tonic channel to `target` whose every connection (the first now, then each reconnect) is
+/// a fresh port-forward through the API server. `timeout` bounds opening the first one.
 pub async fn channel(
     client: kube::Client,
     target: PodPort,
     timeout: Duration,
 ) -> Result<Channel, PortForwardError> {
-    let connect_target = target.clone();
-    let connector = tower::service_fn(move |_: Uri| {
-        let client = client.clone();
-        let target = connect_target.clone();
-        async move {
-            PortForwardStream::open(client, target)
-                .await
-                .map(TokioIo::new)
-        }
-    });
-    let unreachable = |reason: String| PortForwardError::Connect {
-        namespace: target.namespace.clone(),
-        pod: target.pod.clone(),
-        port: target.port,
-        reason,
-    };
-    let endpoint = Endpoint::from_static("http://agent")
-        .connect_timeout(timeout)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    let connecting = endpoint.connect_with_connector(connector);
-    match tokio::time::timeout(timeout, connecting).await {
-        Ok(Ok(channel)) => Ok(channel),
-        Ok(Err(e)) => {
-            Err(find_port_forward_error(&e).unwrap_or_else(|| unreachable(chain_line(&e))))
-        }
-        Err(_) => Err(unreachable(format!(
-            "no answer within {}",
-            humantime::format_duration(timeout)
-        ))),
-    }
+    pod_channel(KubePortForward(client), target, timeout).await
 }
 
 /// Reaches the agent at `target` through a port-forward and checks it like any other agent:
@@ -507,23 +324,12 @@ pub async fn connect_agent(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<Agent, AgentError> {
-    let channel = channel(client, target.clone(), timeout).await?;
-    Agent::from_channel(target.agent_addr(), channel, token, timeout).await
+    Agent::connect_pod(KubePortForward(client), target, token, timeout).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pod_ports_name_their_agent() {
-        let target = PodPort::new("orb8-system", "orb8-agent-x", 7000);
-        assert_eq!(target.to_string(), "orb8-system/orb8-agent-x port 7000");
-        assert_eq!(
-            target.agent_addr().to_string(),
-            "pod/orb8-system/orb8-agent-x:7000"
-        );
-    }
 
     #[test]
     fn api_errors_are_classified() {
@@ -535,7 +341,7 @@ mod tests {
                     .boxed(),
             )
         };
-        let err = PortForwardError::open(&target, api(404, "pods \"p\" not found"));
+        let err = open_error(&target, api(404, "pods \"p\" not found"));
         assert!(
             matches!(err, PortForwardError::PodNotFound { .. }),
             "{err:?}"
@@ -544,28 +350,15 @@ mod tests {
             err.to_string(),
             "cannot port-forward to pod ns/p: the pod does not exist"
         );
-        let err = PortForwardError::open(&target, api(403, "forbidden\nby RBAC"));
+        let err = open_error(&target, api(403, "forbidden\nby RBAC"));
         assert_eq!(
             err.to_string(),
             "cannot port-forward to pod ns/p: forbidden (needs create on pods/portforward): forbidden by RBAC"
         );
-        let err = PortForwardError::open(&target, api(400, "pod p is not running"));
+        let err = open_error(&target, api(400, "pod p is not running"));
         assert_eq!(
             err.to_string(),
             "cannot port-forward to pod ns/p port 1: pod p is not running (400)"
         );
-    }
-
-    #[test]
-    fn failures_are_found_inside_io_errors() {
-        let failure = PortForwardError::Closed {
-            namespace: "ns".into(),
-            pod: "p".into(),
-            port: 1,
-        };
-        let io = io::Error::other(failure);
-        let found = find_port_forward_error(&io).expect("found through io::Error");
-        assert!(matches!(found, PortForwardError::Closed { port: 1, .. }));
-        assert!(find_port_forward_error(&io::Error::other("plain")).is_none());
     }
 }

@@ -4,7 +4,7 @@ use std::io;
 
 use serde::Serialize;
 
-use super::FlowView;
+use super::view::FlowView;
 use crate::flow::FlowRecord;
 
 /// Any view as one pretty-printed JSON document.
@@ -26,7 +26,7 @@ pub fn flows(flows: &[FlowRecord]) -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::{GapLine, NewFlowLine};
+    use crate::render::view::{GapLine, NewFlowLine};
 
     #[test]
     fn a_known_flow_as_json() {
@@ -56,7 +56,7 @@ mod tests {
     fn big_counts_stay_exact_and_unknown_protocols_are_numbers_as_text() {
         let mut f = FlowRecord::test_flow();
         f.bytes = u64::MAX;
-        f.protocol = crate::filter::Protocol(47);
+        f.protocol = orb8_flowspec::Protocol(47);
         let got = flows(&[f]).expect("serialises");
         assert!(got.contains("\"bytes\": 18446744073709551615"), "{got}");
         assert!(got.contains("\"protocol\": \"47\""), "{got}");

@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use comfy_table::{CellAlignment, ColumnConstraint, ContentArrangement, Table, Width, presets};
 
-use super::StatusView;
+use super::view::StatusView;
 use crate::flow::{FlowRecord, age, direction_name, human_bytes, human_count};
 
 /// A borderless table. `width: None` fits the terminal when stdout is one (and does not wrap
@@ -102,7 +102,7 @@ pub fn flows(flows: &[FlowRecord], wide: bool, now: SystemTime, width: Option<u1
             }
             if named {
                 let (pod, peer) = crate::enrich::pod_and_peer(f);
-                let label = |e: Option<&crate::enrich::Endpoint>| {
+                let label = |e: Option<&crate::flow::Endpoint>| {
                     e.map_or_else(|| "-".to_string(), |e| e.label())
                 };
                 row.extend([label(pod), label(peer)]);
@@ -198,7 +198,7 @@ pub fn statuses(agents: &[StatusView], wide: bool, width: Option<u16>) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::AgentStatus;
+    use crate::render::view::AgentStatus;
     use orb8_proto::{Counters, DropCounter, DropStage, GetStatusResponse, Interface};
     use std::time::{Duration, UNIX_EPOCH};
 

@@ -4,7 +4,7 @@ use std::io;
 
 use serde::Serialize;
 
-use super::FlowView;
+use super::view::FlowView;
 use crate::flow::FlowRecord;
 
 /// Any view as a YAML document.
@@ -47,7 +47,7 @@ mod tests {
     #[test]
     fn numeric_protocols_stay_strings() {
         let mut f = FlowRecord::test_flow();
-        f.protocol = crate::filter::Protocol(47);
+        f.protocol = orb8_flowspec::Protocol(47);
         let got = flows(&[f]).expect("serialises");
         assert!(got.contains("protocol: '47'"), "{got}");
     }
