@@ -20,16 +20,6 @@ use std::{
 
 use crate::guard::cleanup_failed;
 
-/// Panics unless the tests run as root: they load eBPF and create namespaces.
-pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    assert_eq!(
-        uid, 0,
-        "privileged test: run as root (eBPF programs and network namespaces need it)"
-    );
-}
-
 /// Runs a command, panicking with its output when it fails.
 pub fn run(args: &[&str]) -> String {
     let out = Command::new(args[0])
