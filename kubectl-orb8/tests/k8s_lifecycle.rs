@@ -1,6 +1,8 @@
 //! Agent pod lifecycle with kube's real `Client` over a `tower_test` mock that checks every
 //! request: the exact pod spec sent, the watch until Running, and a DELETE on every exit path
-//! (success, each failure kind, timeout, cancellation).
+//! (success, each failure kind, timeout, cancellation). Every test awaits the mock's task at
+//! its end ([`MockApi::finish`]), so a request the scenario did not expect fails the test and
+//! names the request.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,17 +15,65 @@ use kubectl_orb8::k8s::ephemeral::{self, AgentPods, EphemeralConfig, RunningAgen
 use kubectl_orb8::k8s::lifecycle::StartFailure;
 use orb8_testkit::api_request::ApiRequest;
 use serde_json::{Value, json};
+use tokio::task::JoinHandle;
 use tower_test::mock;
 
-type Script = Box<dyn FnMut(&ApiRequest) -> (StatusCode, String) + Send>;
+/// What the mock answers to a request; `None` for a request the scenario does not expect,
+/// which fails the test.
+type Script = Box<dyn FnMut(&ApiRequest) -> Option<(StatusCode, String)> + Send>;
 
-/// Serves kube's requests with `script` until the client is dropped; returns what it saw.
-fn api_server(script: Script) -> (Client, Arc<Mutex<Vec<ApiRequest>>>) {
+/// The mock API server: its task and the requests it answered.
+struct MockApi {
+    task: Option<JoinHandle<()>>,
+    log: Arc<Mutex<Vec<ApiRequest>>>,
+}
+
+impl MockApi {
+    /// Every request answered so far.
+    fn requests(&self) -> Vec<ApiRequest> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// `METHOD path` of every request answered so far.
+    fn methods(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .map(|s| format!("{} {}", s.method, s.path))
+            .collect()
+    }
+
+    /// Waits for the mock to end, which it does once every clone of the client is dropped
+    /// (drop them first), and fails the test with the mock's own panic if it had one, such as
+    /// an unexpected request.
+    async fn finish(&mut self) {
+        let task = self.task.take().expect("finish once");
+        match tokio::time::timeout(Duration::from_secs(5), task).await {
+            Err(_) => panic!(
+                "the mock API server still has a client 5 s after the test dropped its own: \
+                 a clone of the client outlived the test"
+            ),
+            Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Ok(Err(e)) => panic!("the mock API server's task: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+impl Drop for MockApi {
+    fn drop(&mut self) {
+        if self.task.is_some() && !std::thread::panicking() {
+            panic!("a test must await MockApi::finish, or the mock's failures are lost");
+        }
+    }
+}
+
+/// Serves kube's requests with `script` until the client is dropped.
+fn api_server(script: Script) -> (Client, MockApi) {
     let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let task_log = log.clone();
     let mut script = script;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Some((req, send)) = handle.next_request().await {
             let (parts, body) = req.into_parts();
             let bytes = body
@@ -37,9 +87,11 @@ fn api_server(script: Script) -> (Client, Arc<Mutex<Vec<ApiRequest>>>) {
                 parts.uri.query().unwrap_or_default(),
                 &bytes,
             );
-            let (status, text) = script(&s);
+            let Some((status, text)) = script(&s) else {
+                panic!("unexpected request {} {}", parts.method, parts.uri);
+            };
             s.code = status.as_u16();
-            log.lock().unwrap().push(s);
+            task_log.lock().unwrap().push(s);
             send.send_response(
                 Response::builder()
                     .status(status)
@@ -48,7 +100,13 @@ fn api_server(script: Script) -> (Client, Arc<Mutex<Vec<ApiRequest>>>) {
             );
         }
     });
-    (Client::new(svc, "default"), seen)
+    (
+        Client::new(svc, "default"),
+        MockApi {
+            task: Some(task),
+            log,
+        },
+    )
 }
 
 const NS: &str = "orb8-system";
@@ -103,8 +161,8 @@ fn config(timeout: Duration) -> EphemeralConfig {
 /// (again on every re-watch), and DELETE / GET-after-delete succeed / 404.
 fn one_pod(watch: Vec<Value>) -> Script {
     let mut deleted = false;
-    Box::new(
-        move |s: &ApiRequest| match (s.method.as_str(), s.path.as_str()) {
+    Box::new(move |s: &ApiRequest| {
+        Some(match (s.method.as_str(), s.path.as_str()) {
             ("GET", "/api/v1/namespaces/orb8-system") => (
                 StatusCode::OK,
                 json!({"metadata": {"name": NS}}).to_string(),
@@ -122,9 +180,9 @@ fn one_pod(watch: Vec<Value>) -> Script {
                 )
             }
             ("GET", p) if p == format!("{POD_PATH}/orb8-agent-s1-0") && deleted => not_found("pod"),
-            _ => panic!("unexpected request {s:?}"),
-        },
-    )
+            _ => return None,
+        })
+    })
 }
 
 async fn run(
@@ -148,18 +206,9 @@ async fn run(
     (pods, result)
 }
 
-/// `METHOD path` of every request so far.
-fn methods(seen: &Arc<Mutex<Vec<ApiRequest>>>) -> Vec<String> {
-    seen.lock()
-        .unwrap()
-        .iter()
-        .map(|s| format!("{} {}", s.method, s.path))
-        .collect()
-}
-
 #[tokio::test]
 async fn runs_then_deletes_with_the_contracted_pod_spec() {
-    let (client, seen) = api_server(one_pod(vec![json!({"phase": "Pending"}), running()]));
+    let (client, mut api) = api_server(one_pod(vec![json!({"phase": "Pending"}), running()]));
     let (pods, result) = run(&client, &config(Duration::from_secs(10))).await;
     assert_eq!(
         result,
@@ -170,8 +219,10 @@ async fn runs_then_deletes_with_the_contracted_pod_spec() {
         })]
     );
     assert!(pods.delete_all(Duration::from_secs(5)).await.is_empty());
+    drop((pods, client));
+    api.finish().await;
 
-    let log = seen.lock().unwrap().clone();
+    let log = api.requests();
     let post = log.iter().find(|s| s.method == "POST").unwrap();
     let body = post.body.as_ref().unwrap();
     assert_eq!(body["spec"]["nodeName"], "node-a");
@@ -228,7 +279,7 @@ async fn runs_then_deletes_with_the_contracted_pod_spec() {
         watch.line()
     );
     assert_eq!(
-        methods(&seen),
+        api.methods(),
         vec![
             "GET /api/v1/namespaces/orb8-system".to_string(),
             format!("POST {POD_PATH}"),
@@ -245,11 +296,14 @@ fn waiting(reason: &str, message: &str) -> Value {
 }
 
 async fn failure_then_delete(status: Value) -> StartFailure {
-    let (client, seen) = api_server(one_pod(vec![status]));
+    let (client, mut api) = api_server(one_pod(vec![status]));
     let (pods, mut result) = run(&client, &config(Duration::from_secs(10))).await;
     assert!(pods.delete_all(Duration::from_secs(5)).await.is_empty());
+    drop((pods, client));
+    api.finish().await;
     assert!(
-        methods(&seen).contains(&format!("DELETE {POD_PATH}/orb8-agent-s1-0")),
+        api.methods()
+            .contains(&format!("DELETE {POD_PATH}/orb8-agent-s1-0")),
         "a failed pod is deleted"
     );
     let (node, f) = result.remove(0).unwrap_err();
@@ -297,7 +351,7 @@ async fn failed_agent_reports_its_message_and_deletes() {
 
 #[tokio::test]
 async fn pending_forever_times_out_saying_what_it_waited_for_and_deletes() {
-    let (client, seen) = api_server(one_pod(vec![json!({"phase": "Pending", "conditions": [
+    let (client, mut api) = api_server(one_pod(vec![json!({"phase": "Pending", "conditions": [
         {"type": "PodScheduled", "status": "True"}]})]));
     let (pods, mut result) = run(&client, &config(Duration::from_millis(800))).await;
     let (_, f) = result.remove(0).unwrap_err();
@@ -309,12 +363,17 @@ async fn pending_forever_times_out_saying_what_it_waited_for_and_deletes() {
         matches!(f, StartFailure::Timeout { after, .. } if after == Duration::from_millis(800))
     );
     assert!(pods.delete_all(Duration::from_secs(5)).await.is_empty());
-    assert!(methods(&seen).contains(&format!("DELETE {POD_PATH}/orb8-agent-s1-0")));
+    drop((pods, client));
+    api.finish().await;
+    assert!(
+        api.methods()
+            .contains(&format!("DELETE {POD_PATH}/orb8-agent-s1-0"))
+    );
 }
 
 #[tokio::test]
 async fn cancelled_start_still_deletes_the_pod() {
-    let (client, seen) = api_server(one_pod(vec![json!({"phase": "Pending"})]));
+    let (client, mut api) = api_server(one_pod(vec![json!({"phase": "Pending"})]));
     kubectl_orb8::k8s::lifecycle::ensure_namespace(&client, NS)
         .await
         .unwrap();
@@ -338,28 +397,35 @@ async fn cancelled_start_still_deletes_the_pod() {
     );
     assert_eq!(pods.names(), vec!["orb8-agent-s1-0"]);
     assert!(pods.delete_all(Duration::from_secs(5)).await.is_empty());
+    drop((pods, client));
+    api.finish().await;
     assert_eq!(
-        methods(&seen).last(),
+        api.methods().last(),
         Some(&format!("GET {POD_PATH}/orb8-agent-s1-0"))
     );
-    assert!(methods(&seen).contains(&format!("DELETE {POD_PATH}/orb8-agent-s1-0")));
+    assert!(
+        api.methods()
+            .contains(&format!("DELETE {POD_PATH}/orb8-agent-s1-0"))
+    );
 }
 
 #[tokio::test]
 async fn missing_namespace_is_created_privileged() {
-    let (client, seen) = api_server(Box::new(|s: &ApiRequest| {
-        match (s.method.as_str(), s.path.as_str()) {
+    let (client, mut api) = api_server(Box::new(|s: &ApiRequest| {
+        Some(match (s.method.as_str(), s.path.as_str()) {
             ("GET", "/api/v1/namespaces/orb8-system") => not_found("namespace"),
             ("POST", "/api/v1/namespaces") => {
                 (StatusCode::CREATED, s.body.clone().unwrap().to_string())
             }
-            _ => panic!("unexpected {s:?}"),
-        }
+            _ => return None,
+        })
     }));
     kubectl_orb8::k8s::lifecycle::ensure_namespace(&client, NS)
         .await
         .unwrap();
-    let log = seen.lock().unwrap().clone();
+    drop(client);
+    api.finish().await;
+    let log = api.requests();
     let ns = log[1].body.as_ref().unwrap();
     assert_eq!(ns["metadata"]["name"], NS);
     assert_eq!(
@@ -370,8 +436,8 @@ async fn missing_namespace_is_created_privileged() {
 
 #[tokio::test]
 async fn forbidden_create_says_which_rbac_is_missing() {
-    let (client, _) = api_server(Box::new(|s: &ApiRequest| {
-        match (s.method.as_str(), s.path.as_str()) {
+    let (client, mut api) = api_server(Box::new(|s: &ApiRequest| {
+        Some(match (s.method.as_str(), s.path.as_str()) {
         ("GET", "/api/v1/namespaces/orb8-system") => (StatusCode::OK, json!({"metadata": {"name": NS}}).to_string()),
         ("POST", POD_PATH) => (
             StatusCode::FORBIDDEN,
@@ -380,8 +446,8 @@ async fn forbidden_create_says_which_rbac_is_missing() {
             .to_string(),
         ),
         ("DELETE", _) => not_found("pod"),
-        _ => panic!("unexpected {s:?}"),
-    }
+        _ => return None,
+    })
     }));
     let (pods, mut result) = run(&client, &config(Duration::from_secs(5))).await;
     let (_, f) = result.remove(0).unwrap_err();
@@ -395,12 +461,14 @@ async fn forbidden_create_says_which_rbac_is_missing() {
             .ends_with("see manifests/clusterrole.yaml for the RBAC orb8 needs")
     );
     assert!(pods.delete_all(Duration::from_secs(1)).await.is_empty());
+    drop((pods, client));
+    api.finish().await;
 }
 
 #[tokio::test]
 async fn a_pod_that_stays_after_delete_is_reported_not_hidden() {
-    let (client, seen) = api_server(Box::new(|s: &ApiRequest| {
-        match (s.method.as_str(), s.path.as_str()) {
+    let (client, mut api) = api_server(Box::new(|s: &ApiRequest| {
+        Some(match (s.method.as_str(), s.path.as_str()) {
             ("GET", "/api/v1/namespaces/orb8-system") => (
                 StatusCode::OK,
                 json!({"metadata": {"name": NS}}).to_string(),
@@ -412,8 +480,8 @@ async fn a_pod_that_stays_after_delete_is_reported_not_hidden() {
             ("GET", POD_PATH) if s.is_watch() => (StatusCode::OK, watch_events(&[running()])),
             // A finalizer holds it: DELETE is accepted, the pod stays.
             ("DELETE", _) | ("GET", _) => (StatusCode::OK, pod_json(running(), "50").to_string()),
-            _ => panic!("unexpected {s:?}"),
-        }
+            _ => return None,
+        })
     }));
     let (pods, result) = run(&client, &config(Duration::from_secs(5))).await;
     assert!(result[0].is_ok());
@@ -425,5 +493,10 @@ async fn a_pod_that_stays_after_delete_is_reported_not_hidden() {
             "still terminating after 600ms".to_string()
         )]
     );
-    assert!(methods(&seen).contains(&format!("DELETE {POD_PATH}/orb8-agent-s1-0")));
+    drop((pods, client));
+    api.finish().await;
+    assert!(
+        api.methods()
+            .contains(&format!("DELETE {POD_PATH}/orb8-agent-s1-0"))
+    );
 }

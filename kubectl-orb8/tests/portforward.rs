@@ -308,35 +308,22 @@ async fn the_channel_alone_carries_grpc() {
     assert_eq!(agent.node(), "node-c");
 }
 
-/// The `orb8-agent` binary of this build (`target/<profile>/orb8-agent`), if it was built.
-#[cfg(unix)]
-fn built_agent_binary() -> Option<std::path::PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("orb8-agent");
-    path.exists().then_some(path)
-}
-
 /// As root: a real `orb8-agent serve` on this host's loopback, reached only through the fake
 /// API server's port-forward; UDP sent on 127.0.0.1 to a port nobody else uses is counted
 /// exactly (each datagram twice on lo: egress and ingress; 100 B payload = 128 B at L3).
+/// Not root, it says `SKIPPED` on stderr; without the agent binary, it fails.
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_real_agent_through_the_port_forward() {
     use kubectl_orb8::local::LocalAgent;
     use orb8_proto::Direction;
+    use orb8_testkit::preconditions::{require_root_or_skip, workspace_bin};
 
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED privileged_real_agent_through_the_port_forward: needs root");
+    if !require_root_or_skip("privileged_real_agent_through_the_port_forward") {
         return;
     }
-    let Some(binary) = built_agent_binary() else {
-        eprintln!(
-            "SKIPPED privileged_real_agent_through_the_port_forward: orb8-agent is not built \
-             next to this test; run `cargo build -p orb8-agent` (or `cargo test --workspace`)"
-        );
-        return;
-    };
+    // Built by `cargo test --workspace`; missing, the test fails saying how to build it.
+    let binary = workspace_bin("orb8-agent");
     let agent = LocalAgent::start(&binary, &["-i".into(), "lo".into()])
         .await
         .expect("orb8-agent serve starts");

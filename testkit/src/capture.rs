@@ -1,7 +1,11 @@
 //! An independent oracle for packet counts: an AF_PACKET socket on an interface of a test
-//! namespace, counting what really crossed it.
+//! namespace, counting what really crossed it. Every socket call is checked; the capture ends
+//! two seconds after the last matching frame, and panics if matching traffic never stops.
 
+use std::io::Error;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use crate::netns::{NetNs, spawn_in};
 
@@ -18,6 +22,12 @@ pub struct CapturedTcp {
     pub flags: u8,
 }
 
+/// Quiet time after the last matching frame that ends a capture.
+const QUIET: Duration = Duration::from_secs(2);
+
+/// The longest a capture may run: matching traffic that never stops fails the test.
+const CAPTURE_LIMIT: Duration = Duration::from_secs(120);
+
 /// Captures IPv4 TCP frames on one port on `iface` of `ns` with an AF_PACKET socket, until
 /// two seconds pass without one; returns (towards the node, from the node).
 pub fn capture_tcp(
@@ -26,20 +36,20 @@ pub fn capture_tcp(
     port: u16,
 ) -> thread::JoinHandle<(CapturedTcp, CapturedTcp)> {
     let ifindex = ns.ifindex(iface);
+    let iface = iface.to_string();
     spawn_in(ns, move |ready| {
-        // SAFETY: plain socket syscalls with checked results.
-        let fd = unsafe {
+        // SAFETY: socket has no memory preconditions; the result is checked.
+        let raw = unsafe {
             libc::socket(
                 libc::AF_PACKET,
                 libc::SOCK_RAW,
                 (libc::ETH_P_ALL as u16).to_be() as i32,
             )
         };
-        assert!(
-            fd >= 0,
-            "packet socket: {}",
-            std::io::Error::last_os_error()
-        );
+        assert!(raw >= 0, "packet socket: {}", Error::last_os_error());
+        // SAFETY: `raw` is a socket this thread just opened and owns from here on.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: all-zero is a valid sockaddr_ll.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
@@ -47,37 +57,56 @@ pub fn capture_tcp(
         // SAFETY: sll is a valid sockaddr_ll of the given size.
         let rc = unsafe {
             libc::bind(
-                fd,
+                fd.as_raw_fd(),
                 &sll as *const _ as *const libc::sockaddr,
                 size_of::<libc::sockaddr_ll>() as u32,
             )
         };
-        assert_eq!(rc, 0, "bind packet socket");
+        assert_eq!(
+            rc,
+            0,
+            "binding the packet socket to {iface}: {}",
+            Error::last_os_error()
+        );
+        // Without this, a quiet interface would block the capture forever.
         let tv = libc::timeval {
             tv_sec: 1,
             tv_usec: 0,
         };
-        // SAFETY: valid option value.
-        unsafe {
+        // SAFETY: tv is a valid timeval of the given size.
+        let rc = unsafe {
             libc::setsockopt(
-                fd,
+                fd.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
                 &tv as *const _ as *const libc::c_void,
                 size_of::<libc::timeval>() as u32,
             )
         };
-        ready.send(()).unwrap();
+        assert_eq!(
+            rc,
+            0,
+            "setting SO_RCVTIMEO on the packet socket: {}",
+            Error::last_os_error()
+        );
+        ready.send(()).expect("the caller waits for ready");
         let (mut to_node, mut from_node) = (CapturedTcp::default(), CapturedTcp::default());
         let mut buf = [0u8; 65536];
-        let mut quiet = 0;
-        while quiet < 2 {
+        let started = Instant::now();
+        let mut last_match = started;
+        while last_match.elapsed() < QUIET {
+            assert!(
+                started.elapsed() < CAPTURE_LIMIT,
+                "TCP port {port} on {iface} never went quiet for {QUIET:?} within \
+                 {CAPTURE_LIMIT:?}: {to_node:?} {from_node:?}"
+            );
+            // SAFETY: all-zero is a valid sockaddr_ll.
             let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
             let mut len = size_of::<libc::sockaddr_ll>() as u32;
             // SAFETY: buffers are valid for the sizes given.
             let n = unsafe {
                 libc::recvfrom(
-                    fd,
+                    fd.as_raw_fd(),
                     buf.as_mut_ptr() as *mut libc::c_void,
                     buf.len(),
                     0,
@@ -86,10 +115,12 @@ pub fn capture_tcp(
                 )
             };
             if n < 0 {
-                quiet += 1;
-                continue;
+                let e = Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN | libc::EINTR) => continue,
+                    _ => panic!("receiving on the packet socket on {iface}: {e}"),
+                }
             }
-            quiet = 0;
             let f = &buf[..n as usize];
             if f.len() < 14 + 20 || u16::from_be_bytes([f[12], f[13]]) != 0x0800 || f[14 + 9] != 6 {
                 continue;
@@ -105,6 +136,7 @@ pub fn capture_tcp(
             if sp != port && dp != port {
                 continue;
             }
+            last_match = Instant::now();
             let doff = ((tcp[12] >> 4) * 4) as u64;
             let side = if from.sll_pkttype == libc::PACKET_OUTGOING {
                 &mut from_node
@@ -116,8 +148,6 @@ pub fn capture_tcp(
             side.payload += tot - ihl as u64 - doff;
             side.flags |= tcp[13];
         }
-        // SAFETY: closing our own fd.
-        unsafe { libc::close(fd) };
         (to_node, from_node)
     })
 }

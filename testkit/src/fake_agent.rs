@@ -11,7 +11,7 @@ use orb8_proto::agent_service_server::{AgentService, AgentServiceServer};
 use orb8_proto::{
     Counters, Direction, DropCounter, DropStage, Event, Flow, Gap, GetStatusRequest,
     GetStatusResponse, Interface, PROTOCOL_VERSION, QueryFlowsRequest, QueryFlowsResponse,
-    StreamEventsRequest, TOKEN_METADATA_KEY, event,
+    StreamEventsRequest, TOKEN_METADATA_KEY, TraceSyscallsRequest, event,
 };
 use tonic::{Code, Request, Response, Status};
 
@@ -27,7 +27,7 @@ pub enum StreamEnd {
 }
 
 /// The calls a fake agent received, for assertions: the session token each call carried and
-/// the request of each QueryFlows and StreamEvents call, in arrival order.
+/// the request of each call that has one, in arrival order.
 #[derive(Debug, Default)]
 pub struct AgentCalls {
     /// The `authorization` value of every call (None when absent).
@@ -36,6 +36,10 @@ pub struct AgentCalls {
     pub queries: Mutex<Vec<QueryFlowsRequest>>,
     /// Every StreamEvents request.
     pub streams: Mutex<Vec<StreamEventsRequest>>,
+    /// Every TraceSyscalls request.
+    pub traces: Mutex<Vec<TraceSyscallsRequest>>,
+    /// The trace id of every GetSyscallSummary request.
+    pub summaries: Mutex<Vec<u64>>,
 }
 
 /// The fixed data and behaviour of one fake agent.
@@ -182,7 +186,12 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
 type SyscallStream =
     Pin<Box<dyn Stream<Item = Result<orb8_proto::SyscallTraceEvent, Status>> + Send>>;
 
-/// The canned syscall trace every fake agent plays: started, two syscalls, target exited.
+/// The id of the trace every fake agent starts; GetSyscallSummary knows no other.
+pub const SYSCALL_TRACE_ID: u64 = 5;
+
+/// The canned syscall trace every fake agent plays: started (trace [`SYSCALL_TRACE_ID`]), two
+/// syscalls (`getppid` returning 1, `openat` failing with ENOENT, 1.5 µs each; sent only to a
+/// request that asks to stream), target exited.
 pub fn syscall_trace(node: &str) -> Vec<orb8_proto::SyscallTraceEvent> {
     use orb8_proto::{SyscallEvent, SyscallTraceEvent, syscall_trace_event::Kind};
     let ev = |seq: u64, kind: Kind| SyscallTraceEvent {
@@ -205,7 +214,7 @@ pub fn syscall_trace(node: &str) -> Vec<orb8_proto::SyscallTraceEvent> {
         ev(
             1,
             Kind::Started(orb8_proto::SyscallTraceStarted {
-                trace_id: 5,
+                trace_id: SYSCALL_TRACE_ID,
                 filter: orb8_proto::SyscallFilterKind::Cgroup as i32,
                 description: "cgroup /sys/fs/cgroup/app (id 9)".into(),
                 note: String::new(),
@@ -309,7 +318,22 @@ impl AgentService for Service {
         request: Request<orb8_proto::TraceSyscallsRequest>,
     ) -> Result<Response<SyscallStream>, Status> {
         self.0.check(request.metadata())?;
-        let events = syscall_trace(&self.0.status.node);
+        let request = request.into_inner();
+        let stream = request.stream;
+        if let Ok(mut t) = self.0.calls.traces.lock() {
+            t.push(request);
+        }
+        // As the agent does: syscalls are sent one by one only when asked to stream.
+        let events: Vec<_> = syscall_trace(&self.0.status.node)
+            .into_iter()
+            .filter(|e| {
+                stream
+                    || !matches!(
+                        e.kind,
+                        Some(orb8_proto::syscall_trace_event::Kind::Syscall(_))
+                    )
+            })
+            .collect();
         Ok(Response::new(
             stream::iter(events.into_iter().map(Ok))
                 .chain(stream::pending())
@@ -322,7 +346,10 @@ impl AgentService for Service {
         request: Request<orb8_proto::GetSyscallSummaryRequest>,
     ) -> Result<Response<orb8_proto::SyscallSummary>, Status> {
         self.0.check(request.metadata())?;
-        if request.get_ref().trace_id != 5 {
+        if let Ok(mut s) = self.0.calls.summaries.lock() {
+            s.push(request.get_ref().trace_id);
+        }
+        if request.get_ref().trace_id != SYSCALL_TRACE_ID {
             return Err(Status::not_found("no such trace"));
         }
         Ok(Response::new(syscall_summary(&self.0.status.node)))

@@ -3,7 +3,8 @@
 //!
 //! Everywhere: [`fake_agent`] (a real tonic server speaking `orb8.agent.v1` with canned data),
 //! [`fake_apiserver`] (the API server's pod port-forward, for kube's real `Portforwarder`) and
-//! [`api_request`] (a request as an API-server double recorded it).
+//! [`api_request`] (a request as an API-server double recorded it), and [`preconditions`]
+//! (root, built binaries, and saying `SKIPPED` where people look).
 //!
 //! Linux only, for the privileged tests (root, real kernel): network namespaces, veth pairs
 //! and cgroups the tests create and remove on drop ([`netns`], [`cgroup`]), traffic between
@@ -14,6 +15,7 @@
 pub mod api_request;
 pub mod fake_agent;
 pub mod fake_apiserver;
+pub mod preconditions;
 
 #[cfg(target_os = "linux")]
 pub mod capture;
@@ -37,11 +39,12 @@ pub use capture::{CapturedTcp, capture_tcp, flags};
 #[cfg(target_os = "linux")]
 pub use cgroup::{TestCgroup, cgroup2_mount};
 #[cfg(target_os = "linux")]
-pub use netns::{NetNs, Pod, Topology, require_root, run, spawn_in, unique};
+pub use netns::{NetNs, Pod, Topology, run, spawn_in, unique};
+#[cfg(target_os = "linux")]
+pub use preconditions::{require_root, workspace_bin};
 #[cfg(target_os = "linux")]
 pub use processes::{
     SyscallLoad, WatchAgent, counter, counts, find_flows, one_flow, tcx_programs, wait_attached,
-    workspace_bin,
 };
 #[cfg(target_os = "linux")]
 pub use traffic::{tcp_exchange, udp_receiver, udp_send};

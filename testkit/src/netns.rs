@@ -20,16 +20,6 @@ use std::{
 
 use crate::guard::cleanup_failed;
 
-/// Panics unless the tests run as root: they load eBPF and create namespaces.
-pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    assert_eq!(
-        uid, 0,
-        "privileged test: run as root (eBPF programs and network namespaces need it)"
-    );
-}
-
 /// Runs a command, panicking with its output when it fails.
 pub fn run(args: &[&str]) -> String {
     let out = Command::new(args[0])
@@ -250,8 +240,21 @@ pub fn spawn_in<T: Send + 'static>(
         assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
         f(ready_tx)
     });
-    ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("background thread never became ready");
-    h
+    match ready_rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(()) => h,
+        // It ended without saying ready: its own panic says why.
+        Err(mpsc::RecvTimeoutError::Disconnected) => match h.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(_) => panic!(
+                "the background thread in {} ended before it was ready",
+                ns.name
+            ),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!(
+                "the background thread in {} was not ready within 10 s",
+                ns.name
+            )
+        }
+    }
 }

@@ -3,7 +3,6 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::PathBuf,
     process::{Child, ChildStdout, Command, Stdio},
     sync::mpsc,
     thread,
@@ -14,19 +13,7 @@ use serde_json::Value;
 
 use crate::cgroup::TestCgroup;
 use crate::netns::NetNs;
-
-/// Path of a binary built by this workspace (next to the test executable's `deps/` folder).
-pub fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} not built: run `cargo build --workspace` (or `cargo test --workspace`)",
-        p.display()
-    );
-    p
-}
+use crate::preconditions::workspace_bin;
 
 /// An `orb8-agent watch -o json` process inside a namespace, its JSON lines read on a thread.
 pub struct WatchAgent {

@@ -482,16 +482,22 @@ fn privileged_cluster_ctrl_c_while_the_agent_pod_starts_deletes_it() {
         &cluster,
         &["flows", "-n", "a", "--image", image, "--duration", "3s"],
     );
+    // Ctrl-C once the client watches its pod and the kubelet reports the pod starting.
     let end = Instant::now() + Duration::from_secs(20);
-    while !cluster
-        .requests()
-        .iter()
-        .any(|r| r.param("watch") == Some("true"))
+    let creating = |pod: &Value| {
+        pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ContainerCreating"
+    };
+    while !(cluster.requests().iter().any(|r| r.is_watch())
+        && cluster.pods(AGENT_NS).iter().any(creating))
     {
-        assert!(Instant::now() < end, "no watch: {:#?}", lines(&cluster));
+        assert!(
+            Instant::now() < end,
+            "no watch of a ContainerCreating agent pod within 20 s: {:#?}\npods: {:#?}",
+            lines(&cluster),
+            cluster.pods(AGENT_NS)
+        );
         thread::sleep(Duration::from_millis(50));
     }
-    thread::sleep(Duration::from_millis(300));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(orb8.child().id() as i32, libc::SIGINT) };
     let out = orb8.finish(&cluster);

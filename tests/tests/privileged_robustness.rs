@@ -19,10 +19,31 @@ fn mac(ns: &NetNs, iface: &str) -> [u8; 6] {
     m
 }
 
-/// Sends raw frames out of `iface` of `ns` with a packet socket.
+/// Sends raw frames out of `iface` of `ns` with a packet socket, in order, from one CPU: a veth
+/// hands each frame to the receiving side's backlog of the sending CPU, so the frames reach
+/// the probe on the other end in the order sent, and an event caused by the last one proves
+/// the probe has seen all of them.
 fn inject(ns: &NetNs, iface: &str, frames: Vec<Vec<u8>>) {
     let ifindex = ns.ifindex(iface);
     ns.run_in(move || {
+        // SAFETY: sched_getcpu has no preconditions.
+        let cpu = unsafe { libc::sched_getcpu() };
+        assert!(
+            cpu >= 0,
+            "sched_getcpu: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays within it (cpu < 1024).
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        unsafe { libc::CPU_SET(cpu as usize, &mut set) };
+        // SAFETY: pins only this thread (0), with a valid set of the size given.
+        let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
+        assert_eq!(
+            rc,
+            0,
+            "pinning the sending thread to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
         // SAFETY: plain socket syscalls with checked results.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
         assert!(
@@ -74,6 +95,34 @@ fn ipv4(ihl_words: u8, tot_len: u16, proto: u8) -> Vec<u8> {
     let mut h = vec![0x40 | ihl_words, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0];
     h[2..4].copy_from_slice(&tot_len.to_be_bytes());
     h.extend_from_slice(&[10, 77, 1, 99, 10, 77, 1, 98]);
+    h
+}
+
+/// A valid IPv4 UDP datagram (header checksum set, UDP checksum 0 as IPv4 allows).
+fn udp4(
+    src: std::net::Ipv4Addr,
+    sport: u16,
+    dst: std::net::Ipv4Addr,
+    dport: u16,
+    payload: usize,
+) -> Vec<u8> {
+    let tot_len = (20 + 8 + payload) as u16;
+    let mut h = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    h[2..4].copy_from_slice(&tot_len.to_be_bytes());
+    h.extend_from_slice(&src.octets());
+    h.extend_from_slice(&dst.octets());
+    let sum: u32 = h
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let check = !(((folded & 0xffff) + (folded >> 16)) as u16);
+    h[10..12].copy_from_slice(&check.to_be_bytes());
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+    h.extend_from_slice(&[0, 0]);
+    h.extend(std::iter::repeat_n(0x5a, payload));
     h
 }
 
@@ -164,14 +213,22 @@ fn privileged_malformed_frames_are_counted_and_invent_no_flow() {
     for _ in 0..3 {
         frames.push(with(0x88b5, &[0u8; 46]));
     }
+    // A valid datagram last, from the same thread and CPU: once its event is out, the probe
+    // has seen every frame before it (see `inject`).
+    frames.push(with(
+        0x0800,
+        &udp4(
+            pod.ip4.parse().expect("pod address"),
+            40009,
+            "10.77.1.1".parse().expect("node address"),
+            9,
+            10,
+        ),
+    ));
     inject(&pod.ns, "eth0", frames);
-
-    // A valid datagram after them: once its event is out, the frames before it were seen.
-    udp_send(&pod.ns, &format!("{}:40009", pod.ip4), "10.77.1.1:9", 1, 10);
     agent.wait_for(Duration::from_secs(10), |v| {
         v["event"] == "new_flow" && v["src_port"] == 40009
     });
-    std::thread::sleep(Duration::from_millis(200));
     let s = agent.stop();
 
     assert_eq!(counter(&s, "bad_l3"), 5, "{:#}", s["counters"]);

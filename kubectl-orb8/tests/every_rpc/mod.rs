@@ -1,13 +1,20 @@
 //! The client-side "every RPC" check, shared by the tests that reach a fake agent
 //! ([`orb8_testkit::fake_agent`]) through different transports.
 
-use futures::StreamExt;
-use orb8_proto::{QueryFlowsRequest, StreamEventsRequest};
-use orb8_testkit::fake_agent::Running;
+use std::time::Duration;
 
-/// Calls GetStatus, QueryFlows and StreamEvents on `agent`, connected to `running` (an
-/// [`agent_with_data`](orb8_testkit::fake_agent::agent_with_data) with 4 events), and checks each answer, that the query arrived as sent,
-/// and that every call (connect's GetStatus included) carried [`TOKEN`](orb8_testkit::fake_agent::TOKEN).
+use futures::StreamExt;
+use orb8_proto::{
+    QueryFlowsRequest, StreamEventsRequest, SyscallTarget, TraceSyscallsRequest, syscall_target,
+};
+use orb8_testkit::fake_agent::{Running, SYSCALL_TRACE_ID, syscall_summary, syscall_trace};
+
+/// Calls every RPC of `orb8.agent.v1` (GetStatus, QueryFlows, StreamEvents, TraceSyscalls,
+/// GetSyscallSummary) on `agent`, connected to `running` (an
+/// [`agent_with_data`](orb8_testkit::fake_agent::agent_with_data) with 4 events), and checks
+/// each answer against the fake's canned data, that each request arrived as sent, and that
+/// every call (connect's GetStatus included) carried
+/// [`TOKEN`](orb8_testkit::fake_agent::TOKEN).
 pub async fn check_every_rpc(agent: &kubectl_orb8::transport::Agent, running: &Running) {
     let status = agent.get_status().await.expect("GetStatus");
     assert_eq!(status.kernel_release, "6.18.0-test");
@@ -40,8 +47,46 @@ pub async fn check_every_rpc(agent: &kubectl_orb8::transport::Agent, running: &R
     let seqs: Vec<u64> = events.into_iter().map(|e| e.expect("event").seq).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4]);
 
+    let trace_request = TraceSyscallsRequest {
+        target: Some(SyscallTarget {
+            kind: Some(syscall_target::Kind::CgroupPath(
+                "/sys/fs/cgroup/app".into(),
+            )),
+        }),
+        syscalls: vec!["getppid".into(), "openat".into()],
+        stream: true,
+    };
+    let trace = agent
+        .trace_syscalls(trace_request.clone())
+        .await
+        .expect("TraceSyscalls");
+    // The canned events; then the trace stays open, as a live one does, until dropped.
+    let events = tokio::time::timeout(Duration::from_secs(5), trace.take(4).collect::<Vec<_>>())
+        .await
+        .expect("the canned syscall trace arrives");
+    let events: Vec<_> = events
+        .into_iter()
+        .map(|e| e.expect("trace event"))
+        .collect();
+    assert_eq!(events, syscall_trace(&status.node));
+    assert_eq!(
+        running.calls.traces.lock().expect("lock").as_slice(),
+        &[trace_request],
+        "the target, syscalls and stream flag arrive as sent"
+    );
+
+    let summary = agent
+        .syscall_summary(SYSCALL_TRACE_ID)
+        .await
+        .expect("GetSyscallSummary");
+    assert_eq!(summary, syscall_summary(&status.node));
+    assert_eq!(
+        running.calls.summaries.lock().expect("lock").as_slice(),
+        &[SYSCALL_TRACE_ID]
+    );
+
     let tokens = running.tokens();
-    assert_eq!(tokens.len(), 4, "connect's GetStatus plus three calls");
+    assert_eq!(tokens.len(), 6, "connect's GetStatus plus five calls");
     assert!(
         tokens
             .iter()
