@@ -9,8 +9,8 @@
 //! the error channel, and closes the websocket when the pod side closes. Missing pods get a
 //! 404 `Status` as a real API server sends.
 //!
-//! [`port_forward`] and [`status`] are public so that a fuller fake (the privileged cluster
-//! test's, which includes this file) can serve port-forwards with its own [`Dial`].
+//! [`port_forward`] and [`status`] are public so that a fuller fake (`fake_cluster`,
+//! Linux only) can serve port-forwards with its own [`Dial`].
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -2,8 +2,8 @@
 //! crate, never shipped).
 //!
 //! Everywhere: [`fake_agent`] (a real tonic server speaking `orb8.agent.v1` with canned data),
-//! [`fake_apiserver`] (the API server's pod port-forward, for kube's real `Portforwarder`) and
-//! [`api_request`] (a request as an API-server double recorded it), and [`preconditions`]
+//! [`fake_apiserver`] (the API server's pod port-forward, for kube's real `Portforwarder`),
+//! [`api_request`] (a request as an API-server double recorded it) and [`preconditions`]
 //! (root, built binaries, and saying `SKIPPED` where people look).
 //!
 //! Linux only, for the privileged tests (root, real kernel): network namespaces, veth pairs
