@@ -3,6 +3,9 @@
 //! fake kubelet that runs the agent pods kubectl-orb8 creates as real `orb8-agent` processes in
 //! the network namespace playing the node. Workload pods are the topology's pod namespaces.
 //! Real probes, real traffic, exact counts, and every agent pod deleted at the end.
+//!
+//! Over 600 lines: each test is one cluster-mode scenario on the same fake-cluster set-up;
+//! splitting them across files would only repeat that set-up.
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Output, Stdio};
