@@ -440,6 +440,7 @@ fn privileged_local_flows_name_the_process_and_container_behind_a_veth() {
         &topo.node,
         &["flows", "--local", "-o", "json", "--duration", "5s"],
     );
+    // Both veths the datagrams cross must be attached before they are sent.
     wait_attached(&topo.node, &a.host_if);
     wait_attached(&topo.node, &b.host_if);
     // No wait for the agent's peer scan: the process behind a veth is joined to the flows when
