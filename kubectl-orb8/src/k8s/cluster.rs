@@ -1,5 +1,7 @@
-//! Cluster mode for one command: choose the nodes, start an agent pod on each, reach each
-//! through a port-forward, and hand back connected agents plus the teardown handle.
+//! Cluster mode for one command: choose the nodes (naming those left out), start an agent pod
+//! on each, reach each through a port-forward, and hand back connected agents plus the teardown
+//! handle. Meanwhile, finished agent pods of gone sessions are removed ([`super::reap`]) and
+//! that is said in one line.
 //!
 //! From the moment the first pod may exist, every path out of here either returns the
 //! [`AgentPods`] handle to the caller (who deletes the pods when the command ends) or deletes
@@ -13,7 +15,9 @@ use super::client::KubeAccess;
 use super::directory::{self, LiveDirectory};
 use super::ephemeral::{self, AgentPods, EphemeralConfig, RunningAgent};
 use super::lifecycle;
+use super::pod_spec;
 use super::portforward;
+use super::reap;
 use super::target::{self, TargetSpec};
 use crate::defaults::{CONNECT_RETRY, POD_DELETE_WAIT, cluster_idle_timeout};
 use crate::interrupt::{Interrupt, Interrupted};
@@ -95,16 +99,35 @@ pub async fn open(
         pod,
         nodes: args.nodes.clone(),
     };
-    let nodes = tokio::select! {
-        r = target::resolve(&client, &spec) => r?,
+    let tolerations = pod_spec::tolerations();
+    let resolved = tokio::select! {
+        r = target::resolve(&client, &spec, &tolerations) => r?,
         () = interrupt.wait() => return Err(Interrupted.into()),
     };
+    for (node, why) in &resolved.skipped {
+        warn(&format!("skipping node {node}: {why}"));
+    }
     lifecycle::ensure_namespace(&client, &args.agent_namespace)
         .await
         .map_err(|e| anyhow::anyhow!(lifecycle::api_error("preparing the agent namespace", &e)))?;
+    let session = match &args.session {
+        Some(s) => s.clone(),
+        None => random_hex(4)?,
+    };
     let pods = AgentPods::new(&client, &args.agent_namespace);
     let started = tokio::select! {
-        r = start_and_connect(&client, args, &pods, &nodes, deadline, warn) => r,
+        (r, (reaped, failed)) = futures::future::join(
+            start_and_connect(&client, args, &session, &pods, &resolved.nodes, deadline, warn),
+            reap::reap(&client, &args.agent_namespace, &session),
+        ) => {
+            if let Some(line) = reap::summary(&reaped) {
+                warn(&line);
+            }
+            for f in failed {
+                warn(&f);
+            }
+            r
+        }
         () = interrupt.wait() => Err(Interrupted.into()),
     };
     match started {
@@ -136,15 +159,12 @@ pub async fn teardown(pods: &AgentPods, warn: Warn<'_>) {
 async fn start_and_connect(
     client: &Client,
     args: &ClusterOptions,
+    session: &str,
     pods: &AgentPods,
     nodes: &[String],
     deadline: Duration,
     warn: Warn<'_>,
 ) -> anyhow::Result<Vec<Agent>> {
-    let session = match &args.session {
-        Some(s) => s.clone(),
-        None => random_hex(4)?,
-    };
     let token = random_hex(16)?;
     // Below the kernel's ephemeral ports and the NodePort range: free on nearly every node.
     let port = 20000 + random_u16()? % 10000;
@@ -164,7 +184,7 @@ async fn start_and_connect(
     let started = ephemeral::start(
         pods,
         &config,
-        &session,
+        session,
         &token,
         port,
         nodes,

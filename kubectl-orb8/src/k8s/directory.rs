@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{Api, ListParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, ResourceExt as _};
 
 use super::lifecycle::api_error;
@@ -73,7 +73,8 @@ pub struct LiveDirectory {
 impl LiveDirectory {
     /// Lists pods, services and nodes (every namespace), then watches pods and services.
     /// `selected` restricts flows to those pods' endpoints. A listing the user may not do
-    /// (RBAC) is a warning given to `warn`: flows are then shown without those names.
+    /// (RBAC) is a warning given to `warn`: flows are then shown without those names, and what
+    /// could not be listed is not watched either. A watch that fails retries with backoff.
     pub async fn start(
         client: &Client,
         selected: Option<BTreeSet<(String, String)>>,
@@ -87,11 +88,17 @@ impl LiveDirectory {
         let services: Api<Service> = Api::all(client.clone());
         let nodes: Api<Node> = Api::all(client.clone());
         let lp = ListParams::default();
-        match pods.list(&lp).await {
-            Ok(l) => l.items.iter().for_each(|p| d.upsert_pod(pod_entry(p))),
-            Err(e) => warn(&api_error("listing pods to name flow endpoints", &e)),
-        }
-        match services.list(&lp).await {
+        let watch_pods = match pods.list(&lp).await {
+            Ok(l) => {
+                l.items.iter().for_each(|p| d.upsert_pod(pod_entry(p)));
+                true
+            }
+            Err(e) => {
+                warn(&api_error("listing pods to name flow endpoints", &e));
+                false
+            }
+        };
+        let watch_services = match services.list(&lp).await {
             Ok(l) => {
                 for s in &l.items {
                     for ip in service_ips(s) {
@@ -99,9 +106,13 @@ impl LiveDirectory {
                             .insert(ip, (s.namespace().unwrap_or_default(), s.name_any()));
                     }
                 }
+                true
             }
-            Err(e) => warn(&api_error("listing services", &e)),
-        }
+            Err(e) => {
+                warn(&api_error("listing services", &e));
+                false
+            }
+        };
         if let Ok(l) = nodes.list(&lp).await {
             for n in &l.items {
                 for a in n
@@ -119,8 +130,11 @@ impl LiveDirectory {
         }
         let dir = Arc::new(RwLock::new(d));
         let pod_dir = dir.clone();
-        let pod_task = tokio::spawn(async move {
-            let mut events = watcher(pods, watcher::Config::default()).boxed();
+        let mut tasks = Vec::new();
+        let pod_task = async move {
+            let mut events = watcher(pods, watcher::Config::default())
+                .default_backoff()
+                .boxed();
             while let Some(ev) = events.next().await {
                 let Ok(ev) = ev else { continue };
                 let mut d = pod_dir.write().expect("directory lock");
@@ -136,10 +150,15 @@ impl LiveDirectory {
                     watcher::Event::Init | watcher::Event::InitDone => {}
                 }
             }
-        });
+        };
+        if watch_pods {
+            tasks.push(tokio::spawn(pod_task));
+        }
         let svc_dir = dir.clone();
-        let svc_task = tokio::spawn(async move {
-            let mut events = watcher(services, watcher::Config::default()).boxed();
+        let svc_task = async move {
+            let mut events = watcher(services, watcher::Config::default())
+                .default_backoff()
+                .boxed();
             while let Some(ev) = events.next().await {
                 let Ok(ev) = ev else { continue };
                 let mut d = svc_dir.write().expect("directory lock");
@@ -158,11 +177,11 @@ impl LiveDirectory {
                     watcher::Event::Init | watcher::Event::InitDone => {}
                 }
             }
-        });
-        LiveDirectory {
-            dir,
-            tasks: vec![pod_task, svc_task],
+        };
+        if watch_services {
+            tasks.push(tokio::spawn(svc_task));
         }
+        LiveDirectory { dir, tasks }
     }
 
     /// The directory as it is now.

@@ -8,4 +8,5 @@ pub mod lifecycle;
 pub mod pod_spec;
 pub mod podtarget;
 pub mod portforward;
+pub mod reap;
 pub mod target;

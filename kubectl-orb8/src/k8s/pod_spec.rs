@@ -135,6 +135,15 @@ fn quantity(s: &str) -> Quantity {
 /// read other processes' cgroups and namespaces (SYS_ADMIN).
 pub const CAPABILITIES: [&str; 4] = ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN"];
 
+/// The agent pod's tolerations: every taint (one `Exists` with no key and no effect), so that
+/// nodes reserved by taints are observed too. Node selection reads the same list.
+pub fn tolerations() -> Vec<Toleration> {
+    vec![Toleration {
+        operator: Some("Exists".into()),
+        ..Default::default()
+    }]
+}
+
 /// The agent pod for one node.
 pub fn agent_pod(p: &AgentPodParams) -> Pod {
     let secs = |d: Duration| d.as_secs().max(1);
@@ -233,10 +242,7 @@ pub fn agent_pod(p: &AgentPodParams) -> Pod {
             enable_service_links: Some(false),
             active_deadline_seconds: Some(secs(p.deadline) as i64),
             termination_grace_period_seconds: Some(5),
-            tolerations: Some(vec![Toleration {
-                operator: Some("Exists".into()),
-                ..Default::default()
-            }]),
+            tolerations: Some(tolerations()),
             containers: vec![container],
             volumes: Some(vec![
                 host_path("bpffs", "/sys/fs/bpf"),

@@ -87,7 +87,24 @@ pub(super) async fn handle(state: Arc<State>, mut req: Request<Incoming>) -> Res
         .map(String::from)
         .collect();
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-    let resp = if let ["api", "v1", "namespaces", ns, "pods", name, "portforward"] = parts[..] {
+    let denied = state.rbac.lock().expect("rbac").as_ref().and_then(|rbac| {
+        let a = super::rbac::attributes(method.as_str(), &parts, seen.is_watch())?;
+        let message = rbac.check(&a).err()?;
+        // As the API server writes it: no `name` for a collection.
+        let mut details = json!({"kind": a.resource});
+        if let Some(name) = &a.name {
+            details["name"] = json!(name);
+        }
+        Some(failure(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            &message,
+            details,
+        ))
+    });
+    let resp = if let Some(denied) = denied {
+        denied
+    } else if let ["api", "v1", "namespaces", ns, "pods", name, "portforward"] = parts[..] {
         port_forward(&state, &mut req, ns, name, &raw_query)
     } else {
         if method == Method::POST || method == Method::DELETE {

@@ -4,14 +4,14 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::sync::Notify;
 
 use super::selection::field;
-use super::{Container, State, now, random_u128};
+use super::{Container, State, now, random_u128, rfc3339};
 
 pub(super) fn container_status(name: &Value, image: &str, state: Value, ready: bool) -> Value {
     json!([{
@@ -77,6 +77,8 @@ pub(super) async fn kubelet(
                         let log = store.containers.iter().find(|c| c.pid == pid).map(|c| c.log.clone()).unwrap_or_default();
                         log.iter().rev().take(20).rev().cloned().collect::<Vec<_>>().join("\n")
                     };
+                    let backdate = *state.finish_backdate.lock().expect("backdate");
+                    let finished = rfc3339(SystemTime::now() - backdate);
                     state.modify_pod(&key, |o| {
                         let image = o["spec"]["containers"][0]["image"].clone();
                         let name = o["spec"]["containers"][0]["name"].clone();
@@ -87,7 +89,7 @@ pub(super) async fn kubelet(
                             "reason": if code == 0 { "Completed" } else { "Error" },
                             "message": message,
                             "startedAt": now(),
-                            "finishedAt": now(),
+                            "finishedAt": finished,
                         }}), false);
                         if !id.is_null() {
                             o["status"]["containerStatuses"][0]["containerID"] = id;

@@ -17,11 +17,17 @@
 //! cgroup, removes the sandbox and the pod (`DELETED`). Deleting a namespace deletes its pods,
 //! then the namespace. Port-forwards (the shared fake's protocol,
 //! [`fake_apiserver::port_forward`]) dial 127.0.0.1 inside the pod's network namespace, like
-//! the kubelet does. Every request is recorded.
+//! the kubelet does. Every request is recorded. Optionally, requests are authorized as RBAC
+//! would ([`FakeCluster::enforce_rbac`], rules read from a manifest by [`cluster_roles`]), and
+//! more nodes can be added without a kubelet ([`FakeCluster::add_node`]: NotReady, cordoned,
+//! tainted), whose pods never start.
 
 mod api;
 mod kubelet;
+mod rbac;
 mod selection;
+
+pub use rbac::{PolicyRule, Rbac, cluster_roles};
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -115,6 +121,10 @@ struct State {
     pod_network: PodNetwork,
     /// The sandboxes of pods the kubelet runs, removed with their pods.
     sandboxes: Mutex<HashMap<(String, String), Sandbox>>,
+    /// When set, requests its rules do not allow are answered 403 Forbidden.
+    rbac: Mutex<Option<Rbac>>,
+    /// How far in the past the kubelet dates a container's `finishedAt`.
+    finish_backdate: Mutex<Duration>,
     /// Teardown steps that failed (a sandbox that could not be removed): the fake cluster
     /// panics with them when dropped.
     teardown_errors: Mutex<Vec<String>>,
@@ -220,6 +230,8 @@ impl FakeCluster {
             pod_network: PodNetwork::new(&node_ns.name, &cgroup2_mount())
                 .unwrap_or_else(|e| panic!("fake pod network: {e}")),
             sandboxes: Mutex::default(),
+            rbac: Mutex::default(),
+            finish_backdate: Mutex::default(),
             teardown_errors: Mutex::default(),
         });
         {
@@ -228,26 +240,8 @@ impl FakeCluster {
                 let object = namespace_object(&mut store, ns, BTreeMap::new());
                 store.namespaces.insert(ns.to_string(), object);
             }
-            let rv = store.next_rv();
-            store.nodes.insert(
-                node.to_string(),
-                json!({
-                    "apiVersion": "v1",
-                    "kind": "Node",
-                    "metadata": {
-                        "name": node,
-                        "uid": format!("uid-node-{rv}"),
-                        "resourceVersion": rv.to_string(),
-                        "creationTimestamp": now(),
-                        "labels": {"kubernetes.io/hostname": node, "kubernetes.io/os": "linux"},
-                    },
-                    "spec": {},
-                    "status": {
-                        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
-                        "addresses": [{"type": "Hostname", "address": node}],
-                    },
-                }),
-            );
+            let object = node_object(&mut store, node, "True", false, &[]);
+            store.nodes.insert(node.to_string(), object);
         }
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -285,6 +279,34 @@ impl FakeCluster {
             state,
             runtime: Some(runtime),
         }
+    }
+
+    /// Adds a node without a kubelet (pods bound to it stay Pending, as on a node whose
+    /// kubelet is down): its `Ready` condition is `ready` ("True", "False", "Unknown"), it is
+    /// cordoned when `unschedulable`, and carries `taints` as (key, value, effect); an empty
+    /// value is left out.
+    pub fn add_node(
+        &self,
+        name: &str,
+        ready: &str,
+        unschedulable: bool,
+        taints: &[(&str, &str, &str)],
+    ) {
+        let mut store = self.state.store.lock().expect("store");
+        let object = node_object(&mut store, name, ready, unschedulable, taints);
+        store.nodes.insert(name.to_string(), object);
+    }
+
+    /// Answers every request `rbac` does not allow with 403 Forbidden from now on (`None`:
+    /// everything is allowed again).
+    pub fn enforce_rbac(&self, rbac: Option<Rbac>) {
+        *self.state.rbac.lock().expect("rbac") = rbac;
+    }
+
+    /// Makes the kubelet report containers that exit from now on as finished `ago` earlier than
+    /// they did, as if that had happened long ago.
+    pub fn report_finished_ago(&self, ago: Duration) {
+        *self.state.finish_backdate.lock().expect("backdate") = ago;
     }
 
     /// Adds a namespace.
@@ -458,6 +480,47 @@ impl Drop for FakeCluster {
             panic!("the fake cluster could not clean up: {}", errors.join("; "));
         }
     }
+}
+
+fn node_object(
+    store: &mut Store,
+    name: &str,
+    ready: &str,
+    unschedulable: bool,
+    taints: &[(&str, &str, &str)],
+) -> Value {
+    let rv = store.next_rv();
+    let taints: Vec<Value> = taints
+        .iter()
+        .map(|(key, value, effect)| {
+            let mut t = json!({"key": key, "effect": effect});
+            if !value.is_empty() {
+                t["value"] = json!(value);
+            }
+            t
+        })
+        .collect();
+    let reason = if ready == "True" {
+        "KubeletReady"
+    } else {
+        "KubeletNotReady"
+    };
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "uid": format!("uid-node-{rv}"),
+            "resourceVersion": rv.to_string(),
+            "creationTimestamp": now(),
+            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
+        },
+        "spec": {"unschedulable": unschedulable, "taints": taints},
+        "status": {
+            "conditions": [{"type": "Ready", "status": ready, "reason": reason}],
+            "addresses": [{"type": "Hostname", "address": name}],
+        },
+    })
 }
 
 fn namespace_object(store: &mut Store, name: &str, labels: BTreeMap<String, String>) -> Value {
