@@ -458,7 +458,8 @@ impl Drop for FakeCluster {
         if let Some(rt) = self.runtime.take() {
             // The kubelet tasks reap what they started; give them a moment.
             if !running.is_empty() {
-                rt.block_on(tokio::time::sleep(Duration::from_millis(300)));
+                // The timer is made inside the runtime: `sleep` needs one when it is created.
+                rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
             }
             rt.shutdown_timeout(Duration::from_secs(2));
         }
