@@ -417,15 +417,13 @@ fn trace_text_mode_prints_one_line_per_flow() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
     assert_eq!(
-        lines[0],
-        "~ 22:13:20.123Z node-a eth0 egress udp 10.0.0.1:40000 -> 10.0.0.2:53 420 B",
+        lines[0], "~ 22:13:20.123Z node-a eth0 egress udp 10.0.0.1:40000 -> 10.0.0.2:53 420 B",
         "the already-active flow, marked, with its bytes so far"
     );
     assert!(
-        lines[1..]
-            .iter()
-            .all(|l| l.ends_with("node-a eth0 egress udp 10.0.0.1:40000 -> 10.0.0.2:53 60 B")
-                && !l.starts_with('~')),
+        lines[1..].iter().all(|l| l
+            .ends_with("node-a eth0 egress udp 10.0.0.1:40000 -> 10.0.0.2:53 60 B")
+            && !l.starts_with('~')),
         "{out}"
     );
 }

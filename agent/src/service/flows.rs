@@ -132,10 +132,7 @@ fn opening(
 
 /// Whether a new-flow event is of a flow the stream opened with (it was created before the
 /// table was read, and its event was still queued): `shown` forgets it then.
-fn already_shown(
-    shown: &mut HashMap<orb8_common::FlowKey, u64>,
-    e: &orb8_common::Event,
-) -> bool {
+fn already_shown(shown: &mut HashMap<orb8_common::FlowKey, u64>, e: &orb8_common::Event) -> bool {
     match shown.get(&e.key) {
         Some(last_seen) if e.ts_ns <= *last_seen => {
             shown.remove(&e.key);
@@ -328,8 +325,14 @@ mod tests {
         // Evicted and created again later: new again.
         assert!(!already_shown(&mut shown, &event(53, 260)));
         let mut shown = HashMap::from([(key(53), 250)]);
-        assert!(!already_shown(&mut shown, &event(53, 251)), "after its last packet: new");
+        assert!(
+            !already_shown(&mut shown, &event(53, 251)),
+            "after its last packet: new"
+        );
         assert!(!already_shown(&mut shown, &event(80, 100)), "another flow");
-        assert!(already_shown(&mut shown, &event(53, 250)), "at its last packet");
+        assert!(
+            already_shown(&mut shown, &event(53, 250)),
+            "at its last packet"
+        );
     }
 }

@@ -66,7 +66,13 @@ impl Seen {
 /// One end of a flow as a text line shows it: its name when known (`ns/pod:port`), the address
 /// inside `world(...)`/`unknown(...)` when nobody in the cluster owns it, the bare address
 /// without a cluster.
-fn end_text(name: Option<&Endpoint>, addr: Option<IpAddr>, port: u32, bare: String, ports: bool) -> String {
+fn end_text(
+    name: Option<&Endpoint>,
+    addr: Option<IpAddr>,
+    port: u32,
+    bare: String,
+    ports: bool,
+) -> String {
     let Some(name) = name else {
         return bare;
     };
