@@ -111,7 +111,7 @@ impl Trace {
     }
 }
 
-/// Sends a datagram from a fresh source port (from `first_port` on) to `dst` every 2 ms, inside `ns`,
+/// Sends a datagram from a fresh source port (from `first_port` on) to `dst` every 0.5 ms, inside `ns`,
 /// until `stop`; returns once 25 are sent, its handle giving the ports used.
 fn churn(
     ns: &NetNs,
@@ -134,7 +134,7 @@ fn churn(
                 .unwrap_or_else(|e| panic!("send to {dst}: {e}"));
             ports.push(port);
             port += 1;
-            thread::sleep(Duration::from_millis(2));
+            thread::sleep(Duration::from_micros(500));
         }
         ports
     })
