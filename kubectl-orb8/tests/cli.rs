@@ -8,7 +8,7 @@ use std::io::Read;
 use std::process::{Command, Output, Stdio};
 
 use orb8_testkit::fake_agent::{
-    FakeAgent, Running, StreamEnd, flow, gap_event, new_flow_event, serve_tcp,
+    FakeAgent, Running, StreamEnd, active_flow_event, flow, gap_event, new_flow_event, serve_tcp,
 };
 use serde_json::Value;
 
@@ -398,7 +398,11 @@ fn trace_prints_ndjson_with_gaps_and_lost_agents() {
 #[test]
 fn trace_text_mode_prints_one_line_per_flow() {
     let mut a = FakeAgent::new("node-a");
-    a.events = vec![new_flow_event("node-a", 1), new_flow_event("node-a", 2)];
+    a.events = vec![
+        active_flow_event("node-a", 1),
+        new_flow_event("node-a", 2),
+        new_flow_event("node-a", 3),
+    ];
     let a = serve_tcp(a);
     let o = run(&[
         "--agent",
@@ -410,10 +414,16 @@ fn trace_text_mode_prints_one_line_per_flow() {
     ]);
     assert_ok(&o);
     let out = stdout(&o);
-    assert_eq!(out.lines().count(), 2, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(
+        lines[0], "~ 22:13:20.123Z node-a eth0 egress udp 10.0.0.1:40000 -> 10.0.0.2:53 420 B",
+        "the already-active flow, marked, with its bytes so far"
+    );
     assert!(
-        out.lines()
-            .all(|l| l.ends_with("node-a eth0 egress udp 10.0.0.1:40000 -> 10.0.0.2:53 60 B")),
+        lines[1..].iter().all(|l| l
+            .ends_with("node-a eth0 egress udp 10.0.0.1:40000 -> 10.0.0.2:53 60 B")
+            && !l.starts_with('~')),
         "{out}"
     );
 }

@@ -160,6 +160,17 @@ pub fn new_flow_event(node: &str, seq: u64) -> Event {
     }
 }
 
+/// An already-active flow (a stream's opening) with sequence number `seq`: the flow of
+/// [`new_flow_event`] with 7 packets, 420 bytes so far.
+pub fn active_flow_event(node: &str, seq: u64) -> Event {
+    Event {
+        node: node.to_string(),
+        seq,
+        time_unix_nanos: 1_700_000_000_123_456_789,
+        kind: Some(event::Kind::ActiveFlow(flow(node, 420, 7, 53))),
+    }
+}
+
 /// A gap event with sequence number `seq` reporting `lost` events.
 pub fn gap_event(node: &str, seq: u64, lost: u64) -> Event {
     Event {

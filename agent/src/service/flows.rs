@@ -1,8 +1,18 @@
 //! The flow RPCs: `QueryFlows` (the kernel flow table, filtered, sorted, limited) and
 //! `StreamEvents` (the agent's flow fan-out, one sequenced stream per client, see
 //! [`super::stream`]).
+//!
+//! A flow stream opens with the flows already in the table (`active_flow`, oldest first), then
+//! carries new ones (`new_flow`). So that no flow falls between the two, the stream subscribes
+//! to the fan-out *before* reading the table: a flow created before the read is in it (the kernel
+//! inserts the entry before it emits the new-flow event), one created after has its event in the
+//! queue. A flow can be in both (created just before the read, its event still queued): its
+//! new-flow event is recognised by key and time (not later than the flow's last packet in the
+//! table) and dropped, so each flow is shown once. A flow evicted and created again later is
+//! new again, and shown again.
 
 use std::{
+    collections::HashMap,
     pin::Pin,
     sync::{Arc, atomic::AtomicU64},
     time::Duration,
@@ -17,6 +27,7 @@ use super::stream::{self, Feed, Sequenced, now_nanos};
 use crate::{
     convert::{self, Matcher},
     defaults,
+    flows::Flow,
     interfaces::{Role, Selected},
     runtime::{Agent, AgentEvent},
 };
@@ -54,19 +65,7 @@ impl Flows {
         let mut flows: Vec<pb::Flow> = snap
             .flows
             .iter()
-            .map(|f| {
-                let mut w = convert::flow(
-                    &self.node,
-                    self.agent.interface_name(f.key.ifindex),
-                    f,
-                    &self.agent.clock,
-                );
-                w.netns_owner = self
-                    .agent
-                    .peer(f.key.ifindex)
-                    .map(|p| Box::new(convert::netns_owner(&p)));
-                w
-            })
+            .map(|f| wire_flow(&self.agent, &self.node, f))
             .filter(|f| matcher.matches(f))
             .collect();
         let total = flows.len() as u64;
@@ -82,14 +81,17 @@ impl Flows {
         })
     }
 
-    /// Starts a client's event stream: events from now on matching the request's filter.
+    /// Starts a client's event stream: the active flows matching the request's filter, then
+    /// events from now on matching it.
     pub fn stream(&self, req: &pb::StreamEventsRequest) -> Result<EventStream, Status> {
         let matcher = Matcher::new(req.filter.as_ref()).map_err(Status::invalid_argument)?;
+        // Subscribed before the table is read (in the feed's opening): see the module docs.
         let rx = self.agent.subscribe();
         let (tx, out) = mpsc::channel(defaults::CLIENT_BUFFER);
         let feed = FlowFeed {
             agent: self.agent.clone(),
             matcher,
+            shown: HashMap::new(),
         };
         let sequenced = Sequenced::new(self.node.clone(), tx, self.slow_client.clone());
         tokio::spawn(stream::run(feed, Some(rx), sequenced));
@@ -97,10 +99,55 @@ impl Flows {
     }
 }
 
+/// A kernel flow as the wire carries it, with the process behind its veth when known.
+fn wire_flow(agent: &Agent, node: &str, f: &Flow) -> pb::Flow {
+    let mut w = convert::flow(node, agent.interface_name(f.key.ifindex), f, &agent.clock);
+    w.netns_owner = agent
+        .peer(f.key.ifindex)
+        .map(|p| Box::new(convert::netns_owner(&p)));
+    w
+}
+
+/// The flows of a table read to open a stream with, oldest first, and what to remember of each:
+/// its key and last packet (kernel boot time), to recognise its new-flow event if that comes too.
+fn opening(
+    flows: Vec<Flow>,
+    wire: impl Fn(&Flow) -> pb::Flow,
+    matcher: &Matcher,
+) -> (Vec<pb::Flow>, HashMap<orb8_common::FlowKey, u64>) {
+    let mut shown = HashMap::new();
+    let mut out: Vec<(u64, pb::Flow)> = flows
+        .into_iter()
+        .filter_map(|f| {
+            let w = wire(&f);
+            matcher.matches(&w).then(|| {
+                shown.insert(f.key, f.stats.last_seen_ns);
+                (f.stats.first_seen_ns, w)
+            })
+        })
+        .collect();
+    out.sort_by_key(|(first, _)| *first);
+    (out.into_iter().map(|(_, w)| w).collect(), shown)
+}
+
+/// Whether a new-flow event is of a flow the stream opened with (it was created before the
+/// table was read, and its event was still queued): `shown` forgets it then.
+fn already_shown(shown: &mut HashMap<orb8_common::FlowKey, u64>, e: &orb8_common::Event) -> bool {
+    match shown.get(&e.key) {
+        Some(last_seen) if e.ts_ns <= *last_seen => {
+            shown.remove(&e.key);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Turns the agent's events into one client's flow stream.
 struct FlowFeed {
     agent: Arc<Agent>,
     matcher: Matcher,
+    /// The flows sent in the opening, by key, with their last packet then.
+    shown: HashMap<orb8_common::FlowKey, u64>,
 }
 
 impl Feed for FlowFeed {
@@ -111,6 +158,24 @@ impl Feed for FlowFeed {
         defaults::GAP_FLUSH
     }
 
+    fn opening(&mut self, out: &Sequenced<pb::Event>) -> Vec<(pb::event::Kind, i64)> {
+        let snap = self.agent.snapshot();
+        let agent = &self.agent;
+        let (flows, shown) = opening(
+            snap.flows,
+            |f| wire_flow(agent, out.node(), f),
+            &self.matcher,
+        );
+        self.shown = shown;
+        flows
+            .into_iter()
+            .map(|f| {
+                let t = f.first_seen_unix_nanos;
+                (pb::event::Kind::ActiveFlow(f), t)
+            })
+            .collect()
+    }
+
     fn convert(
         &mut self,
         ev: AgentEvent,
@@ -118,6 +183,9 @@ impl Feed for FlowFeed {
     ) -> Option<(pb::event::Kind, i64)> {
         Some(match ev {
             AgentEvent::NewFlow(e) => {
+                if already_shown(&mut self.shown, &e) {
+                    return None;
+                }
                 let mut f = convert::new_flow(
                     out.node(),
                     self.agent.interface_name(e.key.ifindex),
@@ -170,4 +238,101 @@ fn interface_change(s: &Selected, attached: bool, error: String) -> pb::event::K
         attached,
         error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use orb8_common::{FlowKey, FlowStats, direction, family};
+
+    use super::*;
+    use crate::flows::BootClock;
+
+    fn key(dst_port: u16) -> FlowKey {
+        let mut src_addr = [0u8; 16];
+        src_addr[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, 1]);
+        let mut dst_addr = src_addr;
+        dst_addr[15] = 2;
+        FlowKey {
+            ifindex: 3,
+            direction: direction::EGRESS,
+            protocol: 17,
+            family: family::IPV4,
+            flags: 0,
+            src_addr,
+            dst_addr,
+            src_port: 40000,
+            dst_port,
+        }
+    }
+
+    fn table_flow(dst_port: u16, first: u64, last: u64) -> Flow {
+        Flow {
+            key: key(dst_port),
+            stats: FlowStats {
+                packets: 4,
+                bytes: 400,
+                first_seen_ns: first,
+                last_seen_ns: last,
+                tcp_flags: 0,
+                _pad: [0; 7],
+            },
+        }
+    }
+
+    fn event(dst_port: u16, ts_ns: u64) -> orb8_common::Event {
+        orb8_common::Event {
+            key: key(dst_port),
+            ts_ns,
+            ..Default::default()
+        }
+    }
+
+    fn wire(f: &Flow) -> pb::Flow {
+        convert::flow("n1", "veth0".into(), f, &BootClock::from_boot_epoch_ns(0))
+    }
+
+    #[test]
+    fn the_opening_is_the_matching_flows_oldest_first() {
+        let filter = pb::FlowFilter {
+            ports: vec![53, 80],
+            ..Default::default()
+        };
+        let matcher = Matcher::new(Some(&filter)).unwrap();
+        let table = vec![
+            table_flow(80, 300, 900),
+            table_flow(443, 100, 200),
+            table_flow(53, 200, 250),
+        ];
+        let (flows, shown) = opening(table, wire, &matcher);
+        let got: Vec<(u32, u64, i64)> = flows
+            .iter()
+            .map(|f| (f.dst_port, f.packets, f.first_seen_unix_nanos))
+            .collect();
+        assert_eq!(got, vec![(53, 4, 200), (80, 4, 300)]);
+        assert_eq!(
+            shown,
+            HashMap::from([(key(53), 250), (key(80), 900)]),
+            "only what was sent is remembered, with its last packet"
+        );
+    }
+
+    #[test]
+    fn a_queued_new_flow_event_of_an_opening_flow_is_dropped_once() {
+        let mut shown = HashMap::from([(key(53), 250)]);
+        // Its creation, queued before the table was read: already shown.
+        assert!(already_shown(&mut shown, &event(53, 200)));
+        assert!(shown.is_empty(), "forgotten once matched");
+        // Evicted and created again later: new again.
+        assert!(!already_shown(&mut shown, &event(53, 260)));
+        let mut shown = HashMap::from([(key(53), 250)]);
+        assert!(
+            !already_shown(&mut shown, &event(53, 251)),
+            "after its last packet: new"
+        );
+        assert!(!already_shown(&mut shown, &event(80, 100)), "another flow");
+        assert!(
+            already_shown(&mut shown, &event(53, 250)),
+            "at its last packet"
+        );
+    }
 }

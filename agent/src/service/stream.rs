@@ -17,7 +17,12 @@
 //!   next event, or on the feed's periodic tick when no event comes.
 //! - Messages that must not be dropped (a trace's `started` and `target_exited`) are offered
 //!   with [`Sequenced::offer`], which counts nothing: the caller tries again later.
-//! - The stream never waits for the client; a full buffer is a counted loss, not back-pressure.
+//! - A stream may open with a finite list ([`Feed::opening`]: the flows already active), read
+//!   after it subscribed to the fan-out; only this opening waits for room in the client's
+//!   buffer. Items fanned out meanwhile wait in the fan-out queue (falling behind it is an
+//!   `agent` gap, as always).
+//! - Past its opening, the stream never waits for the client; a full buffer is a counted loss,
+//!   not back-pressure.
 //!   It ends when the client goes away or the fan-out closes.
 
 use std::{
@@ -195,6 +200,17 @@ impl<M: Message> Sequenced<M> {
         }
     }
 
+    /// Sends one message of the stream's opening, waiting for room in the client's buffer
+    /// (the opening is a finite list the client asked for, so it is not dropped); numbered like
+    /// every other message.
+    pub async fn send_waiting(&mut self, kind: M::Kind, time: i64) -> Result<(), ClientGone> {
+        debug_assert!(!self.pending(), "the opening comes before any loss");
+        let permit = self.tx.reserve().await.map_err(|_| ClientGone)?;
+        self.seq += 1;
+        permit.send(Ok(M::new(&self.node, self.seq, time, kind)));
+        Ok(())
+    }
+
     /// Completes when the client has gone away.
     pub async fn closed(&self) {
         self.tx.closed().await
@@ -216,6 +232,11 @@ pub trait Feed: Send + 'static {
         item: Self::In,
         out: &Sequenced<Self::Out>,
     ) -> Option<(<Self::Out as Message>::Kind, i64)>;
+    /// The messages the stream opens with, before any fanned-out item. Called once the stream
+    /// has subscribed to the fan-out, so whatever happens after this reading is in the queue.
+    fn opening(&mut self, _out: &Sequenced<Self::Out>) -> Vec<(<Self::Out as Message>::Kind, i64)> {
+        Vec::new()
+    }
     /// Counts `n` items this stream missed because it fell behind the fan-out queue.
     fn count_lagged(&mut self, n: u64);
     /// Runs after each tick's flush; `Break` ends the stream.
@@ -224,13 +245,19 @@ pub trait Feed: Send + 'static {
     }
 }
 
-/// Feeds `out` from `rx` (none: the stream carries only what [`Feed::tick`] sends) until the
-/// client goes away, the fan-out closes or the feed says stop.
+/// Sends the feed's [`Feed::opening`], then feeds `out` from `rx` (none: the stream carries
+/// only what [`Feed::tick`] sends) until the client goes away, the fan-out closes or the feed
+/// says stop. `rx` must have been subscribed before this is called.
 pub async fn run<F: Feed>(
     mut feed: F,
     mut rx: Option<broadcast::Receiver<F::In>>,
     mut out: Sequenced<F::Out>,
 ) {
+    for (kind, time) in feed.opening(&out) {
+        if out.send_waiting(kind, time).await.is_err() {
+            return;
+        }
+    }
     let mut tick = tokio::time::interval(feed.tick_every());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -427,10 +454,11 @@ mod tests {
     }
 
     /// A feed of numbers: each becomes a flow whose packet count is the number; odd ones only
-    /// when `odd_only`.
+    /// when `odd_only`. The stream opens with `opening` (numbers too).
     struct Numbers {
         odd_only: bool,
         lagged: Arc<AtomicU64>,
+        opening: Vec<u64>,
     }
 
     impl Feed for Numbers {
@@ -447,6 +475,9 @@ mod tests {
             assert_eq!(out.node(), "n1");
             (!self.odd_only || n % 2 == 1).then(|| (flow(n), n as i64))
         }
+        fn opening(&mut self, _out: &Sequenced<pb::Event>) -> Vec<(pb::event::Kind, i64)> {
+            self.opening.iter().map(|n| (flow(*n), 0)).collect()
+        }
         fn count_lagged(&mut self, n: u64) {
             self.lagged.fetch_add(n, Ordering::Relaxed);
         }
@@ -457,6 +488,7 @@ mod tests {
         let feed = Numbers {
             odd_only,
             lagged: lagged.clone(),
+            opening: Vec::new(),
         };
         (feed, lagged)
     }
@@ -523,5 +555,40 @@ mod tests {
             .expect("the feeder ends when the fan-out closes")
             .unwrap();
         assert!(rx.recv().await.is_none(), "and the client's stream ends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_opening_waits_for_the_client_and_comes_first() {
+        let (fan, sub) = broadcast::channel(16);
+        // Fanned out before the opening is sent: queued behind it.
+        fan.send(101).unwrap();
+        let (s, mut rx, slow) = stream(2);
+        let (mut feed, lagged) = numbers(false);
+        feed.opening = (1..=5).collect();
+        let task = tokio::spawn(run(feed, Some(sub), s));
+        let mut seq = 1;
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            got.push(next(&mut rx, &mut seq).await);
+        }
+        assert_eq!(
+            got,
+            vec![
+                ("flow", 1),
+                ("flow", 2),
+                ("flow", 3),
+                ("flow", 4),
+                ("flow", 5),
+                ("flow", 101)
+            ],
+            "an opening longer than the buffer is not lost"
+        );
+        assert_eq!(slow.load(Ordering::Relaxed), 0);
+        assert_eq!(lagged.load(Ordering::Relaxed), 0);
+        drop(fan);
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the feeder ends when the fan-out closes")
+            .unwrap();
     }
 }

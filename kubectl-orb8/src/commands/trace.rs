@@ -1,6 +1,14 @@
-//! `kubectl orb8 trace network`: new flows from every agent, printed as they arrive.
+//! `kubectl orb8 trace network`: from every agent, the flows already active when the trace
+//! starts (each once, marked), then new flows as they arrive.
+//!
+//! A text line names both ends when the client knows the cluster (`shop/checkout:40312 ->
+//! pay/server:8080`, `svc:`/`host:` as in `flows`, `world(addr)`/`unknown(addr)` for addresses
+//! nobody in the cluster owns); without a cluster (`--local`, `--agent`) it shows addresses, and
+//! the process behind a veth when the agent found one. A line of an already-active flow starts
+//! with `~`; its time is the flow's first packet and its counts are those so far.
 
 use std::io::Write;
+use std::net::IpAddr;
 
 use futures::StreamExt as _;
 use orb8_proto::{Event, StreamEventsRequest, event};
@@ -8,7 +16,9 @@ use orb8_proto::{Event, StreamEventsRequest, event};
 use orb8_flowspec::FlowFilterSpec;
 
 use crate::cli::TraceNetworkArgs;
-use crate::flow::{FlowRecord, direction_name, filter_to_wire, rfc3339_nanos, time_of_day};
+use crate::flow::{
+    Endpoint, FlowRecord, direction_name, filter_to_wire, rfc3339_nanos, time_of_day,
+};
 use crate::interrupt::Interrupt;
 use crate::k8s::directory::LiveDirectory;
 use crate::merge::{GapCause, Merged, merge_events};
@@ -34,18 +44,79 @@ impl From<OutputFormat> for LineFormat {
     }
 }
 
-/// One new flow as a line of text:
-/// `22:13:20.123Z node-a eth0 egress udp 10.0.0.1:40000 -> 10.0.0.2:53 75 B`.
-pub fn text_line(time_nanos: i64, flow: &FlowRecord) -> String {
+/// Whether a flow was already active when the trace started or is new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// In the agent's table when the stream opened (`active_flow`).
+    Active,
+    /// Created during the trace (`new_flow`).
+    New,
+}
+
+impl Seen {
+    /// The `event` value of its JSON line.
+    fn event_name(self) -> &'static str {
+        match self {
+            Seen::Active => "active_flow",
+            Seen::New => "new_flow",
+        }
+    }
+}
+
+/// One end of a flow as a text line shows it: its name when known (`ns/pod:port`), the address
+/// inside `world(...)`/`unknown(...)` when nobody in the cluster owns it, the bare address
+/// without a cluster.
+fn end_text(
+    name: Option<&Endpoint>,
+    addr: Option<IpAddr>,
+    port: u32,
+    bare: String,
+    ports: bool,
+) -> String {
+    let Some(name) = name else {
+        return bare;
+    };
+    let addr = addr.map_or_else(|| "?".to_string(), |a| a.to_string());
+    let shown = match name {
+        Endpoint::World | Endpoint::Unknown => format!("{}({addr})", name.label()),
+        _ => name.label(),
+    };
+    if ports {
+        format!("{shown}:{port}")
+    } else {
+        shown
+    }
+}
+
+/// One flow as a line of text:
+/// `22:13:20.123Z node-a eth0 egress udp 10.0.0.1:40000 -> 10.0.0.2:53 75 B`; a new flow's
+/// time and bytes are its first packet's. An already-active flow's line starts with `~ ` and
+/// shows its first packet's time and its bytes so far. Named ends replace addresses in cluster
+/// mode.
+pub fn text_line(seen: Seen, time_nanos: i64, flow: &FlowRecord) -> String {
+    let ports = flow.protocol.has_ports() && !flow.fragment;
+    let src = end_text(
+        flow.src_name.as_ref(),
+        flow.src,
+        flow.src_port,
+        flow.src_endpoint(),
+        ports,
+    );
+    let dst = end_text(
+        flow.dst_name.as_ref(),
+        flow.dst,
+        flow.dst_port,
+        flow.dst_endpoint(),
+        ports,
+    );
     let mut line = format!(
-        "{} {} {} {} {} {} -> {} {} B",
+        "{}{} {} {} {} {} {src} -> {dst} {} B",
+        if seen == Seen::Active { "~ " } else { "" },
         time_of_day(time_nanos),
         flow.node,
         flow.interface,
         direction_name(flow.direction),
         flow.protocol_text(),
-        flow.src_endpoint(),
-        flow.dst_endpoint(),
         flow.bytes,
     );
     let flags = flow.tcp_flag_letters();
@@ -54,6 +125,10 @@ pub fn text_line(time_nanos: i64, flow: &FlowRecord) -> String {
     }
     if flow.fragment {
         line.push_str(" (fragment)");
+    }
+    let named = flow.src_name.is_some() || flow.dst_name.is_some();
+    if let Some(o) = flow.netns_owner.as_ref().filter(|_| !named) {
+        line.push_str(&format!(" ({}[{}])", o.comm, o.pid));
     }
     line
 }
@@ -85,7 +160,7 @@ fn serialise<T: serde::Serialize>(format: LineFormat, value: &T) -> std::io::Res
     }
 }
 
-/// Writes one event (a new flow passing `filter`); other kinds go to stderr.
+/// Writes one event (a flow passing `filter`, active or new); other kinds go to stderr.
 fn write_event(
     out: &mut dyn Write,
     format: LineFormat,
@@ -94,34 +169,9 @@ fn write_event(
     node: &str,
     event: Event,
 ) -> std::io::Result<()> {
-    match event.kind {
-        Some(event::Kind::NewFlow(flow)) => {
-            let flow = FlowRecord::from_proto(node, flow);
-            if !filter.matches(&flow.key()) {
-                return Ok(());
-            }
-            // Cluster mode: name both ends; flows of no selected pod are left out.
-            let flow = match names {
-                Some(d) => match d.apply(vec![flow]).pop() {
-                    Some(f) => f,
-                    None => return Ok(()),
-                },
-                None => flow,
-            };
-            let line = match format {
-                LineFormat::Text => text_line(event.time_unix_nanos, &flow),
-                _ => serialise(
-                    format,
-                    &NewFlowLine {
-                        event: "new_flow",
-                        time: rfc3339_nanos(event.time_unix_nanos),
-                        seq: event.seq,
-                        flow: FlowView::from(&flow),
-                    },
-                )?,
-            };
-            write_record(out, format, &line)
-        }
+    let (seen, flow) = match event.kind {
+        Some(event::Kind::NewFlow(flow)) => (Seen::New, flow),
+        Some(event::Kind::ActiveFlow(flow)) => (Seen::Active, flow),
         Some(event::Kind::Interface(change)) => {
             let name = change.interface.map(|i| i.name).unwrap_or_default();
             let what = if !change.error.is_empty() {
@@ -132,10 +182,35 @@ fn write_event(
                 format!("stopped watching {name}")
             };
             let _ = writeln!(std::io::stderr(), "orb8: {node}: {what}");
-            Ok(())
+            return Ok(());
         }
-        Some(event::Kind::Gap(_)) | None => Ok(()),
+        Some(event::Kind::Gap(_)) | None => return Ok(()),
+    };
+    let flow = FlowRecord::from_proto(node, flow);
+    if !filter.matches(&flow.key()) {
+        return Ok(());
     }
+    // Cluster mode: name both ends; flows of no selected pod are left out.
+    let flow = match names {
+        Some(d) => match d.apply(vec![flow]).pop() {
+            Some(f) => f,
+            None => return Ok(()),
+        },
+        None => flow,
+    };
+    let line = match format {
+        LineFormat::Text => text_line(seen, event.time_unix_nanos, &flow),
+        _ => serialise(
+            format,
+            &NewFlowLine {
+                event: seen.event_name(),
+                time: rfc3339_nanos(event.time_unix_nanos),
+                seq: event.seq,
+                flow: FlowView::from(&flow),
+            },
+        )?,
+    };
+    write_record(out, format, &line)
 }
 
 /// Runs `trace network` until `--duration`, Ctrl-C, or every agent is gone (an error).
@@ -236,13 +311,133 @@ mod tests {
     fn text_lines_show_the_flow() {
         let flow = FlowRecord::test_flow();
         assert_eq!(
-            text_line(1_700_000_000_123_456_789, &flow),
+            text_line(Seen::New, 1_700_000_000_123_456_789, &flow),
             "22:13:20.123Z node-a eth0 egress udp 10.0.0.1:40000 -> 10.0.0.2:53 150 B"
+        );
+        assert_eq!(
+            text_line(Seen::Active, 1_700_000_000_123_456_789, &flow),
+            "~ 22:13:20.123Z node-a eth0 egress udp 10.0.0.1:40000 -> 10.0.0.2:53 150 B"
         );
         let mut tcp = FlowRecord::test_flow();
         tcp.protocol = orb8_flowspec::Protocol::TCP;
         tcp.tcp_flags = 0x02;
-        assert!(text_line(0, &tcp).ends_with("150 B [S]"));
+        assert!(text_line(Seen::New, 0, &tcp).ends_with("150 B [S]"));
+    }
+
+    fn pod(namespace: &str, name: &str) -> Option<Endpoint> {
+        Some(Endpoint::Pod {
+            namespace: namespace.into(),
+            name: name.into(),
+        })
+    }
+
+    #[test]
+    fn cluster_text_lines_name_both_ends() {
+        let mut f = FlowRecord::test_flow();
+        f.protocol = orb8_flowspec::Protocol::TCP;
+        f.src_port = 40312;
+        f.dst_port = 8080;
+        f.src_name = pod("shop", "checkout");
+        f.dst_name = pod("pay", "server");
+        // A process behind the veth is left out when the ends have names.
+        f.netns_owner = Some(Box::new(orb8_proto::NetnsOwner {
+            pid: 42,
+            comm: "pause".into(),
+            ..Default::default()
+        }));
+        assert_eq!(
+            text_line(Seen::New, 1_700_000_000_123_456_789, &f),
+            "22:13:20.123Z node-a eth0 egress tcp shop/checkout:40312 -> pay/server:8080 150 B"
+        );
+        f.dst_name = Some(Endpoint::Service {
+            namespace: "pay".into(),
+            name: "api".into(),
+        });
+        assert!(
+            text_line(Seen::New, 0, &f).contains(" shop/checkout:40312 -> svc:pay/api:8080 "),
+            "{}",
+            text_line(Seen::New, 0, &f)
+        );
+        f.src_name = Some(Endpoint::Host {
+            node: "node-a".into(),
+        });
+        f.dst_name = Some(Endpoint::World);
+        f.dst = Some("203.0.113.9".parse().unwrap());
+        assert!(
+            text_line(Seen::Active, 0, &f)
+                .contains(" host:node-a:40312 -> world(203.0.113.9):8080 150 B"),
+            "{}",
+            text_line(Seen::Active, 0, &f)
+        );
+        // No ports (ICMP): names alone; a private address nobody owns keeps its address.
+        let mut icmp = FlowRecord::test_flow();
+        icmp.protocol = orb8_flowspec::Protocol::ICMP;
+        icmp.src_name = pod("shop", "checkout");
+        icmp.dst_name = Some(Endpoint::Unknown);
+        icmp.dst = Some("fd00::9".parse().unwrap());
+        assert!(
+            text_line(Seen::New, 0, &icmp).contains(" icmp shop/checkout -> unknown(fd00::9) "),
+            "{}",
+            text_line(Seen::New, 0, &icmp)
+        );
+    }
+
+    #[test]
+    fn local_text_lines_keep_addresses_and_name_the_process_behind_a_veth() {
+        let mut f = FlowRecord::test_flow();
+        f.netns_owner = Some(Box::new(orb8_proto::NetnsOwner {
+            pid: 1234,
+            comm: "curl".into(),
+            ..Default::default()
+        }));
+        assert_eq!(
+            text_line(Seen::New, 1_700_000_000_123_456_789, &f),
+            "22:13:20.123Z node-a eth0 egress udp 10.0.0.1:40000 -> 10.0.0.2:53 150 B (curl[1234])"
+        );
+    }
+
+    #[test]
+    fn active_and_new_flows_are_told_apart_in_json() {
+        let event = |seq: u64, kind: event::Kind| Event {
+            node: "node-a".into(),
+            seq,
+            time_unix_nanos: 1_700_000_000_123_456_789,
+            kind: Some(kind),
+        };
+        let wire = orb8_proto::Flow {
+            protocol: 17,
+            src_addr: vec![10, 0, 0, 1],
+            dst_addr: vec![10, 0, 0, 2],
+            src_port: 40000,
+            dst_port: 53,
+            packets: 9,
+            bytes: 900,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let all = FlowFilterSpec::default();
+        for e in [
+            event(1, event::Kind::ActiveFlow(wire.clone())),
+            event(2, event::Kind::NewFlow(wire.clone())),
+        ] {
+            write_event(&mut out, LineFormat::Json, &all, None, "node-a", e).unwrap();
+        }
+        let text = String::from_utf8(out).unwrap();
+        let got: Vec<(String, u64, u64)> = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["event"].as_str().unwrap().to_string(),
+                    v["seq"].as_u64().unwrap(),
+                    v["packets"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![("active_flow".into(), 1, 9), ("new_flow".into(), 2, 9)]
+        );
     }
 
     #[test]

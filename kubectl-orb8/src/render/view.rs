@@ -134,12 +134,13 @@ impl From<&FlowRecord> for FlowView {
     }
 }
 
-/// One line of `trace network -o json`: a new flow.
+/// One line of `trace network -o json`: a flow, new or already active when the trace started.
 #[derive(Debug, Clone, Serialize)]
 pub struct NewFlowLine {
-    /// Always `new_flow`.
+    /// `new_flow` (counts: its first packet) or `active_flow` (in the table when the trace
+    /// started; counts so far).
     pub event: &'static str,
-    /// When the agent saw it, RFC 3339 UTC with nanoseconds.
+    /// The flow's first packet, RFC 3339 UTC with nanoseconds.
     pub time: Option<String>,
     /// The agent's per-stream sequence number.
     pub seq: u64,
