@@ -47,11 +47,17 @@ pub enum Role {
 impl Role {
     /// Lower-case name used in logs and the API.
     pub fn as_str(self) -> &'static str {
+        self.shared().name()
+    }
+
+    /// The role as `orb8-flowspec` defines it for both ends (names, whose direction).
+    pub fn shared(self) -> orb8_flowspec::InterfaceRole {
+        use orb8_flowspec::InterfaceRole as R;
         match self {
-            Role::Explicit => "explicit",
-            Role::Veth => "veth",
-            Role::Uplink => "uplink",
-            Role::Bridge => "bridge",
+            Role::Explicit => R::Explicit,
+            Role::Veth => R::Veth,
+            Role::Uplink => R::Uplink,
+            Role::Bridge => R::Bridge,
         }
     }
 }

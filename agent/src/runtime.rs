@@ -95,8 +95,8 @@ pub struct Agent {
     flows: Mutex<PerCpuHashMap<MapData, FlowKey, FlowStats>>,
     counters: Mutex<PerCpuArray<MapData, [u64; counter::COUNT as usize]>>,
     interfaces: Mutex<Vec<Selected>>,
-    /// Names of every interface attached so far, so flows of removed ones keep their name.
-    names: Mutex<std::collections::BTreeMap<u32, String>>,
+    /// Names and roles of every interface attached so far, so flows of removed ones keep them.
+    names: Mutex<std::collections::BTreeMap<u32, (String, interfaces::Role)>>,
     /// Who lives at the other end of each attached veth, by host interface index.
     peers: Mutex<std::collections::HashMap<u32, crate::peers::Peer>>,
     events: broadcast::Sender<AgentEvent>,
@@ -197,8 +197,17 @@ impl Agent {
             .lock()
             .expect("names lock")
             .get(&index)
-            .cloned()
+            .map(|(name, _)| name.clone())
             .unwrap_or_else(|| format!("if{index}"))
+    }
+
+    /// Why the probe is or was attached to an interface, by index; `None` for one it never was.
+    pub fn interface_role(&self, index: u32) -> Option<interfaces::Role> {
+        self.names
+            .lock()
+            .expect("names lock")
+            .get(&index)
+            .map(|(_, role)| *role)
     }
 
     /// The process and container at the other end of a veth, once found.
@@ -268,7 +277,7 @@ impl Agent {
             current.sort();
             let mut names = self.names.lock().expect("names lock");
             for i in &report.attached {
-                names.insert(i.index, i.name.clone());
+                names.insert(i.index, (i.name.clone(), i.role));
             }
             // Interface indexes only grow, so the oldest names go first.
             while names.len() > MAX_REMEMBERED_NAMES {

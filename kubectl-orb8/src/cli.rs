@@ -49,8 +49,8 @@ fn parse_protocol(input: &str) -> Result<Protocol, String> {
 /// `--direction`: the names are orb8-flowspec's; the help for each is here.
 fn direction_parser() -> impl TypedValueParser<Value = Direction> {
     let help = |d: Direction| match d {
-        Direction::Ingress => "Packets arriving on the interface",
-        Direction::Egress => "Packets leaving through the interface",
+        Direction::Ingress => "Received by the pod (or, on an uplink, the node)",
+        Direction::Egress => "Sent by the pod (or, on an uplink, the node)",
     };
     PossibleValuesParser::new(Direction::ALL.map(|d| PossibleValue::new(d.name()).help(help(d))))
         .try_map(|s| s.parse::<Direction>())
@@ -166,6 +166,11 @@ pub struct GlobalArgs {
         allow_hyphen_values = true
     )]
     pub local_args: Vec<String>,
+
+    /// Say on stderr how long each step took (cluster mode: per node, pod create sent, pod
+    /// Running, port-forward ready, first answer).
+    #[arg(short = 'v', long, global = true)]
+    pub verbose: bool,
 
     /// How long to wait for each agent to answer when connecting.
     #[arg(long, value_name = "DURATION", global = true, default_value = defaults::CONNECT_TIMEOUT, value_parser = parse_duration)]
@@ -375,9 +380,24 @@ impl FilterArgs {
     }
 }
 
+/// What one row of `flows` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum FlowsBy {
+    /// One row per pod, peer, service port, protocol and direction, with connection counts
+    /// ("who talks to whom").
+    #[default]
+    Peer,
+    /// One row per flow (five-tuple and direction) as the kernel counts it.
+    Connection,
+}
+
 /// `flows` flags.
 #[derive(Debug, Clone, Args)]
 pub struct FlowsArgs {
+    /// What a row is: a peer of a pod (grouped), or one connection.
+    #[arg(long, value_enum, default_value_t = FlowsBy::Peer)]
+    pub by: FlowsBy,
+
     /// How long to collect before printing (Ctrl-C ends early and still prints).
     #[arg(long, value_name = "DURATION", default_value = defaults::FLOWS_DURATION, value_parser = parse_duration)]
     pub duration: Duration,
@@ -386,7 +406,7 @@ pub struct FlowsArgs {
     #[arg(long, value_parser = sort_parser(), default_value_t = SortKey::Bytes)]
     pub sort: SortKey,
 
-    /// Print at most N flows (of the merged table).
+    /// Print at most N rows (of the merged table).
     #[arg(long, value_name = "N")]
     pub limit: Option<u32>,
 
@@ -479,6 +499,7 @@ mod tests {
             }
         );
         assert_eq!(f.limit, Some(5));
+        assert_eq!(f.by, FlowsBy::Peer, "grouped unless asked");
         assert_eq!(f.sort, SortKey::Packets);
         assert_eq!(f.duration, Duration::from_secs(2));
     }

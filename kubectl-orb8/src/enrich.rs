@@ -9,10 +9,17 @@
 //!   `host:<node>`, never one of those pods.
 //! - A Service's cluster IP names the service (`svc:<ns>/<name>`).
 //! - Anything else is `world` (a public address) or `unknown` (a private one nobody owns).
+//!
+//! [`Directory::apply`] also makes the output pod-centric (docs/flows.md): each flow of a pod is
+//! kept once per pod end, from the observation at that pod's own veth; an uplink or bridge
+//! observation of traffic with a pod at either end is left out (the pod's veth reports it), so
+//! uplinks and bridges answer only for the node and host-network pods.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::SystemTime;
+
+use orb8_flowspec::InterfaceRole;
 
 use crate::flow::{Endpoint, FlowRecord};
 
@@ -113,8 +120,39 @@ impl Directory {
         }
     }
 
-    /// Names both ends of each flow (at the flow's first packet) and, when the command
-    /// selected pods, keeps only flows with a selected pod at one end.
+    /// Whether `e` is a pod the command selected (any pod when it selected none).
+    fn is_selected(&self, e: Option<&Endpoint>) -> bool {
+        match (e, &self.selected) {
+            (Some(Endpoint::Pod { .. }), None) => true,
+            (Some(Endpoint::Pod { namespace, name }), Some(sel)) => {
+                sel.contains(&(namespace.clone(), name.clone()))
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a named flow is reported (the module's rule): a veth observation when its pod
+    /// end is selected (any end, when the command selected no pods); an uplink or bridge
+    /// observation when neither end is a pod and the command selected no pods; a flow from an
+    /// agent that does not say its interface's role when a selected pod is at either end.
+    fn reports(&self, f: &FlowRecord) -> bool {
+        let is_pod = |e: &Option<Endpoint>| matches!(e, Some(Endpoint::Pod { .. }));
+        match (f.interface_role, f.observed_is_src()) {
+            (Some(InterfaceRole::Veth), Some(src)) => {
+                let end = if src { &f.src_name } else { &f.dst_name };
+                self.selected.is_none() || self.is_selected(end.as_ref())
+            }
+            (Some(_), _) => !is_pod(&f.src_name) && !is_pod(&f.dst_name) && self.selected.is_none(),
+            (None, _) => {
+                self.selected.is_none()
+                    || self.is_selected(f.src_name.as_ref())
+                    || self.is_selected(f.dst_name.as_ref())
+            }
+        }
+    }
+
+    /// Names both ends of each flow (at the flow's first packet) and keeps the observations
+    /// the module's rule reports: each flow once per (selected) pod end.
     pub fn apply(&self, flows: Vec<FlowRecord>) -> Vec<FlowRecord> {
         flows
             .into_iter()
@@ -123,35 +161,22 @@ impl Directory {
                     crate::flow::system_time(f.first_seen_nanos).unwrap_or_else(SystemTime::now);
                 f.src_name = f.src.map(|ip| self.name_of(ip, at));
                 f.dst_name = f.dst.map(|ip| self.name_of(ip, at));
-                let keep = match &self.selected {
-                    None => true,
-                    Some(sel) => [&f.src_name, &f.dst_name].iter().any(|e| match e {
-                        Some(Endpoint::Pod { namespace, name }) => {
-                            sel.contains(&(namespace.clone(), name.clone()))
-                        }
-                        _ => false,
-                    }),
-                };
-                keep.then_some(f)
+                self.reports(&f).then_some(f)
             })
             .collect()
     }
 }
 
-/// The flow's pod (the end that is a pod; the source when both are) and its peer, for the
-/// `pod` and `peer` columns.
+/// The flow's observed end and its peer, for the `pod` and `peer` columns:
+/// [`FlowRecord::observed_and_peer`].
 pub fn pod_and_peer(f: &FlowRecord) -> (Option<&Endpoint>, Option<&Endpoint>) {
-    let is_pod = |e: &Option<Endpoint>| matches!(e, Some(Endpoint::Pod { .. }));
-    if is_pod(&f.src_name) || !is_pod(&f.dst_name) {
-        (f.src_name.as_ref(), f.dst_name.as_ref())
-    } else {
-        (f.dst_name.as_ref(), f.src_name.as_ref())
-    }
+    f.observed_and_peer()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use orb8_flowspec::Direction;
     use std::time::{Duration, UNIX_EPOCH};
 
     fn t(s: u64) -> SystemTime {
@@ -193,6 +218,117 @@ mod tests {
         assert_eq!(d.name_of(ip, t(300)).label(), "pay/ledger-0");
         // Between the two lives nobody owned it.
         assert_eq!(d.name_of(ip, t(220)), Endpoint::Unknown);
+    }
+
+    /// A flow `src -> dst` seen on `iface` (`role`) in interface direction `dir`, first seen at
+    /// t(300).
+    fn seen(role: &str, iface_dir: orb8_proto::Direction, src: &str, dst: &str) -> FlowRecord {
+        let wire = orb8_proto::Flow {
+            interface: format!("{role}0"),
+            interface_role: role.into(),
+            direction: iface_dir as i32,
+            protocol: 17,
+            src_addr: orb8_flowspec::ip_to_bytes(src.parse().unwrap()),
+            dst_addr: orb8_flowspec::ip_to_bytes(dst.parse().unwrap()),
+            src_port: 40000,
+            dst_port: 53,
+            packets: 1,
+            bytes: 60,
+            first_seen_unix_nanos: 300_000_000_000,
+            ..Default::default()
+        };
+        FlowRecord::from_proto("node-a", wire)
+    }
+
+    /// Two pods of one node, `shop/a` (10.1.0.7) sending to `pay/b` (10.1.0.8): every place the
+    /// packets are counted (a's veth, b's veth, the bridge, and, as a wrongly routed copy, the
+    /// uplink), plus the node talking to the world on its uplink.
+    fn one_node_traffic() -> Vec<FlowRecord> {
+        use orb8_proto::Direction::{Egress, Ingress};
+        vec![
+            seen("veth", Ingress, "10.1.0.7", "10.1.0.8"),
+            seen("veth", Egress, "10.1.0.7", "10.1.0.8"),
+            seen("bridge", Ingress, "10.1.0.7", "10.1.0.8"),
+            seen("uplink", Egress, "10.1.0.7", "10.1.0.8"),
+            seen("uplink", Egress, "192.168.5.10", "203.0.113.7"),
+        ]
+    }
+
+    fn two_pods(selected: Option<&[(&str, &str)]>) -> Directory {
+        let mut d = dir();
+        d.upsert_pod(pod("shop", "a", "10.1.0.7", 10, false));
+        d.upsert_pod(pod("pay", "b", "10.1.0.8", 10, false));
+        d.selected = selected.map(|s| {
+            s.iter()
+                .map(|(n, p)| (n.to_string(), p.to_string()))
+                .collect()
+        });
+        d
+    }
+
+    /// (pod column, peer column, direction) of each flow kept.
+    fn rows(flows: &[FlowRecord]) -> Vec<(String, String, &'static str)> {
+        flows
+            .iter()
+            .map(|f| {
+                let (pod, peer) = pod_and_peer(f);
+                (
+                    pod.map(Endpoint::label).unwrap_or_default(),
+                    peer.map(Endpoint::label).unwrap_or_default(),
+                    crate::flow::direction_name(f.direction),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_selected_pod_sees_its_flow_once_from_its_own_veth() {
+        let d = two_pods(Some(&[("shop", "a")]));
+        let kept = d.apply(one_node_traffic());
+        assert_eq!(
+            rows(&kept),
+            vec![("shop/a".into(), "pay/b".into(), "egress")],
+            "{kept:#?}"
+        );
+        assert_eq!(kept[0].interface_direction, Some(Direction::Ingress));
+        let d = two_pods(Some(&[("pay", "b")]));
+        assert_eq!(
+            rows(&d.apply(one_node_traffic())),
+            vec![("pay/b".into(), "shop/a".into(), "ingress")]
+        );
+    }
+
+    #[test]
+    fn both_ends_selected_or_no_selection_count_once_per_pod_end() {
+        let want = vec![
+            ("shop/a".to_string(), "pay/b".to_string(), "egress"),
+            ("pay/b".to_string(), "shop/a".to_string(), "ingress"),
+        ];
+        let both = two_pods(Some(&[("shop", "a"), ("pay", "b")]));
+        assert_eq!(rows(&both.apply(one_node_traffic())), want);
+        // No pod selection (-A, --node): the node's own traffic stays too, from the uplink.
+        let mut all = want.clone();
+        all.push(("host:node-a".into(), "world".into(), "egress"));
+        assert_eq!(rows(&two_pods(None).apply(one_node_traffic())), all);
+        // Nobody selected: nothing.
+        assert!(two_pods(Some(&[])).apply(one_node_traffic()).is_empty());
+    }
+
+    #[test]
+    fn flows_of_agents_that_do_not_say_the_role_keep_the_old_rule() {
+        let mut f = seen(
+            "veth",
+            orb8_proto::Direction::Ingress,
+            "10.1.0.7",
+            "10.1.0.8",
+        );
+        f.interface_role = None;
+        f.direction = f.interface_direction;
+        let d = two_pods(Some(&[("pay", "b")]));
+        assert_eq!(
+            rows(&d.apply(vec![f])),
+            vec![("shop/a".into(), "pay/b".into(), "ingress")]
+        );
     }
 
     #[test]

@@ -3,6 +3,11 @@
 //! addresses), what an address is ([`Endpoint`], filled in by `enrich`), the wire form of
 //! filters and sort orders, and the formatting shared by every output format.
 //!
+//! A record's `direction` is the direction of its *observed end* (docs/flows.md): the pod
+//! behind a host-side veth (`egress` = the pod sent), the node on an uplink or bridge. The
+//! interface's own direction, as the kernel counted it, stays in `interface_direction`. Flows
+//! from agents that do not say their interface's role keep the interface's direction.
+//!
 //! What filters, CIDRs, protocols, directions and sort keys mean is `orb8-flowspec`'s, shared
 //! with the agent; this module only maps the wire's types onto it.
 
@@ -11,7 +16,7 @@ use std::net::IpAddr;
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use orb8_flowspec::{Direction, FlowFilterSpec, FlowKey, Protocol, SortKey, Totals};
+use orb8_flowspec::{Direction, FlowFilterSpec, FlowKey, InterfaceRole, Protocol, SortKey, Totals};
 use orb8_proto::{Flow, FlowFilter, SortBy};
 
 /// What an address is.
@@ -62,8 +67,13 @@ pub struct FlowRecord {
     pub node: String,
     /// Interface name on that node.
     pub interface: String,
-    /// Direction relative to the interface; `None` when the agent left it unspecified.
+    /// Direction of the observed end (the pod behind a veth, the node on an uplink); the
+    /// interface's when its role is unknown; `None` when the agent left it unspecified.
     pub direction: Option<Direction>,
+    /// Direction relative to the interface, as the kernel counted it.
+    pub interface_direction: Option<Direction>,
+    /// Why the agent watches the interface; `None` from agents that do not say.
+    pub interface_role: Option<InterfaceRole>,
     /// IP protocol.
     pub protocol: Protocol,
     /// Source address; `None` when the agent sent a malformed one.
@@ -98,7 +108,12 @@ pub struct FlowRecord {
 impl FlowRecord {
     /// Decodes a wire flow seen on `node`. An empty `node` falls back to the flow's own.
     pub fn from_proto(node: &str, flow: Flow) -> Self {
-        let direction = direction_from_wire(flow.direction());
+        let interface_direction = direction_from_wire(flow.direction());
+        let interface_role = InterfaceRole::from_name(&flow.interface_role);
+        let direction = match (interface_role, interface_direction) {
+            (Some(role), Some(d)) => Some(role.end_direction(d)),
+            _ => interface_direction,
+        };
         let node = if node.is_empty() {
             flow.node
         } else {
@@ -108,6 +123,8 @@ impl FlowRecord {
             node,
             interface: flow.interface,
             direction,
+            interface_direction,
+            interface_role,
             // A number above 255 (never sent by a sane agent) shows as 255 (reserved).
             protocol: Protocol::try_from(flow.protocol).unwrap_or(Protocol(u8::MAX)),
             src: orb8_flowspec::ip_from_bytes(&flow.src_addr),
@@ -126,7 +143,47 @@ impl FlowRecord {
         }
     }
 
-    /// What a filter looks at in this flow.
+    /// Whether the observed end (see the module docs) is the source: it sent what this flow
+    /// counts. `None` when the interface's role or the direction is unknown.
+    pub fn observed_is_src(&self) -> Option<bool> {
+        self.interface_role?;
+        Some(self.direction? == Direction::Egress)
+    }
+
+    /// The observed end's name and its peer's (cluster mode): the pod behind the veth, the
+    /// node on an uplink. For a flow whose interface role is unknown: the end that is a pod
+    /// (the source when both are).
+    pub fn observed_and_peer(&self) -> (Option<&Endpoint>, Option<&Endpoint>) {
+        if self.src_is_observed_or_pod() {
+            (self.src_name.as_ref(), self.dst_name.as_ref())
+        } else {
+            (self.dst_name.as_ref(), self.src_name.as_ref())
+        }
+    }
+
+    fn src_is_observed_or_pod(&self) -> bool {
+        let is_pod = |e: &Option<Endpoint>| matches!(e, Some(Endpoint::Pod { .. }));
+        self.observed_is_src()
+            .unwrap_or(is_pod(&self.src_name) || !is_pod(&self.dst_name))
+    }
+
+    /// The ends in [`Self::observed_and_peer`]'s order, as addresses with their ports.
+    pub fn observed_and_peer_addrs(&self) -> ((Option<IpAddr>, u32), (Option<IpAddr>, u32)) {
+        let src = (self.src, self.src_port);
+        let dst = (self.dst, self.dst_port);
+        if self.src_is_observed_or_pod() {
+            (src, dst)
+        } else {
+            (dst, src)
+        }
+    }
+
+    /// Whether the flow has ports to show (TCP, UDP, SCTP, ...; not a fragment).
+    pub fn has_ports(&self) -> bool {
+        self.shows_ports()
+    }
+
+    /// What a filter looks at in this flow (the observed end's direction).
     pub fn key(&self) -> FlowKey<'_> {
         FlowKey {
             interface: &self.interface,
@@ -193,6 +250,8 @@ impl FlowRecord {
             node: "node-a".into(),
             interface: "eth0".into(),
             direction: Some(Direction::Egress),
+            interface_direction: Some(Direction::Egress),
+            interface_role: Some(InterfaceRole::Uplink),
             protocol: Protocol(17),
             src: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))),
             src_port: 40000,
@@ -319,16 +378,15 @@ pub fn direction_to_wire(direction: Direction) -> orb8_proto::Direction {
     }
 }
 
-/// The filter as sent to agents.
+/// The filter as sent to agents: everything but the direction, which agents apply to the
+/// interface's direction while `--direction` means the observed end's; the client applies the
+/// whole filter again to what comes back.
 pub fn filter_to_wire(spec: &FlowFilterSpec) -> FlowFilter {
     FlowFilter {
         cidrs: spec.cidrs.iter().map(ToString::to_string).collect(),
         ports: spec.ports.iter().map(|p| u32::from(*p)).collect(),
         protocols: spec.protocols.iter().map(|p| u32::from(p.0)).collect(),
-        direction: spec
-            .direction
-            .map_or(orb8_proto::Direction::Unspecified, direction_to_wire)
-            as i32,
+        direction: orb8_proto::Direction::Unspecified as i32,
         interfaces: spec.interfaces.clone(),
     }
 }
@@ -364,6 +422,7 @@ mod tests {
             first_seen_unix_nanos: 1,
             last_seen_unix_nanos: 2,
             netns_owner: None,
+            interface_role: "veth".into(),
         }
     }
 
@@ -374,8 +433,32 @@ mod tests {
         assert_eq!(f.src_endpoint(), "[fd00::1]:443");
         assert_eq!(f.dst_endpoint(), "192.0.2.1:5555");
         assert_eq!(f.tcp_flag_letters(), "S.");
+        // Ingress on a veth: the pod behind it sent the flow.
+        assert_eq!(f.interface_direction, Some(Direction::Ingress));
+        assert_eq!(f.interface_role, Some(InterfaceRole::Veth));
+        assert_eq!(f.direction, Some(Direction::Egress));
+        assert_eq!(direction_name(f.direction), "egress");
+        assert_eq!(f.observed_is_src(), Some(true));
+        let mut egress = wire();
+        egress.direction = orb8_proto::Direction::Egress as i32;
+        let f = FlowRecord::from_proto("n", egress.clone());
         assert_eq!(f.direction, Some(Direction::Ingress));
-        assert_eq!(direction_name(f.direction), "ingress");
+        assert_eq!(f.observed_is_src(), Some(false));
+        egress.interface_role = "uplink".into();
+        let f = FlowRecord::from_proto("n", egress.clone());
+        assert_eq!(
+            f.direction,
+            Some(Direction::Egress),
+            "an uplink keeps its words"
+        );
+        assert_eq!(f.observed_is_src(), Some(true));
+        egress.interface_role = String::new();
+        let f = FlowRecord::from_proto("n", egress);
+        assert_eq!(
+            (f.direction, f.interface_role, f.observed_is_src()),
+            (Some(Direction::Egress), None, None),
+            "an agent that does not say the role: the interface's direction"
+        );
         assert_eq!(FlowRecord::from_proto("", wire()).node, "ignored");
 
         let mut odd = wire();
@@ -416,7 +499,11 @@ mod tests {
         assert_eq!(wire.cidrs, vec!["10.0.0.0/8", "fd00::1/128"]);
         assert_eq!(wire.ports, vec![53, 443]);
         assert_eq!(wire.protocols, vec![17]);
-        assert_eq!(wire.direction, orb8_proto::Direction::Egress as i32);
+        assert_eq!(
+            wire.direction,
+            orb8_proto::Direction::Unspecified as i32,
+            "the client applies --direction (the observed end's) itself"
+        );
         assert_eq!(wire.interfaces, vec!["eth0"]);
         assert_eq!(
             filter_to_wire(&FlowFilterSpec::default()),

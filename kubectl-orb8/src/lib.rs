@@ -2,13 +2,14 @@
 //! this host with `--local`), merges what they report and prints it.
 //!
 //! `main.rs` only calls [`main`]; everything else is here, one module per concern. Pure logic
-//! ([`flow`], [`enrich`], [`merge`], [`render`]) takes data and returns data; [`transport`],
-//! [`local`], [`k8s`] and [`session`] do the I/O with agents.
+//! ([`flow`], [`group`], [`enrich`], [`merge`], [`render`]) takes data and returns data;
+//! [`transport`], [`local`], [`k8s`] and [`session`] do the I/O with agents.
 //!
 //! The modules form a stack; each imports only modules below it (`tests/module_stack.rs`
-//! checks): [`defaults`], [`interrupt`], [`progress`] and the model [`flow`] (on
-//! `orb8-flowspec`) at the bottom; [`enrich`], [`merge`], [`render`] and [`transport`] on them;
-//! [`local`] and [`k8s`] (which implements transport's pod connector) above; then [`cli`] (the
+//! checks): [`defaults`], [`interrupt`], [`progress`], [`timing`] (on `progress`) and the
+//! model [`flow`] (on `orb8-flowspec`) at the bottom, the grouped view [`group`] on the model;
+//! [`enrich`], [`merge`], [`render`] and [`transport`] on them; [`local`] and [`k8s`] (which
+//! implements transport's pod connector) above; then [`cli`] (the
 //! parsed flags, turned into the plain options the layers below take), [`session`] and
 //! [`commands`]; this root, which runs a command line, on top.
 
@@ -19,6 +20,7 @@ pub mod commands;
 pub mod defaults;
 pub mod enrich;
 pub mod flow;
+pub mod group;
 pub mod interrupt;
 pub mod k8s;
 pub mod local;
@@ -26,6 +28,7 @@ pub mod merge;
 pub mod progress;
 pub mod render;
 pub mod session;
+pub mod timing;
 pub mod transport;
 
 use std::io::{self, BufWriter, Write};

@@ -259,6 +259,7 @@ mod tests {
             first_seen_unix_nanos: 1,
             last_seen_unix_nanos: last,
             netns_owner: None,
+            interface_role: "uplink".into(),
         }
     }
 

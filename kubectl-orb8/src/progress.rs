@@ -15,6 +15,11 @@ pub fn warn(message: &str) {
     let _ = writeln!(std::io::stderr(), "orb8: warning: {message}");
 }
 
+/// Prints an informational line on stderr (`orb8: ...`, for `-v`); a closed stderr is ignored.
+pub fn info(message: &str) {
+    let _ = writeln!(std::io::stderr(), "orb8: {message}");
+}
+
 /// A spinner with a message; invisible when stderr is not a terminal.
 #[derive(Debug, Clone)]
 pub struct Progress {

@@ -14,6 +14,7 @@ use crate::k8s::directory::LiveDirectory;
 use crate::k8s::ephemeral::AgentPods;
 use crate::local::{self, LocalAgent, LocalError};
 use crate::progress::{self, Progress};
+use crate::timing::{Step, Timing};
 use crate::transport::{Agent, AgentAddr};
 
 /// Connected agents, each with a unique display name, and the local agent if one was started.
@@ -27,6 +28,8 @@ pub struct Session {
     cluster: Option<AgentPods>,
     /// Names for flow endpoints (cluster mode).
     pub directory: Option<LiveDirectory>,
+    /// How long starting each agent took (`-v`).
+    pub timing: Timing,
 }
 
 /// Names agents by node, adding the address where two report the same node.
@@ -67,16 +70,32 @@ impl Session {
             }
             // Cluster mode handles Ctrl-C itself: its pods must be deleted, not dropped.
             let options = global.cluster_options();
-            let c = cluster::open(&options, None, deadline, interrupt, &progress::warn).await?;
+            let timing = Timing::new(global.verbose);
+            let c = cluster::open(
+                &options,
+                None,
+                deadline,
+                interrupt,
+                &progress::warn,
+                &timing,
+            )
+            .await?;
             let mut session = Session::new(c.agents, None);
             session.cluster = Some(c.pods);
             session.directory = Some(c.directory);
+            session.timing = timing;
             return Ok(session);
         }
-        tokio::select! {
-            s = Self::open_direct_or_local(global) => s,
-            () = interrupt.wait() => Err(Interrupted.into()),
+        let timing = Timing::new(global.verbose);
+        let mut session = tokio::select! {
+            s = Self::open_direct_or_local(global) => s?,
+            () = interrupt.wait() => return Err(Interrupted.into()),
+        };
+        for name in &session.names {
+            timing.mark(name, Step::AgentReady);
         }
+        session.timing = timing;
+        Ok(session)
     }
 
     async fn open_direct_or_local(global: &GlobalArgs) -> anyhow::Result<Session> {
@@ -138,6 +157,7 @@ impl Session {
             local,
             cluster: None,
             directory: None,
+            timing: Timing::default(),
         }
     }
 

@@ -85,6 +85,8 @@ fn flows_from_two_agents_merge_into_one_json_array() {
         "--agent",
         &b.addr,
         "flows",
+        "--by",
+        "connection",
         "-o",
         "json",
         "--duration",
@@ -118,6 +120,8 @@ fn flows_from_two_agents_merge_into_one_json_array() {
             "node": "node-a",
             "interface": "eth0",
             "direction": "egress",
+            "interface_direction": "egress",
+            "interface_role": "uplink",
             "protocol": "udp",
             "src": "10.0.0.1",
             "src_port": 40000,
@@ -140,6 +144,92 @@ fn flows_from_two_agents_merge_into_one_json_array() {
 }
 
 #[test]
+fn flows_are_grouped_by_peer_and_port_unless_asked_for_connections() {
+    let (a, b) = two_agents();
+    let o = run(&[
+        "--agent",
+        &a.addr,
+        "--agent",
+        &b.addr,
+        "flows",
+        "-o",
+        "json",
+        "--duration",
+        "0s",
+    ]);
+    assert_ok(&o);
+    let doc = json(&o);
+    let rows = doc.as_array().expect("an array");
+    let got: Vec<(&str, u64, u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["node"].as_str().expect("node"),
+                r["port"].as_u64().expect("port"),
+                r["connections"].as_u64().expect("connections"),
+                r["bytes"].as_u64().expect("bytes"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("node-a", 53, 2, 400),
+            ("node-b", 53, 1, 200),
+            ("node-b", 80, 1, 50)
+        ],
+        "node-a's two flows fold into one row; sorted by bytes"
+    );
+    assert_eq!(
+        rows[0],
+        serde_json::json!({
+            "node": "node-a",
+            "pod": "10.0.0.1",
+            "peer": "10.0.0.2",
+            "port": 53,
+            "protocol": "udp",
+            "direction": "egress",
+            "connections": 2,
+            "packets": 4,
+            "bytes": 400,
+            "tcp_flags": "",
+            "resets": 0,
+            "first_seen": "2023-11-14T22:13:20.123456789Z",
+            "last_seen": "2023-11-14T22:13:21.000000000Z"
+        })
+    );
+    // Rows are made on the client: the agents were asked for their whole tables.
+    for agent in [&a, &b] {
+        let queries = agent.calls.queries.lock().expect("lock").clone();
+        assert_eq!(queries[0].limit, 0);
+    }
+    let o = run(&[
+        "--agent",
+        &a.addr,
+        "--agent",
+        &b.addr,
+        "flows",
+        "-o",
+        "json",
+        "--duration",
+        "0s",
+        "--sort",
+        "packets",
+        "--limit",
+        "1",
+    ]);
+    assert_ok(&o);
+    let doc = json(&o);
+    let rows = doc.as_array().expect("an array");
+    assert_eq!(rows.len(), 1, "--limit counts rows: {doc:#}");
+    assert_eq!(
+        (rows[0]["node"].as_str(), rows[0]["packets"].as_u64()),
+        (Some("node-b"), Some(5)),
+        "--sort orders rows"
+    );
+}
+
+#[test]
 fn flows_filters_and_limits_the_merged_table_on_the_client_too() {
     let (a, b) = two_agents();
     let o = run(&[
@@ -148,6 +238,8 @@ fn flows_filters_and_limits_the_merged_table_on_the_client_too() {
         "--agent",
         &b.addr,
         "flows",
+        "--by",
+        "connection",
         "-o",
         "json",
         "--duration",
@@ -188,8 +280,9 @@ fn flows_filters_and_limits_the_merged_table_on_the_client_too() {
     assert_eq!(filter.ports, vec![53]);
     assert_eq!(filter.protocols, vec![17]);
     assert_eq!(filter.cidrs, vec!["10.0.0.0/24"]);
-    assert_eq!(filter.direction, orb8_proto::Direction::Egress as i32);
-    assert_eq!(q[0].limit, 2);
+    // --direction is the observed end's: the client applies it, so agents send every row.
+    assert_eq!(filter.direction, orb8_proto::Direction::Unspecified as i32);
+    assert_eq!(q[0].limit, 0);
     assert_eq!(q[0].sort, orb8_proto::SortBy::Packets as i32);
 }
 
@@ -202,6 +295,8 @@ fn flows_as_yaml_and_as_tables() {
         "--agent",
         &b.addr,
         "flows",
+        "--by",
+        "connection",
         "-o",
         "yaml",
         "--duration",
@@ -218,6 +313,37 @@ fn flows_as_yaml_and_as_tables() {
         "--agent",
         &b.addr,
         "flows",
+        "--duration",
+        "0s",
+    ]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    let header = out.lines().next().expect("header");
+    for col in [
+        "LOCAL",
+        "PEER",
+        "PORT",
+        "PROTO",
+        "DIRECTION",
+        "CONNS",
+        "PACKETS",
+        "BYTES",
+        "FLAGS",
+        "RESETS",
+    ] {
+        assert!(header.contains(col), "{header}");
+    }
+    assert_eq!(out.lines().count(), 4, "three rows: {out}");
+    assert!(out.contains("400 B"), "{out}");
+
+    let o = run(&[
+        "--agent",
+        &a.addr,
+        "--agent",
+        &b.addr,
+        "flows",
+        "--by",
+        "connection",
         "--duration",
         "0s",
     ]);
@@ -244,6 +370,8 @@ fn flows_as_yaml_and_as_tables() {
         "--agent",
         &a.addr,
         "flows",
+        "--by",
+        "connection",
         "-o",
         "wide",
         "--duration",

@@ -201,6 +201,7 @@ async fn run(
         21000,
         &["node-a".to_string()],
         &|_, _| {},
+        &kubectl_orb8::timing::Timing::default(),
     )
     .await;
     (pods, result)
@@ -389,6 +390,7 @@ async fn cancelled_start_still_deletes_the_pod() {
         21000,
         &nodes,
         &|_, _| {},
+        &kubectl_orb8::timing::Timing::default(),
     );
     assert!(
         tokio::time::timeout(Duration::from_millis(500), start)

@@ -128,7 +128,7 @@ pub fn status(node: &str) -> GetStatusResponse {
     }
 }
 
-/// A UDP flow 10.0.0.1:40000 -> 10.0.0.2:`dst_port` on eth0, egress.
+/// A UDP flow 10.0.0.1:40000 -> 10.0.0.2:`dst_port` on eth0 (an uplink), egress.
 pub fn flow(node: &str, bytes: u64, packets: u64, dst_port: u32) -> Flow {
     Flow {
         node: node.to_string(),
@@ -147,6 +147,7 @@ pub fn flow(node: &str, bytes: u64, packets: u64, dst_port: u32) -> Flow {
         first_seen_unix_nanos: 1_700_000_000_123_456_789,
         last_seen_unix_nanos: 1_700_000_001_000_000_000,
         netns_owner: None,
+        interface_role: "uplink".into(),
     }
 }
 

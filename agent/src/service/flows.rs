@@ -99,13 +99,24 @@ impl Flows {
     }
 }
 
-/// A kernel flow as the wire carries it, with the process behind its veth when known.
+/// A kernel flow as the wire carries it, with the role of its interface and the process
+/// behind its veth when known.
 fn wire_flow(agent: &Agent, node: &str, f: &Flow) -> pb::Flow {
     let mut w = convert::flow(node, agent.interface_name(f.key.ifindex), f, &agent.clock);
-    w.netns_owner = agent
-        .peer(f.key.ifindex)
-        .map(|p| Box::new(convert::netns_owner(&p)));
+    describe_interface(agent, f.key.ifindex, &mut w);
     w
+}
+
+/// Tags a wire flow with what the agent knows of its interface: why it is watched, and who
+/// lives behind it when it is a veth.
+fn describe_interface(agent: &Agent, ifindex: u32, w: &mut pb::Flow) {
+    w.interface_role = agent
+        .interface_role(ifindex)
+        .map(|r| r.as_str().to_string())
+        .unwrap_or_default();
+    w.netns_owner = agent
+        .peer(ifindex)
+        .map(|p| Box::new(convert::netns_owner(&p)));
 }
 
 /// The flows of a table read to open a stream with, oldest first, and what to remember of each:
@@ -192,10 +203,7 @@ impl Feed for FlowFeed {
                     &e,
                     &self.agent.clock,
                 );
-                f.netns_owner = self
-                    .agent
-                    .peer(e.key.ifindex)
-                    .map(|p| Box::new(convert::netns_owner(&p)));
+                describe_interface(&self.agent, e.key.ifindex, &mut f);
                 if !self.matcher.matches(&f) {
                     return None;
                 }

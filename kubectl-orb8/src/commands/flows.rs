@@ -1,4 +1,5 @@
-//! `kubectl orb8 flows`: wait while the agents collect, then print their merged flow table.
+//! `kubectl orb8 flows`: wait while the agents collect, then print their merged flow table,
+//! grouped by peer (`group`) unless `--by connection` asks for the flows themselves.
 
 use std::io::Write;
 use std::time::SystemTime;
@@ -7,8 +8,9 @@ use anyhow::Context as _;
 use orb8_proto::QueryFlowsRequest;
 use tokio::time::{Duration, Instant};
 
-use crate::cli::FlowsArgs;
+use crate::cli::{FlowsArgs, FlowsBy};
 use crate::flow::{filter_to_wire, sort_to_wire};
+use crate::group::group;
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::merge::merge_flow_tables;
 use crate::progress::{Progress, countdown_message, warn};
@@ -43,7 +45,8 @@ async fn collect(session: &Session, duration: Duration, interrupt: &Interrupt) {
     progress.finish();
 }
 
-/// Runs `flows`: collect, query every agent, merge, print.
+/// Runs `flows`: collect, query every agent, merge, name (cluster mode: each flow once per
+/// pod end), group (unless `--by connection`), print.
 pub async fn run(
     session: &Session,
     args: &FlowsArgs,
@@ -54,9 +57,19 @@ pub async fn run(
     collect(session, args.duration, interrupt).await;
 
     let filter = args.filter.spec();
+    let limit = args.limit.and_then(|l| usize::try_from(l).ok());
+    // The agents may cut the table only when their rows are the rows printed: not when names
+    // drop flows (cluster mode), flows fold into groups, or --direction (the observed end's,
+    // which the client decides) leaves some out.
+    let agents_limit =
+        args.by == FlowsBy::Connection && session.directory.is_none() && filter.direction.is_none();
     let request = QueryFlowsRequest {
         filter: Some(filter_to_wire(&filter)),
-        limit: args.limit.unwrap_or(0),
+        limit: if agents_limit {
+            args.limit.unwrap_or(0)
+        } else {
+            0
+        },
         sort: sort_to_wire(args.sort) as i32,
     };
     let interrupts_so_far = interrupt.count();
@@ -72,6 +85,7 @@ pub async fn run(
         () = interrupt.wait_for(interrupts_so_far + 1) => return Err(Interrupted.into()),
     };
     progress.finish();
+    session.timing.first_answer_all(&session.names);
 
     let mut tables = Vec::with_capacity(answers.len());
     for (name, answer) in session.names.iter().zip(answers) {
@@ -84,21 +98,26 @@ pub async fn run(
         }
         tables.push((name.clone(), answer.flows));
     }
-    let limit = args.limit.and_then(|l| usize::try_from(l).ok());
-    let flows = match &session.directory {
-        // Naming can drop flows (those of unselected pods), so the limit comes after it.
-        Some(d) => {
-            let mut named = d
-                .snapshot()
-                .apply(merge_flow_tables(tables, &filter, args.sort, None));
-            named.truncate(limit.unwrap_or(usize::MAX));
-            named
-        }
-        None => merge_flow_tables(tables, &filter, args.sort, limit),
-    };
-    if flows.is_empty() && matches!(format, OutputFormat::Table | OutputFormat::Wide) {
-        let _ = writeln!(std::io::stderr(), "No flows found.");
+    let mut flows = merge_flow_tables(tables, &filter, args.sort, None);
+    if let Some(d) = &session.directory {
+        flows = d.snapshot().apply(flows);
     }
-    render::write_flows(out, format, &flows, SystemTime::now())?;
+    let now = SystemTime::now();
+    match args.by {
+        FlowsBy::Connection => {
+            flows.truncate(limit.filter(|l| *l > 0).unwrap_or(usize::MAX));
+            if flows.is_empty() && matches!(format, OutputFormat::Table | OutputFormat::Wide) {
+                let _ = writeln!(std::io::stderr(), "No flows found.");
+            }
+            render::write_flows(out, format, &flows, now)?;
+        }
+        FlowsBy::Peer => {
+            let groups = group(&flows, args.sort, limit);
+            if groups.is_empty() && matches!(format, OutputFormat::Table | OutputFormat::Wide) {
+                let _ = writeln!(std::io::stderr(), "No flows found.");
+            }
+            render::write_groups(out, format, &groups, now)?;
+        }
+    }
     Ok(())
 }

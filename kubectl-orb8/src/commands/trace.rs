@@ -25,6 +25,7 @@ use crate::merge::{GapCause, Merged, merge_events};
 use crate::progress::warn;
 use crate::render::{AgentLostLine, FlowView, GapLine, NewFlowLine, OutputFormat, json, yaml};
 use crate::session::Session;
+use crate::timing::Step;
 
 /// How one event is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,6 +258,7 @@ pub async fn network(
         };
         match item {
             Some(Merged::Event { node, event }) => {
+                session.timing.mark(&node, Step::FirstAnswer);
                 write_event(
                     out,
                     format,

@@ -22,6 +22,7 @@ use super::target::{self, TargetSpec};
 use crate::defaults::{CONNECT_RETRY, POD_DELETE_WAIT, cluster_idle_timeout};
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::progress::NodeProgress;
+use crate::timing::{Step, Timing};
 use crate::transport::{Agent, AgentError, PodPort, PortForwardError};
 
 /// Where warnings go: the caller decides how they are shown.
@@ -80,13 +81,15 @@ fn random_u16() -> anyhow::Result<u16> {
 }
 
 /// Starts agents for the command's selection. `deadline` bounds the pods' lives; warnings
-/// (nodes left out, names that cannot be listed, pods left behind) go to `warn`.
+/// (nodes left out, names that cannot be listed, pods left behind) go to `warn`; each node's
+/// steps to `timing`.
 pub async fn open(
     args: &ClusterOptions,
     pod: Option<String>,
     deadline: Duration,
     interrupt: &Interrupt,
     warn: Warn<'_>,
+    timing: &Timing,
 ) -> anyhow::Result<ClusterAgents> {
     let (client, namespace) = tokio::select! {
         r = super::client::connect(&args.access) => r?,
@@ -117,7 +120,7 @@ pub async fn open(
     let pods = AgentPods::new(&client, &args.agent_namespace);
     let started = tokio::select! {
         (r, (reaped, failed)) = futures::future::join(
-            start_and_connect(&client, args, &session, &pods, &resolved.nodes, deadline, warn),
+            start_and_connect(&client, args, &session, &pods, &resolved.nodes, deadline, warn, timing),
             reap::reap(&client, &args.agent_namespace, &session),
         ) => {
             if let Some(line) = reap::summary(&reaped) {
@@ -164,6 +167,7 @@ async fn start_and_connect(
     nodes: &[String],
     deadline: Duration,
     warn: Warn<'_>,
+    timing: &Timing,
 ) -> anyhow::Result<Vec<Agent>> {
     let token = random_hex(16)?;
     // Below the kernel's ephemeral ports and the NodePort range: free on nearly every node.
@@ -189,6 +193,7 @@ async fn start_and_connect(
         port,
         nodes,
         &|node, what| bars.waiting(node, what),
+        timing,
     )
     .await;
     let mut agents = Vec::new();
@@ -214,6 +219,7 @@ async fn start_and_connect(
                     .await
                     {
                         Ok(a) => {
+                            timing.mark(&node, Step::AgentReady);
                             bars.done(&node, "ready");
                             Ok(a)
                         }

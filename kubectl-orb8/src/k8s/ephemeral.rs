@@ -13,6 +13,7 @@ use kube::{Api, Client};
 
 use super::lifecycle::{self, StartFailure};
 use super::pod_spec::{self, AgentPodParams};
+use crate::timing::{Step, Timing};
 
 /// How agent pods are made.
 #[derive(Clone, Debug)]
@@ -99,8 +100,8 @@ impl AgentPods {
 }
 
 /// Creates one agent pod per node and waits for each to run, concurrently. `progress(node,
-/// what)` hears what each pod waits for. A node whose pod fails comes back as an error with the
-/// reason; the others are usable.
+/// what)` hears what each pod waits for; `timing` when each was created and ran. A node whose
+/// pod fails comes back as an error with the reason; the others are usable.
 pub async fn start(
     pods: &AgentPods,
     config: &EphemeralConfig,
@@ -109,6 +110,7 @@ pub async fn start(
     port: u16,
     nodes: &[String],
     progress: &(dyn Fn(&str, &str) + Sync),
+    timing: &Timing,
 ) -> Vec<Result<RunningAgent, (String, StartFailure)>> {
     let starts = nodes.iter().enumerate().map(|(i, node)| {
         let params = AgentPodParams {
@@ -127,16 +129,23 @@ pub async fn start(
         pods.record(&params.name);
         async move {
             let pod = pod_spec::agent_pod(&params);
-            lifecycle::create_and_wait(&pods.api, &pod, config.timeout, |what| {
-                progress(&params.node, what)
-            })
-            .await
-            .map(|_| RunningAgent {
-                node: params.node.clone(),
-                pod: params.name.clone(),
-                port,
-            })
-            .map_err(|f| (params.node.clone(), f))
+            let node = params.node.as_str();
+            let running = async {
+                let created = lifecycle::create(&pods.api, &pod).await?;
+                timing.mark(node, Step::PodCreated);
+                let mut said = |what: &str| progress(node, what);
+                lifecycle::wait_running(&pods.api, &created, config.timeout, &mut said).await?;
+                timing.mark(node, Step::PodRunning);
+                Ok(())
+            };
+            running
+                .await
+                .map(|()| RunningAgent {
+                    node: params.node.clone(),
+                    pod: params.name.clone(),
+                    port,
+                })
+                .map_err(|f| (params.node.clone(), f))
         }
     });
     join_all(starts).await

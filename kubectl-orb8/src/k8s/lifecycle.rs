@@ -186,11 +186,15 @@ pub async fn create_and_wait(
     timeout: Duration,
     mut progress: impl FnMut(&str),
 ) -> Result<Pod, StartFailure> {
-    let created = api
-        .create(&PostParams::default(), pod)
-        .await
-        .map_err(|e| StartFailure::Api(api_error("creating the agent pod", &e)))?;
+    let created = create(api, pod).await?;
     wait_running(api, &created, timeout, &mut progress).await
+}
+
+/// Creates the pod; the API server's answer is the pod as created.
+pub async fn create(api: &Api<Pod>, pod: &Pod) -> Result<Pod, StartFailure> {
+    api.create(&PostParams::default(), pod)
+        .await
+        .map_err(|e| StartFailure::Api(api_error("creating the agent pod", &e)))
 }
 
 /// Waits (watching the pod) until [`assess`] says running or failed, or `timeout` passes.

@@ -36,6 +36,8 @@ mod tests {
     "node": "node-a",
     "interface": "eth0",
     "direction": "egress",
+    "interface_direction": "egress",
+    "interface_role": "uplink",
     "protocol": "udp",
     "src": "10.0.0.1",
     "src_port": 40000,
@@ -50,6 +52,37 @@ mod tests {
   }
 ]"#;
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_known_group_as_json() {
+        let groups = crate::group::group(
+            &[FlowRecord::test_flow(), FlowRecord::test_flow()],
+            orb8_flowspec::SortKey::Bytes,
+            None,
+        );
+        let views: Vec<crate::render::FlowGroupView> = groups
+            .iter()
+            .map(crate::render::FlowGroupView::from)
+            .collect();
+        let want = r#"[
+  {
+    "node": "node-a",
+    "pod": "10.0.0.1",
+    "peer": "10.0.0.2",
+    "port": 53,
+    "protocol": "udp",
+    "direction": "egress",
+    "connections": 2,
+    "packets": 4,
+    "bytes": 300,
+    "tcp_flags": "",
+    "resets": 0,
+    "first_seen": "2023-11-14T22:13:20.123456789Z",
+    "last_seen": "2023-11-14T22:13:21.000000000Z"
+  }
+]"#;
+        assert_eq!(to_string(&views).expect("serialises"), want);
     }
 
     #[test]
@@ -73,7 +106,7 @@ mod tests {
         let got = to_line(&line).expect("serialises");
         assert_eq!(
             got,
-            r#"{"event":"new_flow","time":"2023-11-14T22:13:20.123456789Z","seq":7,"node":"node-a","interface":"eth0","direction":"egress","protocol":"udp","src":"10.0.0.1","src_port":40000,"dst":"10.0.0.2","dst_port":53,"fragment":false,"packets":2,"bytes":150,"tcp_flags":"","first_seen":"2023-11-14T22:13:20.123456789Z","last_seen":"2023-11-14T22:13:21.000000000Z"}"#
+            r#"{"event":"new_flow","time":"2023-11-14T22:13:20.123456789Z","seq":7,"node":"node-a","interface":"eth0","direction":"egress","interface_direction":"egress","interface_role":"uplink","protocol":"udp","src":"10.0.0.1","src_port":40000,"dst":"10.0.0.2","dst_port":53,"fragment":false,"packets":2,"bytes":150,"tcp_flags":"","first_seen":"2023-11-14T22:13:20.123456789Z","last_seen":"2023-11-14T22:13:21.000000000Z"}"#
         );
         let cause = crate::merge::GapCause::SeqJump {
             expected: 3,

@@ -11,10 +11,12 @@ use std::io::{self, Write};
 use std::time::SystemTime;
 
 use crate::flow::FlowRecord;
+use crate::group::FlowGroup;
 
 pub use view::{
-    AgentLostLine, AgentStatus, AgentVersion, ClientVersion, DropView, FlowView, GapLine,
-    InterfaceView, NewFlowLine, OutputFormat, StatusView, VersionView, stage_name, uptime_text,
+    AgentLostLine, AgentStatus, AgentVersion, ClientVersion, DropView, FlowGroupView, FlowView,
+    GapLine, InterfaceView, NewFlowLine, OutputFormat, StatusView, VersionView, stage_name,
+    uptime_text,
 };
 
 /// Writes a flow table in `format`; `now` is what ages in tables are measured from.
@@ -34,6 +36,27 @@ pub fn write_flows(
         }
         OutputFormat::Json => writeln!(out, "{}", json::flows(flows)?),
         OutputFormat::Yaml => out.write_all(yaml::flows(flows)?.as_bytes()),
+    }
+}
+
+/// Writes the grouped flow view in `format`; `now` is what ages in tables are measured from.
+pub fn write_groups(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    groups: &[FlowGroup],
+    now: SystemTime,
+) -> io::Result<()> {
+    let views: Vec<FlowGroupView> = groups.iter().map(FlowGroupView::from).collect();
+    match format {
+        OutputFormat::Table | OutputFormat::Wide => {
+            if groups.is_empty() {
+                return Ok(());
+            }
+            let wide = format == OutputFormat::Wide;
+            writeln!(out, "{}", table::groups(groups, wide, now, None))
+        }
+        OutputFormat::Json => writeln!(out, "{}", json::to_string(&views)?),
+        OutputFormat::Yaml => out.write_all(yaml::to_string(&views)?.as_bytes()),
     }
 }
 

@@ -6,6 +6,7 @@ use comfy_table::{CellAlignment, ColumnConstraint, ContentArrangement, Table, Wi
 
 use super::view::StatusView;
 use crate::flow::{FlowRecord, age, direction_name, human_bytes, human_count};
+use crate::group::FlowGroup;
 
 /// A borderless table. `width: None` fits the terminal when stdout is one (and does not wrap
 /// otherwise); `Some(w)` fixes the width, for tests.
@@ -65,13 +66,14 @@ fn finish(table: &Table) -> String {
         .join("\n")
 }
 
-/// The flow table; `wide` adds the interface column and shows exact counts.
+/// The flow table (one row per flow, `--by connection`); `wide` adds the interface, its role
+/// and the interface's direction, and shows exact counts.
 pub fn flows(flows: &[FlowRecord], wide: bool, now: SystemTime, width: Option<u16>) -> String {
     let mut header = vec!["NODE"];
     let mut caps: Vec<u16> = vec![12];
     if wide {
-        header.push("INTERFACE");
-        caps.push(9);
+        header.extend(["INTERFACE", "ROLE", "IF-DIRECTION"]);
+        caps.extend([9, 6, 7]);
     }
     // Cluster mode names the ends: the pod, and the peer it talks to.
     let named = flows
@@ -98,7 +100,13 @@ pub fn flows(flows: &[FlowRecord], wide: bool, now: SystemTime, width: Option<u1
         .map(|f| {
             let mut row = vec![f.node.clone()];
             if wide {
-                row.push(f.interface.clone());
+                row.extend([
+                    f.interface.clone(),
+                    f.interface_role
+                        .map_or("-", orb8_flowspec::InterfaceRole::name)
+                        .to_string(),
+                    direction_name(f.interface_direction).to_string(),
+                ]);
             }
             if named {
                 let (pod, peer) = crate::enrich::pod_and_peer(f);
@@ -134,8 +142,81 @@ pub fn flows(flows: &[FlowRecord], wide: bool, now: SystemTime, width: Option<u1
         .collect();
     let mut table = new_table(&header, width);
     table.add_rows(rows.iter().cloned());
-    let offset = usize::from(wide) + if named { 2 } else { 0 };
+    let offset = if wide { 3 } else { 0 } + if named { 2 } else { 0 };
     right_align(&mut table, &[5 + offset, 6 + offset]);
+    set_minimums(&mut table, &rows, &header, &caps);
+    finish(&table)
+}
+
+/// The grouped flow table, one row per observed end, peer, port, protocol and direction;
+/// `wide` adds the node and shows exact counts. The first column is `POD` when the ends have
+/// names (cluster mode), `LOCAL` (an address) otherwise.
+pub fn groups(groups: &[FlowGroup], wide: bool, now: SystemTime, width: Option<u16>) -> String {
+    let named = groups.iter().any(|g| g.named);
+    let mut header = Vec::new();
+    let mut caps: Vec<u16> = Vec::new();
+    if wide {
+        header.push("NODE");
+        caps.push(12);
+    }
+    header.extend([
+        if named { "POD" } else { "LOCAL" },
+        "PEER",
+        "PORT",
+        "PROTO",
+        "DIRECTION",
+        "CONNS",
+        "PACKETS",
+        "BYTES",
+        "FLAGS",
+        "RESETS",
+        "FIRST SEEN",
+        "LAST SEEN",
+    ]);
+    caps.extend([24, 24, 5, 6, 9, 5, 7, 10, 8, 6, 6, 6]);
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|g| {
+            let mut row = Vec::new();
+            if wide {
+                row.push(g.key.node.clone());
+            }
+            let (packets, bytes) = if wide {
+                (g.packets.to_string(), g.bytes.to_string())
+            } else {
+                (human_count(g.packets), human_bytes(g.bytes))
+            };
+            let flags = g.tcp_flag_letters();
+            row.extend([
+                g.key.pod.clone(),
+                g.key.peer.clone(),
+                g.key
+                    .port
+                    .map_or_else(|| "-".to_string(), |p| p.to_string()),
+                g.key.protocol.to_string(),
+                direction_name(g.key.direction).to_string(),
+                g.connections.to_string(),
+                packets,
+                bytes,
+                if flags.is_empty() { "-".into() } else { flags },
+                if g.key.protocol == orb8_flowspec::Protocol::TCP {
+                    g.resets.to_string()
+                } else {
+                    "-".into()
+                },
+                age(g.first_seen_nanos, now),
+                age(g.last_seen_nanos, now),
+            ]);
+            row
+        })
+        .collect();
+    let mut table = new_table(&header, width);
+    table.add_rows(rows.iter().cloned());
+    let offset = usize::from(wide);
+    right_align(
+        &mut table,
+        &[2 + offset, 5 + offset, 6 + offset, 7 + offset, 9 + offset],
+    );
     set_minimums(&mut table, &rows, &header, &caps);
     finish(&table)
 }
@@ -248,8 +329,12 @@ mod tests {
         let mut f = FlowRecord::test_flow();
         f.bytes = 123_456_789;
         let out = flows(&[f], true, now(), Some(200));
-        assert!(out.lines().next().expect("header").contains("INTERFACE"));
+        let header = out.lines().next().expect("header");
+        assert!(header.contains("INTERFACE"), "{header}");
+        assert!(header.contains("ROLE"), "{header}");
+        assert!(header.contains("IF-DIRECTION"), "{header}");
         assert!(out.contains("eth0"));
+        assert!(out.contains("uplink"), "{out}");
         assert!(out.contains("123456789"));
         let narrow = flows(&[FlowRecord::test_flow()], false, now(), Some(200));
         assert!(!narrow.contains("eth0"));
@@ -272,6 +357,72 @@ mod tests {
         let cramped = flows(&[f], true, now(), Some(40));
         assert!(cramped.contains("10.0.0.1:40000"), "{cramped}");
         assert!(cramped.contains("DIRECTION"), "{cramped}");
+    }
+
+    #[test]
+    fn grouped_table_has_one_row_per_peer_and_port() {
+        let mut a = FlowRecord::test_flow();
+        a.src_name = Some(crate::flow::Endpoint::Pod {
+            namespace: "shop".into(),
+            name: "client".into(),
+        });
+        a.dst_name = Some(crate::flow::Endpoint::Service {
+            namespace: "kube-system".into(),
+            name: "dns".into(),
+        });
+        let mut b = a.clone();
+        b.src_port = 40001;
+        let rows = crate::group::group(&[a, b], orb8_flowspec::SortKey::Bytes, None);
+        let out = groups(&rows, false, now(), Some(200));
+        let mut lines = out.lines();
+        let header: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
+        assert_eq!(
+            header,
+            vec![
+                "POD",
+                "PEER",
+                "PORT",
+                "PROTO",
+                "DIRECTION",
+                "CONNS",
+                "PACKETS",
+                "BYTES",
+                "FLAGS",
+                "RESETS",
+                "FIRST",
+                "SEEN",
+                "LAST",
+                "SEEN"
+            ]
+        );
+        let row: Vec<&str> = lines.next().expect("row").split_whitespace().collect();
+        assert_eq!(
+            row,
+            vec![
+                "shop/client",
+                "svc:kube-system/dns",
+                "53",
+                "udp",
+                "egress",
+                "2",
+                "4",
+                "300",
+                "B",
+                "-",
+                "-",
+                "4.9s",
+                "4.0s"
+            ]
+        );
+        assert_eq!(lines.next(), None);
+        let wide = groups(&rows, true, now(), Some(200));
+        assert!(wide.starts_with("NODE"), "{wide}");
+        let local = crate::group::group(
+            &[FlowRecord::test_flow()],
+            orb8_flowspec::SortKey::Bytes,
+            None,
+        );
+        assert!(groups(&local, false, now(), Some(200)).starts_with("LOCAL"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use orb8_proto::{DropStage, GetStatusResponse};
 use serde::Serialize;
 
 use crate::flow::{FlowRecord, direction_name, rfc3339_nanos};
+use crate::group::FlowGroup;
 use crate::merge::GapCause;
 
 /// The `-o/--output` formats.
@@ -32,8 +33,15 @@ pub struct FlowView {
     pub node: String,
     /// Interface name.
     pub interface: String,
-    /// `ingress` or `egress`.
+    /// The observed end's direction (`egress`: the pod behind the veth, or the node on an
+    /// uplink, sent it); `ingress` or `egress`.
     pub direction: &'static str,
+    /// The direction relative to the interface, as the kernel counted it.
+    pub interface_direction: &'static str,
+    /// Why the agent watches the interface (`veth`, `uplink`, `bridge`, `explicit`); absent
+    /// from agents that do not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface_role: Option<&'static str>,
     /// Protocol name (`udp`) or number as text (`47`).
     pub protocol: String,
     /// Source address.
@@ -89,6 +97,8 @@ impl From<&FlowRecord> for FlowView {
             node: f.node.clone(),
             interface: f.interface.clone(),
             direction: direction_name(f.direction),
+            interface_direction: direction_name(f.interface_direction),
+            interface_role: f.interface_role.map(orb8_flowspec::InterfaceRole::name),
             protocol: f.protocol_text(),
             src: f.src_text(),
             src_port: f.src_port,
@@ -130,6 +140,59 @@ impl From<&FlowRecord> for FlowView {
                 .as_ref()
                 .map(|o| o.cgroup.clone())
                 .filter(|c| !c.is_empty()),
+        }
+    }
+}
+
+/// A row of the grouped flow view as JSON and YAML show it (see `group` for what each field
+/// means).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowGroupView {
+    /// Node the flows were seen on.
+    pub node: String,
+    /// The observed end: `ns/pod`, `host:node`; its address without names.
+    pub pod: String,
+    /// The other end, named as `pod` (`world(addr)`/`unknown(addr)` for ends nobody owns).
+    pub peer: String,
+    /// The service port (the lower of each connection's two ports); absent without ports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    /// Protocol name (`tcp`) or number as text.
+    pub protocol: String,
+    /// The observed end's direction: `egress` (it sent) or `ingress`.
+    pub direction: &'static str,
+    /// Flows (five-tuples) folded into the row.
+    pub connections: u64,
+    /// Packets.
+    pub packets: u64,
+    /// IP-layer bytes.
+    pub bytes: u64,
+    /// Every TCP flag any of them carried, as tcpdump letters.
+    pub tcp_flags: String,
+    /// How many of them carried a TCP reset.
+    pub resets: u64,
+    /// The earliest first packet, RFC 3339 UTC with nanoseconds.
+    pub first_seen: Option<String>,
+    /// The latest packet, RFC 3339 UTC with nanoseconds.
+    pub last_seen: Option<String>,
+}
+
+impl From<&FlowGroup> for FlowGroupView {
+    fn from(g: &FlowGroup) -> Self {
+        FlowGroupView {
+            node: g.key.node.clone(),
+            pod: g.key.pod.clone(),
+            peer: g.key.peer.clone(),
+            port: g.key.port,
+            protocol: g.key.protocol.to_string(),
+            direction: direction_name(g.key.direction),
+            connections: g.connections,
+            packets: g.packets,
+            bytes: g.bytes,
+            tcp_flags: g.tcp_flag_letters(),
+            resets: g.resets,
+            first_seen: rfc3339_nanos(g.first_seen_nanos),
+            last_seen: rfc3339_nanos(g.last_seen_nanos),
         }
     }
 }

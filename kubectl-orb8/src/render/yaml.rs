@@ -29,6 +29,8 @@ mod tests {
 - node: node-a
   interface: eth0
   direction: egress
+  interface_direction: egress
+  interface_role: uplink
   protocol: udp
   src: 10.0.0.1
   src_port: 40000
