@@ -2,7 +2,8 @@
 //! when the pod ran, when the agent answered through its port-forward, and when its first
 //! answer to the command came (the first event of a trace, the flow table of `flows`), each
 //! measured from the start of the command. Each step is kept the first time it is reached;
-//! the node's line is said when its first answer comes.
+//! with `-v` the node's steps so far are said when its agent is ready and again when its first
+//! answer comes.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -60,7 +61,7 @@ impl Timing {
     }
 
     /// Records that `node` reached `step` now (unless it did before). Reaching
-    /// [`Step::FirstAnswer`] says the node's line when verbose.
+    /// [`Step::AgentReady`] or [`Step::FirstAnswer`] says the node's line when verbose.
     pub fn mark(&self, node: &str, step: Step) {
         let elapsed = self.start.elapsed();
         let line = {
@@ -70,7 +71,7 @@ impl Timing {
                 return;
             }
             steps.insert(step, elapsed);
-            (step == Step::FirstAnswer).then(|| line(node, steps))
+            matches!(step, Step::AgentReady | Step::FirstAnswer).then(|| line(node, steps))
         };
         if let Some(line) = line.filter(|_| self.verbose) {
             crate::progress::info(&line);

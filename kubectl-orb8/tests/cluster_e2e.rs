@@ -22,6 +22,9 @@ use std::process::Stdio;
 
 use serde_json::{Value, json};
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+
 use harness::{E2e, Lines, POD_START, first_line, sigint};
 
 /// A busybox script that sleeps until the pod is deleted.
@@ -41,30 +44,39 @@ fn e2e_flows_name_both_ends_and_n_keeps_only_that_namespace() {
     let session = e.session("f");
     let out = e.orb8_ok(
         &session,
-        &["-n", &a, "flows", "-o", "json", "--duration", "4s"],
+        &[
+            "-n",
+            &a,
+            "flows",
+            "--by",
+            "connection",
+            "-o",
+            "json",
+            "--duration",
+            "4s",
+        ],
     );
     let flows: Vec<Value> = serde_json::from_str(&out).expect("JSON flows");
     let (client, server_name) = (format!("{b}/client"), format!("{a}/server"));
-    let named = |src: &str, dst: &str| {
+    // Seen from the server's own veth only: the requests it received, the replies it sent.
+    let named = |src: &str, dst: &str, direction: &str| {
         flows.iter().any(|f| {
             f["protocol"] == "icmp"
                 && f["src_name"] == src
                 && f["dst_name"] == dst
+                && f["direction"] == direction
                 && f["packets"].as_u64() > Some(0)
         })
     };
     assert!(
-        named(&client, &server_name) && named(&server_name, &client),
+        named(&client, &server_name, "ingress") && named(&server_name, &client, "egress"),
         "no ICMP flows {client} <-> {server_name} named in {flows:#?}"
     );
-    let in_a = |name: &Value| {
-        name.as_str()
-            .is_some_and(|n| n.starts_with(&format!("{a}/")))
-    };
     for f in &flows {
-        assert!(
-            in_a(&f["src_name"]) || in_a(&f["dst_name"]),
-            "-n {a} printed a flow with no pod of {a} at either end: {f:#}"
+        assert_eq!(
+            (f["pod"].as_str(), f["interface_role"].as_str()),
+            (Some(server_name.as_str()), Some("veth")),
+            "-n {a} printed a flow not seen at {server_name}'s own veth: {f:#}"
         );
         for end in ["src", "dst"] {
             assert!(
@@ -250,4 +262,270 @@ fn e2e_killed_client_leaves_pods_that_cleanup_removes() {
     );
     e.orb8_ok(&second, &["cleanup"]);
     assert_eq!(e.session_pods(&second), Vec::<String>::new());
+}
+
+/// UDP datagrams the sender sends per poke, and the IP length of each.
+const DATAGRAMS: u64 = 7;
+const DATAGRAM_BYTES: u64 = 120;
+
+/// A pod that, each time it is poked on 7000, sends exactly [`DATAGRAMS`] UDP datagrams of
+/// [`DATAGRAM_BYTES`] IP bytes to `dst` (traceroute probes from one socket, to ports 7002
+/// upward, with TTL 64 so that they reach `dst` however the node routes; `dst` answers each
+/// with an ICMP port unreachable).
+fn udp_sender(dst: &str) -> String {
+    format!(
+        "while :; do echo ready | busybox nc -l -p 7000 >/dev/null; \
+         busybox traceroute -n -f 64 -m 64 -q {DATAGRAMS} -w 1 -p 7002 {dst} {DATAGRAM_BYTES} \
+         >/dev/null 2>&1; done"
+    )
+}
+
+/// Waits until `-v` said that the agents of every one of `nodes` are ready.
+fn wait_agents_ready(stderr: &mut Lines, nodes: &[String]) {
+    let left: RefCell<BTreeSet<String>> = RefCell::new(nodes.iter().cloned().collect());
+    stderr.wait_for("'port-forward ready' for every node", POD_START, |l| {
+        let mut left = left.borrow_mut();
+        if l.contains("port-forward ready")
+            && let Some(node) = l
+                .strip_prefix("orb8: timing ")
+                .and_then(|r| r.split(':').next())
+        {
+            left.remove(node);
+        }
+        left.is_empty()
+    });
+}
+
+/// Runs `kubectl orb8 -v ARGS` (a `flows` command) in `session`, pokes `sender` once the
+/// agents of `nodes` are ready, and returns its JSON output.
+fn flows_around_a_poke(
+    e: &E2e,
+    session: &str,
+    args: &[&str],
+    nodes: &[String],
+    sender: (&str, &str),
+) -> Vec<Value> {
+    let mut all = vec!["-v"];
+    all.extend_from_slice(args);
+    let mut child = e
+        .orb8(session, &all)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning kubectl-orb8");
+    let mut stderr = Lines::of(&mut child);
+    wait_agents_ready(&mut stderr, nodes);
+    e.poke(sender.0, sender.1, 7000);
+    let out = child.wait_with_output().expect("waiting for flows");
+    let stderr = stderr.rest();
+    assert!(out.status.success(), "flows {args:?} failed: {stderr}");
+    assert!(
+        !stderr.contains("warning"),
+        "flows {args:?} warned: {stderr}"
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|err| {
+        panic!(
+            "flows {args:?}: not JSON ({err}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// (packets, bytes, connections) summed over `rows` (grouped rows count connections; flows
+/// are one connection each).
+fn sums<'a>(rows: impl Iterator<Item = &'a Value>) -> (u64, u64, u64) {
+    rows.fold((0, 0, 0), |(p, b, c), r| {
+        (
+            p + r["packets"].as_u64().unwrap_or(0),
+            b + r["bytes"].as_u64().unwrap_or(0),
+            c + r["connections"].as_u64().unwrap_or(1),
+        )
+    })
+}
+
+#[test]
+fn e2e_pod_to_pod_udp_is_counted_once_per_pod_end_from_its_own_veth() {
+    let Some(mut e) = E2e::new("udp-once") else {
+        return;
+    };
+    let (s, r) = (e.namespace("s"), e.namespace("r"));
+    let receiver_ip = e.pod(&r, "receiver", IDLE);
+    let node = e.node_of(&r, "receiver");
+    e.pod_on(&s, "sender", &udp_sender(&receiver_ip), Some(&node));
+    let nodes = vec![node.clone()];
+    let (sender, receiver) = (format!("{s}/sender"), format!("{r}/receiver"));
+    let want = (DATAGRAMS, DATAGRAMS * DATAGRAM_BYTES, DATAGRAMS);
+
+    // -n s: the sender's end only, once, in the sender's words; grouped by peer.
+    let by_namespace = e.session("n");
+    let rows = flows_around_a_poke(
+        &e,
+        &by_namespace,
+        &[
+            "-n",
+            &s,
+            "flows",
+            "-o",
+            "json",
+            "--protocol",
+            "udp",
+            "--duration",
+            "5s",
+        ],
+        &nodes,
+        (&s, "sender"),
+    );
+    for row in &rows {
+        assert_eq!(
+            (
+                row["pod"].as_str(),
+                row["peer"].as_str(),
+                row["direction"].as_str()
+            ),
+            (
+                Some(sender.as_str()),
+                Some(receiver.as_str()),
+                Some("egress")
+            ),
+            "-n {s} printed a row that is not the sender sending: {rows:#?}"
+        );
+    }
+    assert_eq!(
+        sums(rows.iter()),
+        want,
+        "{DATAGRAMS} datagrams of {DATAGRAM_BYTES} B, each counted once: {rows:#?}"
+    );
+
+    // -A, one row per flow: once at each pod end, each from its own veth, in its own words.
+    let session = e.session("a");
+    let flows = flows_around_a_poke(
+        &e,
+        &session,
+        &[
+            "-A",
+            "flows",
+            "--by",
+            "connection",
+            "-o",
+            "json",
+            "--protocol",
+            "udp",
+            "--duration",
+            "5s",
+        ],
+        &nodes,
+        (&s, "sender"),
+    );
+    let ours: Vec<&Value> = flows
+        .iter()
+        .filter(|f| f["src_name"] == sender.as_str() && f["dst_name"] == receiver.as_str())
+        .collect();
+    for f in &ours {
+        assert_eq!(f["interface_role"], "veth", "seen off a veth: {f:#}");
+    }
+    let at = |pod: &str, direction: &str, interface_direction: &str| {
+        let end: Vec<&Value> = ours.iter().copied().filter(|f| f["pod"] == pod).collect();
+        assert!(
+            end.iter()
+                .all(|f| f["direction"] == direction
+                    && f["interface_direction"] == interface_direction),
+            "{pod}: expected {direction} (interface {interface_direction}): {end:#?}"
+        );
+        sums(end.into_iter())
+    };
+    assert_eq!(at(&sender, "egress", "ingress"), want, "{ours:#?}");
+    assert_eq!(at(&receiver, "ingress", "egress"), want, "{ours:#?}");
+    assert_eq!(ours.len() as u64, 2 * DATAGRAMS, "{ours:#?}");
+    for session in [by_namespace, session] {
+        assert_eq!(e.session_pods(&session), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn e2e_trace_network_text_lines_name_both_pods() {
+    let Some(mut e) = E2e::new("trace-names") else {
+        return;
+    };
+    let (s, r) = (e.namespace("s"), e.namespace("r"));
+    let receiver_ip = e.pod(&r, "receiver", IDLE);
+    let node = e.node_of(&r, "receiver");
+    e.pod_on(&s, "sender", &udp_sender(&receiver_ip), Some(&node));
+    let session = e.session("t");
+    let mut child = e
+        .orb8(
+            &session,
+            &["-v", "-n", &s, "trace", "network", "--protocol", "udp"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning kubectl-orb8");
+    let mut stderr = Lines::of(&mut child);
+    wait_agents_ready(&mut stderr, &[node]);
+    e.poke(&s, "sender", 7000);
+    let line = first_line(&mut child, POD_START);
+    sigint(&child);
+    let status = child.wait().expect("waiting for kubectl-orb8");
+    assert!(
+        status.success() || status.code() == Some(130),
+        "{status}: {}",
+        stderr.rest()
+    );
+    // `~ 10:00:00.000Z node-1 vethX egress udp s/sender:PORT -> r/receiver:7002 120 B`
+    assert!(
+        line.contains(&format!(" egress udp {s}/sender:"))
+            && line.contains(&format!(" -> {r}/receiver:"))
+            && line.trim_end().ends_with(&format!(" {DATAGRAM_BYTES} B")),
+        "the line does not name both pods: {line:?}"
+    );
+    assert_eq!(e.session_pods(&session), Vec::<String>::new());
+}
+
+#[test]
+fn e2e_documented_rbac_is_enough_and_a_killed_sessions_pod_goes_with_the_next_command() {
+    let Some(mut e) = E2e::new("rbac-reap") else {
+        return;
+    };
+    let n = e.namespace("k");
+    let server = e.pod(&n, "server", IDLE);
+    e.pod(&n, "caller", &caller_script(&server));
+    let killed = e.session("k");
+    let left = killed_client(&e, &n, &killed);
+    e.finish_agents(&killed, std::time::Duration::from_secs(90));
+    let next = e.session("n");
+    let run = || {
+        e.orb8(&next, &["-n", &n, "flows", "--duration", "1s"])
+            .output()
+            .expect("running kubectl-orb8")
+    };
+    let out = match e.as_documented_user(run) {
+        Some(out) => out,
+        None => {
+            harness::say(
+                "SKIPPED e2e rbac part: a real cluster needs the roles applied and a token of a user bound by them; ran as the kubeconfig's user",
+            );
+            run()
+        }
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("orb8: warning"))
+        .collect();
+    assert_eq!(
+        warnings,
+        vec![format!(
+            "orb8: warning: removed {} finished agent pod{} of gone session {killed} (finished over 2m ago)",
+            left.len(),
+            if left.len() == 1 { "" } else { "s" }
+        )],
+        "the documented RBAC is enough, and the killed session's pods are said to go"
+    );
+    assert_eq!(
+        e.session_pods(&killed),
+        Vec::<String>::new(),
+        "the next command left the killed session's pods"
+    );
+    assert_eq!(e.session_pods(&next), Vec::<String>::new());
 }

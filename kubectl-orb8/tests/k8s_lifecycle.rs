@@ -382,6 +382,7 @@ async fn cancelled_start_still_deletes_the_pod() {
     let cfg = config(Duration::from_secs(60));
     let nodes = ["node-a".to_string()];
     // Ctrl-C: the start future is dropped while the pod is pending.
+    let timing = kubectl_orb8::timing::Timing::default();
     let start = ephemeral::start(
         &pods,
         &cfg,
@@ -390,7 +391,7 @@ async fn cancelled_start_still_deletes_the_pod() {
         21000,
         &nodes,
         &|_, _| {},
-        &kubectl_orb8::timing::Timing::default(),
+        &timing,
     );
     assert!(
         tokio::time::timeout(Duration::from_millis(500), start)

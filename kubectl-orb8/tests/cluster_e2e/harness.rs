@@ -8,14 +8,14 @@ use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use orb8_testkit::NetNs;
-use orb8_testkit::fake_cluster::FakeCluster;
+use orb8_testkit::fake_cluster::{FakeCluster, Rbac, cluster_roles};
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::runtime::Runtime;
@@ -23,7 +23,7 @@ use tokio::runtime::Runtime;
 /// The project's own cluster, for runs without `ORB8_E2E_KUBECONFIG`. Field order is drop
 /// order: the cluster (its pods) goes before the namespace playing its node.
 pub(crate) struct Fake {
-    _cluster: FakeCluster,
+    cluster: FakeCluster,
     _node: NetNs,
 }
 
@@ -45,6 +45,16 @@ pub(crate) struct E2e {
 
 /// How long a real cluster may take to pull busybox and start a pod (or an agent).
 pub(crate) const POD_START: Duration = Duration::from_secs(180);
+
+/// Where agent pods run (the client's default).
+pub(crate) const AGENT_NAMESPACE: &str = "orb8-system";
+
+/// How long after it finished a gone session's agent pod is left alone
+/// (`kubectl_orb8::k8s::reap::FINISHED_GRACE`).
+const REAP_GRACE: Duration = kubectl_orb8::k8s::reap::FINISHED_GRACE;
+
+/// The documented RBAC.
+const CLUSTER_ROLES: &str = include_str!("../../../manifests/clusterrole.yaml");
 
 /// Writes past the test harness's capture, so a skip is seen.
 pub(crate) fn say(line: &str) {
@@ -83,7 +93,7 @@ impl E2e {
                     kubeconfig,
                     "orb8-agent:e2e".to_string(),
                     Some(Fake {
-                        _cluster: cluster,
+                        cluster,
                         _node: node,
                     }),
                 )
@@ -137,8 +147,19 @@ impl E2e {
     /// Starts pod `name` in `namespace` running `busybox sh -c script`, waits until it runs,
     /// and returns its address.
     pub(crate) fn pod(&self, namespace: &str, name: &str, script: &str) -> String {
+        self.pod_on(namespace, name, script, None)
+    }
+
+    /// [`Self::pod`] on node `node` (where the scheduler puts it when `None`).
+    pub(crate) fn pod_on(
+        &self,
+        namespace: &str,
+        name: &str,
+        script: &str,
+        node: Option<&str>,
+    ) -> String {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let pod: Pod = serde_json::from_value(json!({
+        let mut pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": {"orb8-e2e": self.id}},
             "spec": {
                 "containers": [{"name": "main", "image": self.workload_image,
@@ -148,6 +169,9 @@ impl E2e {
             }
         }))
         .expect("pod object");
+        if let (Some(spec), Some(node)) = (pod.spec.as_mut(), node) {
+            spec.node_name = Some(node.to_string());
+        }
         self.rt.block_on(async {
             pods.create(&PostParams::default(), &pod)
                 .await
@@ -174,6 +198,114 @@ impl E2e {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
+    }
+
+    /// The node pod `namespace/name` runs on.
+    pub(crate) fn node_of(&self, namespace: &str, name: &str) -> String {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let p = self
+            .rt
+            .block_on(pods.get(name))
+            .unwrap_or_else(|e| panic!("reading pod {namespace}/{name}: {e}"));
+        p.spec
+            .and_then(|s| s.node_name)
+            .unwrap_or_else(|| panic!("pod {namespace}/{name} has no node"))
+    }
+
+    /// The phases of `session`'s agent pods.
+    fn session_phases(&self, session: &str) -> Vec<(String, Option<SystemTime>)> {
+        let api: Api<Pod> = Api::all(self.client.clone());
+        let lp = ListParams::default().labels(&format!("orb8.dev/session={session}"));
+        let list = self
+            .rt
+            .block_on(api.list(&lp))
+            .unwrap_or_else(|e| panic!("listing agent pods of session {session}: {e}"));
+        list.items
+            .iter()
+            .map(|p| {
+                let status = p.status.clone().unwrap_or_default();
+                let finished = status
+                    .container_statuses
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.clone())
+                    .map(|t| SystemTime::from(t.0))
+                    .max();
+                (status.phase.unwrap_or_default(), finished)
+            })
+            .collect()
+    }
+
+    /// Brings the agent pods of `session`, whose client was killed, to where the next command
+    /// removes them: finished, longer ago than the grace period (`k8s::reap`). On a real cluster
+    /// that is waiting: for the agents' idle timeout (`--timeout` + 30 s) and the grace period.
+    /// The fake cluster stops the agents (SIGTERM, as their idle watchdog would end them) and
+    /// dates their end that long ago.
+    pub(crate) fn finish_agents(&self, session: &str, idle_timeout: Duration) {
+        let finished = |phases: &[(String, Option<SystemTime>)]| {
+            phases
+                .iter()
+                .all(|(p, _)| p == "Succeeded" || p == "Failed")
+        };
+        if let Some(fake) = &self._fake {
+            fake.cluster
+                .report_finished_ago(REAP_GRACE + Duration::from_secs(60));
+            let pods = self.session_pods(session);
+            for c in fake.cluster.containers() {
+                let own = pods
+                    .iter()
+                    .any(|p| c.pod == format!("{AGENT_NAMESPACE}/{p}"));
+                if own && c.exit.is_none() {
+                    // SAFETY: signalling an agent process the fake kubelet started.
+                    unsafe { libc::kill(c.pid as i32, libc::SIGTERM) };
+                }
+            }
+        }
+        let end = Instant::now() + idle_timeout + POD_START;
+        let phases = loop {
+            let phases = self.session_phases(session);
+            if finished(&phases) {
+                break phases;
+            }
+            assert!(
+                Instant::now() < end,
+                "agent pods of {session} still running: {phases:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        if let Some(fake) = &self._fake {
+            fake.cluster.report_finished_ago(Duration::ZERO);
+        } else {
+            let last = phases.iter().filter_map(|(_, t)| *t).max();
+            let until = last.unwrap_or_else(SystemTime::now) + REAP_GRACE + Duration::from_secs(2);
+            if let Ok(left) = until.duration_since(SystemTime::now()) {
+                say(&format!(
+                    "waiting {left:?} for the reap grace period of session {session}"
+                ));
+                std::thread::sleep(left);
+            }
+        }
+    }
+
+    /// Runs `f` as a user bound exactly as `manifests/clusterrole.yaml` says (`orb8-user`
+    /// cluster-wide, `orb8-agent-manager` in the agent namespace): the fake cluster enforces
+    /// those rules on every request while `f` runs. `None` on a real cluster, which would need
+    /// the roles applied and a token of such a user.
+    pub(crate) fn as_documented_user<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
+        let fake = self._fake.as_ref()?;
+        let roles = cluster_roles(CLUSTER_ROLES).expect("manifests/clusterrole.yaml parses");
+        let rbac = Rbac::new("tester")
+            .bind_cluster(&roles["orb8-user"])
+            .bind_namespace(AGENT_NAMESPACE, &roles["orb8-agent-manager"]);
+        fake.cluster.enforce_rbac(Some(rbac));
+        struct Lift<'a>(&'a FakeCluster);
+        impl Drop for Lift<'_> {
+            fn drop(&mut self) {
+                self.0.enforce_rbac(None);
+            }
+        }
+        let _lift = Lift(&fake.cluster);
+        Some(f())
     }
 
     /// A new agent session id for one command of this test.
