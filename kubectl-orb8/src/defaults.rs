@@ -49,8 +49,12 @@ pub const AGENT_NAMESPACE: &str = "orb8-system";
 pub const POD_DELETE_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a cluster agent that does not answer yet (still attaching its probes) is waited
-/// for between connection attempts.
+/// for between connection attempts: [`CONNECT_RETRY_FIRST`] after the first, twice as long
+/// after each next one, at most this.
 pub const CONNECT_RETRY: Duration = Duration::from_millis(300);
+
+/// The first wait between connection attempts to a cluster agent (see [`CONNECT_RETRY`]).
+pub const CONNECT_RETRY_FIRST: Duration = Duration::from_millis(50);
 
 /// How long a local agent may take to print its ready line.
 pub const LOCAL_START_TIMEOUT: Duration = Duration::from_secs(30);

@@ -171,7 +171,10 @@ fn e2e_ctrl_c_mid_stream_deletes_the_agents() {
     e.pod(&n, "caller", &caller_script(&server));
     let session = e.session("i");
     let mut child = e
-        .orb8(&session, &["-n", &n, "trace", "network", "-o", "json"])
+        .orb8(
+            &session,
+            &["-v", "-n", &n, "trace", "network", "-o", "json"],
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -191,11 +194,15 @@ fn e2e_ctrl_c_mid_stream_deletes_the_agents() {
     );
     sigint(&child);
     let status = child.wait().expect("waiting for kubectl-orb8");
+    let stderr = stderr.rest();
     assert!(
         status.success() || status.code() == Some(130),
-        "{status}: {}",
-        stderr.rest()
+        "{status}: {stderr}"
     );
+    // How long the first line took, step by step (`-v`), for whoever reads the test's output.
+    for line in stderr.lines().filter(|l| l.contains("first answer")) {
+        harness::say(&format!("ctrl-c: {line}"));
+    }
     assert_eq!(
         e.session_pods(&session),
         Vec::<String>::new(),

@@ -19,7 +19,7 @@ use super::pod_spec;
 use super::portforward;
 use super::reap;
 use super::target::{self, TargetSpec};
-use crate::defaults::{CONNECT_RETRY, POD_DELETE_WAIT, cluster_idle_timeout};
+use crate::defaults::{CONNECT_RETRY, CONNECT_RETRY_FIRST, POD_DELETE_WAIT, cluster_idle_timeout};
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::progress::NodeProgress;
 use crate::timing::{Step, Timing};
@@ -118,10 +118,16 @@ pub async fn open(
         None => random_hex(4)?,
     };
     let pods = AgentPods::new(&client, &args.agent_namespace);
+    // The names are read while the agents start: they are needed for the first line.
+    let names = async {
+        let selected = directory::selected_pods(&client, &spec).await;
+        LiveDirectory::start(&client, selected, warn).await
+    };
     let started = tokio::select! {
-        (r, (reaped, failed)) = futures::future::join(
+        (r, (reaped, failed), directory) = futures::future::join3(
             start_and_connect(&client, args, &session, &pods, &resolved.nodes, deadline, warn, timing),
             reap::reap(&client, &args.agent_namespace, &session),
+            names,
         ) => {
             if let Some(line) = reap::summary(&reaped) {
                 warn(&line);
@@ -129,20 +135,16 @@ pub async fn open(
             for f in failed {
                 warn(&f);
             }
-            r
+            r.map(|agents| (agents, directory))
         }
         () = interrupt.wait() => Err(Interrupted.into()),
     };
     match started {
-        Ok(agents) => {
-            let selected = directory::selected_pods(&client, &spec).await;
-            let directory = LiveDirectory::start(&client, selected, warn).await;
-            Ok(ClusterAgents {
-                agents,
-                pods,
-                directory,
-            })
-        }
+        Ok((agents, directory)) => Ok(ClusterAgents {
+            agents,
+            pods,
+            directory,
+        }),
         Err(e) => {
             teardown(&pods, warn).await;
             Err(e)
@@ -185,32 +187,28 @@ async fn start_and_connect(
         privileged: args.privileged,
     };
     let bars = NodeProgress::new(nodes, "creating the agent pod");
-    let started = ephemeral::start(
-        pods,
-        &config,
-        session,
-        &token,
-        port,
-        nodes,
-        &|node, what| bars.waiting(node, what),
-        timing,
-    )
-    .await;
     let mut agents = Vec::new();
     let mut missing = Vec::new();
-    let connect_until = Instant::now() + args.start_timeout;
-    let connects = started.into_iter().map(|r| {
+    // Each node on its own: its agent is connected to as soon as its pod runs, whatever the
+    // other nodes' pods are doing.
+    let connects = nodes.iter().enumerate().map(|(i, node)| {
         let bars = &bars;
         let token = token.as_str();
-        let namespace = config.namespace.as_str();
+        let config = &config;
         async move {
-            match r {
+            let progress = |node: &str, what: &str| bars.waiting(node, what);
+            let started = ephemeral::start_one(
+                pods, config, session, token, port, i, node, &progress, timing,
+            )
+            .await;
+            match started {
                 Ok(running) => {
                     bars.waiting(&running.node, "the agent to answer");
                     let node = running.node.clone();
+                    let connect_until = Instant::now() + args.start_timeout;
                     match connect(
                         client,
-                        namespace,
+                        &config.namespace,
                         running,
                         token,
                         connect_until,
@@ -247,7 +245,8 @@ async fn start_and_connect(
 }
 
 /// Connects through a port-forward, retrying while the agent is still attaching its probes
-/// (the pod runs before the agent listens) until `until`.
+/// (the pod runs before the agent listens) until `until`: soon at first (the agent is usually
+/// about to listen), then less often.
 async fn connect(
     client: &Client,
     namespace: &str,
@@ -257,6 +256,7 @@ async fn connect(
     attempt_timeout: Duration,
 ) -> anyhow::Result<Agent> {
     let target = PodPort::new(namespace, running.pod.clone(), running.port);
+    let mut pause = CONNECT_RETRY_FIRST;
     loop {
         match portforward::connect_agent(
             client.clone(),
@@ -267,8 +267,9 @@ async fn connect(
         .await
         {
             Ok(a) => return Ok(a),
-            Err(e) if Instant::now() + CONNECT_RETRY < until && retryable(&e) => {
-                tokio::time::sleep(CONNECT_RETRY).await;
+            Err(e) if Instant::now() + pause < until && retryable(&e) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(CONNECT_RETRY);
             }
             Err(e) => return Err(e.into()),
         }

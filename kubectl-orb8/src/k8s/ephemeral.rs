@@ -102,6 +102,7 @@ impl AgentPods {
 /// Creates one agent pod per node and waits for each to run, concurrently. `progress(node,
 /// what)` hears what each pod waits for; `timing` when each was created and ran. A node whose
 /// pod fails comes back as an error with the reason; the others are usable.
+#[allow(clippy::too_many_arguments)] // reason: the pod's parameters, as `start_one` takes them
 pub async fn start(
     pods: &AgentPods,
     config: &EphemeralConfig,
@@ -113,40 +114,56 @@ pub async fn start(
     timing: &Timing,
 ) -> Vec<Result<RunningAgent, (String, StartFailure)>> {
     let starts = nodes.iter().enumerate().map(|(i, node)| {
-        let params = AgentPodParams {
-            session: session.to_string(),
-            node: node.clone(),
-            name: pod_spec::pod_name(session, i),
-            namespace: config.namespace.clone(),
-            image: config.image.clone(),
-            pull_policy: config.pull_policy.clone(),
-            port,
-            token: token.to_string(),
-            idle_timeout: config.idle_timeout,
-            deadline: config.deadline,
-            privileged: config.privileged,
-        };
-        pods.record(&params.name);
-        async move {
-            let pod = pod_spec::agent_pod(&params);
-            let node = params.node.as_str();
-            let running = async {
-                let created = lifecycle::create(&pods.api, &pod).await?;
-                timing.mark(node, Step::PodCreated);
-                let mut said = |what: &str| progress(node, what);
-                lifecycle::wait_running(&pods.api, &created, config.timeout, &mut said).await?;
-                timing.mark(node, Step::PodRunning);
-                Ok(())
-            };
-            running
-                .await
-                .map(|()| RunningAgent {
-                    node: params.node.clone(),
-                    pod: params.name.clone(),
-                    port,
-                })
-                .map_err(|f| (params.node.clone(), f))
-        }
+        start_one(
+            pods, config, session, token, port, i, node, progress, timing,
+        )
     });
     join_all(starts).await
+}
+
+/// Creates the agent pod of `node` (the `index`th node of the session) and waits until it
+/// runs; its name is recorded for teardown before it is created.
+#[allow(clippy::too_many_arguments)] // reason: each is a part of the pod or of its reporting
+pub async fn start_one(
+    pods: &AgentPods,
+    config: &EphemeralConfig,
+    session: &str,
+    token: &str,
+    port: u16,
+    index: usize,
+    node: &str,
+    progress: &(dyn Fn(&str, &str) + Sync),
+    timing: &Timing,
+) -> Result<RunningAgent, (String, StartFailure)> {
+    let params = AgentPodParams {
+        session: session.to_string(),
+        node: node.to_string(),
+        name: pod_spec::pod_name(session, index),
+        namespace: config.namespace.clone(),
+        image: config.image.clone(),
+        pull_policy: config.pull_policy.clone(),
+        port,
+        token: token.to_string(),
+        idle_timeout: config.idle_timeout,
+        deadline: config.deadline,
+        privileged: config.privileged,
+    };
+    pods.record(&params.name);
+    let pod = pod_spec::agent_pod(&params);
+    let running = async {
+        let created = lifecycle::create(&pods.api, &pod).await?;
+        timing.mark(node, Step::PodCreated);
+        let mut said = |what: &str| progress(node, what);
+        lifecycle::wait_running(&pods.api, &created, config.timeout, &mut said).await?;
+        timing.mark(node, Step::PodRunning);
+        Ok(())
+    };
+    running
+        .await
+        .map(|()| RunningAgent {
+            node: params.node.clone(),
+            pod: params.name.clone(),
+            port,
+        })
+        .map_err(|f| (params.node.clone(), f))
 }
