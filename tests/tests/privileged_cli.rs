@@ -50,7 +50,7 @@ fn flow<'a>(
         .iter()
         .filter(|f| {
             f["interface"] == iface
-                && f["direction"] == dir
+                && f["interface_direction"] == dir
                 && f["protocol"] == proto
                 && f["src"] == src
                 && f["dst"] == dst
@@ -71,7 +71,16 @@ fn privileged_flows_local_json_has_exact_counts() {
     let (a, b) = (&topo.pods[0], &topo.pods[1]);
     let client = client_in(
         &topo.node,
-        &["flows", "--local", "-o", "json", "--duration", "6s"],
+        &[
+            "flows",
+            "--local",
+            "--by",
+            "connection",
+            "-o",
+            "json",
+            "--duration",
+            "6s",
+        ],
     );
     wait_attached(&topo.node, &a.host_if);
     wait_attached(&topo.node, &b.host_if);
@@ -92,6 +101,15 @@ fn privileged_flows_local_json_has_exact_counts() {
     let flows: Vec<Value> = serde_json::from_str(&finish(client)).expect("one JSON document");
     let udp = flow(&flows, &a.host_if, "ingress", "udp", &a.ip4, &b.ip4);
     assert_eq!(counts(udp), (40, 40 * (250 + 28)));
+    // Ingress on A's veth is what A sent: its direction is egress.
+    assert_eq!(
+        (udp["direction"].as_str(), udp["interface_role"].as_str()),
+        (Some("egress"), Some("veth"))
+    );
+    assert_eq!(
+        flow(&flows, &b.host_if, "egress", "udp", &a.ip4, &b.ip4)["direction"],
+        "ingress"
+    );
     assert_eq!(
         (udp["src_port"].as_u64(), udp["dst_port"].as_u64()),
         (Some(40000), Some(5000))
@@ -193,7 +211,7 @@ fn privileged_trace_network_local_prints_one_line_per_new_flow() {
         .map(|l| {
             (
                 l["interface"].as_str().unwrap().to_string(),
-                l["direction"].as_str().unwrap().to_string(),
+                l["interface_direction"].as_str().unwrap().to_string(),
                 l["dst_port"].as_u64().unwrap(),
             )
         })
@@ -387,7 +405,16 @@ fn privileged_local_flows_name_the_process_and_container_behind_a_veth() {
     cg.add(sleeper.id());
     let client = client_in(
         &topo.node,
-        &["flows", "--local", "-o", "json", "--duration", "5s"],
+        &[
+            "flows",
+            "--local",
+            "--by",
+            "connection",
+            "-o",
+            "json",
+            "--duration",
+            "5s",
+        ],
     );
     // Both veths the datagrams cross must be attached before they are sent.
     wait_attached(&topo.node, &a.host_if);

@@ -185,7 +185,17 @@ fn privileged_cluster_flows_json_has_exact_counts_and_deletes_its_agent() {
     let cluster = cluster_of(&topo);
     let orb8 = Orb8::start(
         &cluster,
-        &["flows", "-n", "a", "-o", "json", "--duration", "3s"],
+        &[
+            "flows",
+            "-n",
+            "a",
+            "--by",
+            "connection",
+            "-o",
+            "json",
+            "--duration",
+            "3s",
+        ],
     );
     wait_attached(&topo.node, &a.host_if);
     let rx = udp_receiver(&b.ns, &format!("{}:5000", b.ip4), 20);
@@ -211,7 +221,7 @@ fn privileged_cluster_flows_json_has_exact_counts_and_deletes_its_agent() {
         .iter()
         .filter(|f| {
             f["interface"] == a.host_if.as_str()
-                && f["direction"] == "ingress"
+                && f["interface_direction"] == "ingress"
                 && f["protocol"] == "udp"
                 && f["src"] == a.ip4.as_str()
                 && f["dst"] == b.ip4.as_str()
@@ -220,6 +230,11 @@ fn privileged_cluster_flows_json_has_exact_counts_and_deletes_its_agent() {
     assert_eq!(udp.len(), 1, "one UDP flow A -> B on A's veth: {flows:#?}");
     assert_eq!(counts(udp[0]), (20, 20 * (100 + 28)));
     assert_eq!(udp[0]["node"], NODE);
+    // Seen at A's veth: A sent it.
+    assert_eq!(
+        (udp[0]["pod"].as_str(), udp[0]["direction"].as_str()),
+        (Some("a/pod-0"), Some("egress"))
+    );
     // Both ends are named from the API server's pods.
     assert_eq!(udp[0]["src_name"], "a/pod-0");
     assert_eq!(udp[0]["dst_name"], "a/pod-1");
@@ -357,7 +372,7 @@ fn privileged_cluster_trace_all_namespaces_streams_through_the_port_forward() {
         .map(|l| {
             (
                 l["interface"].as_str().unwrap().to_string(),
-                l["direction"].as_str().unwrap().to_string(),
+                l["interface_direction"].as_str().unwrap().to_string(),
             )
         })
         .collect();
