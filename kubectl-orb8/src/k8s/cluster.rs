@@ -161,6 +161,7 @@ pub async fn teardown(pods: &AgentPods, warn: Warn<'_>) {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // reason: the session's parts, and where it reports
 async fn start_and_connect(
     client: &Client,
     args: &ClusterOptions,
