@@ -61,9 +61,9 @@ mod tests {
             orb8_flowspec::SortKey::Bytes,
             None,
         );
-        let views: Vec<crate::render::FlowGroupView> = groups
+        let views: Vec<crate::render::view::FlowGroupView> = groups
             .iter()
-            .map(crate::render::FlowGroupView::from)
+            .map(crate::render::view::FlowGroupView::from)
             .collect();
         let want = r#"[
   {
