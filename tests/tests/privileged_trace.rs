@@ -26,8 +26,8 @@ use serve_agent::ServeAgent;
 
 const TOKEN: &str = "e2e-token-trace0123456789abcdef";
 
-/// What identifies a printed flow: event, interface, direction, protocol, src, src port, dst,
-/// dst port.
+/// What identifies a printed flow: event, interface, the interface's direction, protocol, src,
+/// src port, dst, dst port.
 type Seen = (String, String, String, String, String, u64, String, u64);
 
 fn seen(l: &Value) -> Seen {
@@ -36,7 +36,7 @@ fn seen(l: &Value) -> Seen {
     (
         s("event"),
         s("interface"),
-        s("direction"),
+        s("interface_direction"),
         s("protocol"),
         s("src"),
         n("src_port"),
