@@ -226,6 +226,17 @@ fn privileged_trace_network_local_prints_one_line_per_new_flow() {
     assert_eq!(got, want, "{out}");
     for l in &ours {
         assert_eq!(l["protocol"], "udp");
+        // New-flow events carry the role too: on A's veth A sent, on B's B received.
+        let pods_word = if l["interface"] == a.host_if.as_str() {
+            "egress"
+        } else {
+            "ingress"
+        };
+        assert_eq!(
+            (l["interface_role"].as_str(), l["direction"].as_str()),
+            (Some("veth"), Some(pods_word)),
+            "{l:#}"
+        );
         assert_eq!(
             counts(l),
             (1, 64 + 28),
