@@ -138,11 +138,16 @@ impl Directory {
     }
 }
 
+/// Whether [`pod_and_peer`]'s pod end is the flow's source.
+pub fn pod_is_src(f: &FlowRecord) -> bool {
+    let is_pod = |e: &Option<Endpoint>| matches!(e, Some(Endpoint::Pod { .. }));
+    is_pod(&f.src_name) || !is_pod(&f.dst_name)
+}
+
 /// The flow's pod (the end that is a pod; the source when both are) and its peer, for the
 /// `pod` and `peer` columns.
 pub fn pod_and_peer(f: &FlowRecord) -> (Option<&Endpoint>, Option<&Endpoint>) {
-    let is_pod = |e: &Option<Endpoint>| matches!(e, Some(Endpoint::Pod { .. }));
-    if is_pod(&f.src_name) || !is_pod(&f.dst_name) {
+    if pod_is_src(f) {
         (f.src_name.as_ref(), f.dst_name.as_ref())
     } else {
         (f.dst_name.as_ref(), f.src_name.as_ref())
