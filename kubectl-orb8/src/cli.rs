@@ -277,6 +277,9 @@ pub enum Command {
     /// Print events live as the agents see them.
     #[command(subcommand)]
     Trace(TraceCommand),
+    /// A live full-screen view of who talks to whom: top talkers by pod and peer with rates,
+    /// drill-down into a pod, agents and losses (`?` lists the keys; `q` quits).
+    Top(TopArgs),
     /// Print the client's version and protocol, and each reachable agent's.
     Version,
     /// List and delete agent pods a killed session left behind (found by label).
@@ -425,6 +428,26 @@ pub struct TraceNetworkArgs {
     /// Filters (last, so that their help heading does not spill onto the flags above).
     #[command(flatten)]
     pub filter: FilterArgs,
+}
+
+/// `top` flags.
+#[derive(Debug, Clone, Args)]
+pub struct TopArgs {
+    /// How often the flow tables are read (rates are the growth between two reads).
+    #[arg(long, value_name = "DURATION", default_value = defaults::TOP_INTERVAL, value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// Filters (last, so that their help heading does not spill onto the flags above).
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+fn parse_interval(input: &str) -> Result<Duration, String> {
+    let d = parse_duration(input)?;
+    if d < Duration::from_millis(100) {
+        return Err("the interval must be at least 100ms".into());
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

@@ -62,6 +62,9 @@ pub const LOCAL_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a local agent gets to exit after SIGTERM before it is killed.
 pub const LOCAL_STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// `top`: how often the flow tables are read.
+pub const TOP_INTERVAL: &str = "1s";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,8 @@
 //! checks): [`defaults`], [`interrupt`], [`progress`], [`timing`] (on `progress`) and the
 //! model [`flow`] (on `orb8-flowspec`) at the bottom, the grouped view [`group`] on the model;
 //! [`enrich`], [`merge`], [`render`] and [`transport`] on them; [`local`] and [`k8s`] (which
-//! implements transport's pod connector) above; then [`cli`] (the
+//! implements transport's pod connector) above; [`tui`] (the model and view of `top`) on the
+//! model; then [`cli`] (the
 //! parsed flags, turned into the plain options the layers below take), [`session`] and
 //! [`commands`]; this root, which runs a command line, on top.
 
@@ -30,6 +31,7 @@ pub mod render;
 pub mod session;
 pub mod timing;
 pub mod transport;
+pub mod tui;
 
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
@@ -102,6 +104,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             traced_pod = Some(t);
         }
     }
+    if let Command::Top(_) = &cli.command {
+        commands::top::check()?;
+    }
     let require_agents = !matches!(cli.command, Command::Version);
     let deadline = agent_deadline(&cli);
     let session = Session::open(&global, require_agents, deadline, &interrupt).await?;
@@ -117,6 +122,10 @@ async fn run_command(
     pod: Option<&orb8_proto::PodTarget>,
     interrupt: &Interrupt,
 ) -> anyhow::Result<()> {
+    if let Command::Top(args) = &cli.command {
+        // The view owns the terminal: stdout is not locked for it.
+        return commands::top::run(session, args, &cli.global, interrupt).await;
+    }
     let format = cli.global.output;
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
@@ -137,6 +146,7 @@ async fn run_command(
             commands::syscall::run(session, args, pod, format, interrupt, &mut out).await?;
         }
         Command::Version => commands::version::run(session, format, &mut out)?,
+        Command::Top(_) => anyhow::bail!("top draws on the terminal"),
         Command::Cleanup(_) => anyhow::bail!("cleanup does not use agents"),
     }
     out.flush()?;
@@ -154,6 +164,7 @@ pub fn agent_deadline(cli: &Cli) -> std::time::Duration {
         Command::Trace(TraceCommand::Network(a)) => {
             a.duration.map_or(Duration::from_secs(3600), |d| d + margin)
         }
+        Command::Top(_) => Duration::from_secs(3600),
         _ => margin,
     }
 }

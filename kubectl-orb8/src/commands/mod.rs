@@ -5,5 +5,6 @@ pub mod cleanup;
 pub mod flows;
 pub mod status;
 pub mod syscall;
+pub mod top;
 pub mod trace;
 pub mod version;
