@@ -283,6 +283,19 @@ fn emit(pid_tgid: u64, nr: u32, ret: i64, ns: u64, now: u64) {
     entry.submit(0);
 }
 
+/// Does nothing: with [`orb8_bench_sys_exit`], the floor of the raw_syscalls approach that the
+/// benchmarks compare the tracer with. Loaded only by `cargo xtask bench`.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn orb8_bench_sys_enter(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+/// Does nothing: see [`orb8_bench_sys_enter`].
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn orb8_bench_sys_exit(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
