@@ -179,7 +179,9 @@ fn status_times(
                 |mut r: tonic::Request<()>| {
                     r.metadata_mut().insert(
                         orb8_proto::TOKEN_METADATA_KEY,
-                        orb8_proto::bearer("bench").parse().expect("ascii"),
+                        orb8_proto::bearer("orb8-bench-session-token")
+                            .parse()
+                            .expect("ascii"),
                     );
                     Ok(r)
                 },
@@ -208,7 +210,7 @@ fn agent_with_flows(ctx: &Ctx, agent: &PathBuf, count: u32) -> anyhow::Result<Ag
         .arg(agent)
         .args(["serve", "--listen", "127.0.0.1:0", "--idle-timeout", "10m"])
         .args(["--flow-map-size", "131072", "-i", &host_if])
-        .env("ORB8_AGENT_TOKEN", "bench");
+        .env("ORB8_AGENT_TOKEN", "orb8-bench-session-token");
     let (running, line) =
         Running::start_with_line(c, ReadyOn::Stdout("{"), Duration::from_secs(60))?;
     let addr = line
@@ -240,7 +242,7 @@ fn agent_with_flows(ctx: &Ctx, agent: &PathBuf, count: u32) -> anyhow::Result<Ag
             "--agent",
             &addr,
             "--token",
-            "bench",
+            "orb8-bench-session-token",
             "flows",
             "--duration",
             "1s",
