@@ -137,7 +137,10 @@ impl Probes {
     /// Loads the object embedded in the agent into the kernel (nothing attached yet) and takes
     /// out its maps.
     pub fn load(config: &ProbeConfig) -> Result<(Self, Maps), ProbeError> {
+        // No kernel BTF: the TC programs need no CO-RE relocation, so they load the same on a
+        // kernel without /sys/kernel/btf/vmlinux.
         let mut ebpf = EbpfLoader::new()
+            .btf(None)
             .map_max_entries(names::FLOWS, config.flow_map_entries)
             .map_max_entries(names::EVENTS, config.ringbuf_bytes)
             .load(crate::ebpf::OBJECT)

@@ -245,6 +245,22 @@ impl Agent {
         crate::probes::read_counters(&self.counters.lock().expect("counters lock"))
     }
 
+    /// How many flows the kernel table holds, and the counters read after it (as in
+    /// [`Agent::snapshot`]), with the evictions. Walks the table's keys only: no per-CPU value
+    /// is copied out, which is what makes `GetStatus` cheap on a full table.
+    pub fn flow_count(&self) -> (u64, [u64; counter::COUNT as usize], u64) {
+        let flows = self
+            .flows
+            .lock()
+            .expect("flows lock")
+            .keys()
+            .filter(Result::is_ok)
+            .count() as u64;
+        let counters = self.counters();
+        let evicted = counters[counter::FLOWS_CREATED as usize].saturating_sub(flows);
+        (flows, counters, evicted)
+    }
+
     /// Reads the flow table and the counters. Counters are read after the table, so a flow
     /// created during the read is never mistaken for an eviction.
     pub fn snapshot(&self) -> Snapshot {

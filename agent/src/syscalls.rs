@@ -373,8 +373,12 @@ impl SyscallTracer {
         key: FilterKey,
         description: String,
     ) -> Result<Loaded, SyscallError> {
+        let (config, cgroup_ids) = fixed_config(arch, &key);
+        // No kernel BTF: raw tracepoint programs need no CO-RE relocation.
         let mut ebpf = EbpfLoader::new()
+            .btf(None)
             .map_max_entries(names::EVENTS, crate::defaults::SYSCALL_RINGBUF_BYTES)
+            .override_global(names::FIXED, &config, true)
             .load(crate::ebpf::SYSCALLS_OBJECT)
             .map_err(|e| SyscallError::Load(format!("{e:#}")))?;
         // Loaded before any map is taken out (and maybe dropped), so every map fd is still
@@ -384,36 +388,13 @@ impl SyscallTracer {
                 .load()
                 .map_err(|e| SyscallError::Load(format!("{name}: {e:#}")))?;
         }
-        let mut config = SysConfig {
-            nr_exit: arch.number("exit").unwrap_or(u32::MAX),
-            nr_exit_group: arch.number("exit_group").unwrap_or(u32::MAX),
-            ..SysConfig::default()
-        };
-        match &key.resolved {
-            Resolved::Cgroup { id, .. } => {
-                let mut m: HashMap<MapData, u64, u8> = take(&mut ebpf, names::CGROUPS)?;
+        if !cgroup_ids.is_empty() {
+            let mut m: HashMap<MapData, u64, u8> = take(&mut ebpf, names::CGROUPS)?;
+            for id in &cgroup_ids {
                 m.insert(id, 1, 0).map_err(map_err(names::CGROUPS))?;
-                config.filter = filter::CGROUP;
-            }
-            Resolved::Cgroups { groups } => {
-                let mut m: HashMap<MapData, u64, u8> = take(&mut ebpf, names::CGROUPS)?;
-                for (_, id) in groups {
-                    m.insert(id, 1, 0).map_err(map_err(names::CGROUPS))?;
-                }
-                config.filter = filter::CGROUP;
-            }
-            Resolved::PidNs { ns, .. } => {
-                config.pidns_dev = ns.dev;
-                config.pidns_ino = ns.ino;
-                config.filter = filter::PIDNS;
-            }
-            Resolved::Process { pid } => {
-                let mut m: HashMap<MapData, u32, u8> = take(&mut ebpf, names::TGIDS)?;
-                m.insert(pid, 1, 0).map_err(map_err(names::TGIDS))?;
-                config.filter = filter::TGID;
             }
         }
-        if !key.syscalls.is_empty() {
+        if config.allow_list != 0 {
             let mut allow: Array<MapData, u64> = take(&mut ebpf, names::ALLOW)?;
             let mut words = [0u64; (MAX_SYSCALLS / 64) as usize];
             for nr in key.syscalls.iter().filter(|nr| **nr < MAX_SYSCALLS) {
@@ -422,7 +403,6 @@ impl SyscallTracer {
             for (i, w) in words.iter().enumerate() {
                 allow.set(i as u32, w, 0).map_err(map_err(names::ALLOW))?;
             }
-            config.allow_list = 1;
         }
         let mut config_map: Array<MapData, SysConfig> = take(&mut ebpf, names::CONFIG)?;
         config_map
@@ -456,6 +436,42 @@ impl SyscallTracer {
             traces: BTreeMap::new(),
         })
     }
+}
+
+/// The programs' fixed settings for `key`, and the cgroup ids that go into `SYS_CGROUPS` (only
+/// when there are several: one cgroup, like one process, is a single compare in the kernel).
+fn fixed_config(arch: Arch, key: &FilterKey) -> (SysConfig, Vec<u64>) {
+    let mut config = SysConfig {
+        nr_exit: arch.number("exit").unwrap_or(u32::MAX),
+        nr_exit_group: arch.number("exit_group").unwrap_or(u32::MAX),
+        allow_list: u32::from(!key.syscalls.is_empty()),
+        ..SysConfig::default()
+    };
+    let mut ids = Vec::new();
+    match &key.resolved {
+        Resolved::Cgroup { id, .. } => {
+            config.filter = filter::CGROUP_ONE;
+            config.target = *id;
+        }
+        Resolved::Cgroups { groups } if groups.len() == 1 => {
+            config.filter = filter::CGROUP_ONE;
+            config.target = groups[0].1;
+        }
+        Resolved::Cgroups { groups } => {
+            config.filter = filter::CGROUP;
+            ids = groups.iter().map(|(_, id)| *id).collect();
+        }
+        Resolved::PidNs { ns, .. } => {
+            config.pidns_dev = ns.dev;
+            config.pidns_ino = ns.ino;
+            config.filter = filter::PIDNS;
+        }
+        Resolved::Process { pid } => {
+            config.filter = filter::TGID;
+            config.target = u64::from(*pid);
+        }
+    }
+    (config, ids)
 }
 
 fn program<'a>(
@@ -560,6 +576,42 @@ mod tests {
     fn the_kernel_and_the_client_agree_on_the_histogram() {
         assert_eq!(HIST_BUCKETS, orb8_syscalls::HIST_BUCKETS);
         assert_eq!(MAX_SYSCALLS, orb8_syscalls::MAX_SYSCALLS);
+    }
+
+    #[test]
+    fn one_target_is_a_compare_several_cgroups_a_lookup() {
+        let arch = Arch::current().expect("a supported architecture");
+        let key = |resolved| FilterKey {
+            resolved,
+            syscalls: Vec::new(),
+        };
+        let (c, ids) = fixed_config(
+            arch,
+            &key(Resolved::Cgroup {
+                path: "/x".into(),
+                id: 77,
+            }),
+        );
+        assert_eq!((c.filter, c.target, ids.len()), (filter::CGROUP_ONE, 77, 0));
+        let (c, ids) = fixed_config(
+            arch,
+            &key(Resolved::Cgroups {
+                groups: vec![("/a".into(), 5)],
+            }),
+        );
+        assert_eq!((c.filter, c.target, ids.len()), (filter::CGROUP_ONE, 5, 0));
+        let (c, ids) = fixed_config(
+            arch,
+            &key(Resolved::Cgroups {
+                groups: vec![("/a".into(), 5), ("/b".into(), 6)],
+            }),
+        );
+        assert_eq!((c.filter, ids), (filter::CGROUP, vec![5, 6]));
+        let (c, _) = fixed_config(arch, &key(Resolved::Process { pid: 4242 }));
+        assert_eq!((c.filter, c.target, c.allow_list), (filter::TGID, 4242, 0));
+        let mut k = key(Resolved::Process { pid: 1 });
+        k.syscalls = vec![0];
+        assert_eq!(fixed_config(arch, &k).0.allow_list, 1);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 use std::{
     collections::HashMap,
+    ops::ControlFlow,
     pin::Pin,
     sync::{Arc, atomic::AtomicU64},
     time::Duration,
@@ -23,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::Status;
 
-use super::stream::{self, Feed, Sequenced, now_nanos};
+use super::stream::{self, Feed, Offer, Sequenced, now_nanos};
 use crate::{
     convert::{self, Matcher},
     defaults,
@@ -88,10 +89,14 @@ impl Flows {
         // Subscribed before the table is read (in the feed's opening): see the module docs.
         let rx = self.agent.subscribe();
         let (tx, out) = mpsc::channel(defaults::CLIENT_BUFFER);
+        // Read before the table (in the opening): a flow whose event the kernel drops after this
+        // is reported lost even when the opening then shows it (never the other way round).
+        let ring_lost_seen = self.agent.counters()[orb8_common::counter::RINGBUF_FULL as usize];
         let feed = FlowFeed {
             agent: self.agent.clone(),
             matcher,
             shown: HashMap::new(),
+            ring_lost_seen,
         };
         let sequenced = Sequenced::new(self.node.clone(), tx, self.slow_client.clone());
         tokio::spawn(stream::run(feed, Some(rx), sequenced));
@@ -159,6 +164,8 @@ struct FlowFeed {
     matcher: Matcher,
     /// The flows sent in the opening, by key, with their last packet then.
     shown: HashMap<orb8_common::FlowKey, u64>,
+    /// The kernel's `ringbuf_full` counter as far as this stream has reported it.
+    ring_lost_seen: u64,
 }
 
 impl Feed for FlowFeed {
@@ -228,6 +235,28 @@ impl Feed for FlowFeed {
 
     fn count_lagged(&mut self, n: u64) {
         self.agent.count_lost(n);
+    }
+
+    /// Reports new-flow events the kernel dropped (ring buffer full) since the last report, as a
+    /// `kernel`/`ringbuf_full` Gap. The kernel cannot tell which flows they were, so every
+    /// stream gets the whole count, whatever its filter.
+    fn tick(&mut self, out: &mut Sequenced<pb::Event>) -> ControlFlow<()> {
+        let now = self.agent.counters()[orb8_common::counter::RINGBUF_FULL as usize];
+        let lost = now.saturating_sub(self.ring_lost_seen);
+        if lost == 0 {
+            return ControlFlow::Continue(());
+        }
+        let gap = pb::event::Kind::Gap(pb::Gap {
+            lost,
+            stage: pb::DropStage::Kernel as i32,
+            reason: "ringbuf_full".into(),
+        });
+        match out.offer(gap, now_nanos()) {
+            Offer::Sent => self.ring_lost_seen = now,
+            Offer::Full => {}
+            Offer::Closed => return ControlFlow::Break(()),
+        }
+        ControlFlow::Continue(())
     }
 }
 

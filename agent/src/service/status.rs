@@ -12,8 +12,7 @@ use crate::runtime::Agent;
 /// The status of `agent` as node `node`; `slow_client` is what flow streams lost to slow
 /// clients.
 pub fn status(agent: &Agent, node: &str, slow_client: u64) -> pb::GetStatusResponse {
-    let snap = agent.snapshot();
-    let c = &snap.counters;
+    let (active_flows, c, flows_evicted) = agent.flow_count();
     let (mode, programs) = agent.probe_info();
     let mut drops = vec![
         drop_counter(
@@ -69,8 +68,8 @@ pub fn status(agent: &Agent, node: &str, slow_client: u64) -> pb::GetStatusRespo
         counters: Some(pb::Counters {
             events_processed: agent.stats.events_received.load(Ordering::Relaxed),
             packets_seen: c[counter::PACKETS_SEEN as usize],
-            active_flows: snap.flows.len() as u64,
-            flow_map_evictions: snap.flows_evicted,
+            active_flows,
+            flow_map_evictions: flows_evicted,
             drops,
             packets_not_parsed: not_parsed,
         }),

@@ -11,7 +11,8 @@
 //!   stage `agent`/`queue_overflow` when this stream fell behind the agent's fan-out queue,
 //!   stage `client`/`slow_client` when the client's buffer was full. Client losses are also
 //!   added to a shared counter (`GetStatus`, `GetSyscallSummary`); agent losses are counted by
-//!   the [`Feed`].
+//!   the [`Feed`]. The flow feed also reports, on its tick, new-flow events the kernel dropped
+//!   because the ring buffer was full (stage `kernel`/`ringbuf_full`, counted by the kernel).
 //! - While a loss is unreported no event is sent (it is counted as lost as well), so a `Gap`
 //!   always comes before the events that followed the loss. Pending `Gap`s go out before the
 //!   next event, or on the feed's periodic tick when no event comes.

@@ -166,15 +166,21 @@ pub mod sys {
     pub mod filter {
         /// Nothing is traced.
         pub const OFF: u32 = 0;
-        /// Threads whose cgroup v2 id is a key of `SYS_CGROUPS`.
+        /// Threads whose cgroup v2 id is a key of `SYS_CGROUPS` (several cgroups: a pod's
+        /// containers).
         pub const CGROUP: u32 = 1;
         /// Threads in the PID namespace [`super::SysConfig::pidns_dev`]/`pidns_ino`.
         pub const PIDNS: u32 = 2;
-        /// Threads whose process (tgid) is a key of `SYS_TGIDS`.
+        /// Threads of the process (tgid) [`super::SysConfig::target`]: one compare, no lookup.
         pub const TGID: u32 = 3;
+        /// Threads whose cgroup v2 id is [`super::SysConfig::target`]: one compare, no lookup.
+        pub const CGROUP_ONE: u32 = 4;
     }
 
-    /// The tracer's settings: entry 0 of the array `SYS_CONFIG`, written by the agent.
+    /// The tracer's settings. The agent sets them as the read-only global `SYS_FIXED` when it
+    /// loads the programs (the verifier then knows them, and drops the code of the other
+    /// filters); `stream`, which changes while the programs run, is read from entry 0 of the
+    /// array `SYS_CONFIG`.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
     pub struct SysConfig {
@@ -194,6 +200,23 @@ pub mod sys {
         pub pidns_dev: u64,
         /// Inode of the target PID namespace.
         pub pidns_ino: u64,
+        /// The traced cgroup id ([`filter::CGROUP_ONE`]) or process ([`filter::TGID`]).
+        pub target: u64,
+    }
+
+    impl SysConfig {
+        /// All zero: nothing traced.
+        pub const OFF: SysConfig = SysConfig {
+            filter: filter::OFF,
+            allow_list: 0,
+            stream: 0,
+            nr_exit: 0,
+            nr_exit_group: 0,
+            _pad: 0,
+            pidns_dev: 0,
+            pidns_ino: 0,
+            target: 0,
+        };
     }
 
     /// Per-CPU statistics of one syscall: entry `nr` of the per-CPU array `SYS_STATS`.
@@ -231,11 +254,13 @@ pub mod sys {
         pub errno: u32,
     }
 
-    /// A syscall in flight: value of `SYS_INFLIGHT`, keyed by `pid_tgid`.
+    /// A thread's syscall slot: value of `SYS_INFLIGHT`, keyed by `pid_tgid`, written in place
+    /// at each entry and cleared (`enter_ns` = 0) at its exit, so a traced call costs two
+    /// lookups and no allocation; removed when the thread calls `exit`.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
     pub struct Inflight {
-        /// `bpf_ktime_get_ns` at entry.
+        /// `bpf_ktime_get_boot_ns` at entry; 0 when no call is in flight.
         pub enter_ns: u64,
         /// Syscall number.
         pub nr: u64,
@@ -291,11 +316,11 @@ pub mod sys {
         pub const CONFIG: &str = "SYS_CONFIG";
         /// Hash of traced cgroup v2 ids.
         pub const CGROUPS: &str = "SYS_CGROUPS";
-        /// Hash of traced processes (tgid).
-        pub const TGIDS: &str = "SYS_TGIDS";
+        /// The read-only global [`super::SysConfig`] the agent sets at load time.
+        pub const FIXED: &str = "SYS_FIXED";
         /// Bitmap of allowed syscall numbers: [`super::MAX_SYSCALLS`] / 64 `u64` words.
         pub const ALLOW: &str = "SYS_ALLOW";
-        /// Per-thread in-flight syscalls.
+        /// Per-thread syscall slots ([`super::Inflight`]).
         pub const INFLIGHT: &str = "SYS_INFLIGHT";
         /// Per-CPU [`super::SysStats`] by syscall number.
         pub const STATS: &str = "SYS_STATS";

@@ -1,14 +1,17 @@
 //! orb8's syscall tracer, a separate object (`orb8-syscalls`) that the agent loads only when a
 //! client asks for a syscall trace, so the flow-only agent pays nothing for it.
 //!
-//! `orb8_sys_enter` / `orb8_sys_exit` run on the `raw_syscalls` raw tracepoints. The first thing
-//! each does is the target check (`SYS_CONFIG.filter`: the thread's cgroup v2 id in
-//! `SYS_CGROUPS`, its PID namespace, or its process in `SYS_TGIDS`); any other thread leaves
-//! at once, so nothing about other processes leaves the kernel. A traced entry passing the
-//! syscall allow-list (`SYS_ALLOW`) is remembered per thread in `SYS_INFLIGHT`; its exit adds
-//! the call, its errno and its duration to the per-CPU `SYS_STATS` / `SYS_ERRNOS`, and in
-//! stream mode sends a [`SysEvent`] through `SYS_EVENTS`. Every loss is counted in
-//! `SYS_COUNTERS`.
+//! `orb8_sys_enter` / `orb8_sys_exit` run on the `raw_syscalls` raw tracepoints, which every
+//! thread of the node passes through, so the first thing each does is the target check, and for
+//! a single target it is one helper call and one compare against the read-only global
+//! `SYS_FIXED` (the thread's cgroup v2 id or its process), with no map lookup; several cgroups
+//! (a pod's containers) are a lookup in `SYS_CGROUPS`, a PID namespace a helper call. Any other
+//! thread leaves at once, so nothing about other processes leaves the kernel. A traced entry
+//! passing the syscall allow-list (`SYS_ALLOW`) writes its start time into the thread's slot in
+//! `SYS_INFLIGHT` (in place; a slot is created on a thread's first traced call and removed when
+//! it calls `exit`); its exit clears the slot and adds the call, its errno and its duration to
+//! the per-CPU `SYS_STATS` / `SYS_ERRNOS`, and in stream mode sends a [`SysEvent`] through
+//! `SYS_EVENTS`. Every loss is counted in `SYS_COUNTERS`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![allow(
@@ -17,7 +20,7 @@
 )]
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST, bpf_pidns_info},
+    bindings::{BPF_NOEXIST, bpf_pidns_info},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{
@@ -34,23 +37,25 @@ use orb8_common::sys::{
 
 const EEXIST: i64 = 17;
 
-/// The tracer's settings (one entry), written by the agent.
+/// The tracer's settings, fixed for the programs' lifetime: set by the agent at load time in
+/// the read-only data section, so the verifier knows every field.
+#[unsafe(no_mangle)]
+static SYS_FIXED: SysConfig = SysConfig::OFF;
+
+/// The settings that change while the programs run (only `stream` is read), written by the agent.
 #[map(name = "SYS_CONFIG")]
 static SYS_CONFIG: Array<SysConfig> = Array::with_max_entries(1, 0);
 
-/// Traced cgroup v2 ids.
+/// Traced cgroup v2 ids, when there are several.
 #[map(name = "SYS_CGROUPS")]
 static SYS_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
-
-/// Traced processes (tgid), for hosts without a cgroup v2 identity per container.
-#[map(name = "SYS_TGIDS")]
-static SYS_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
 /// Bitmap of allowed syscall numbers, 64 per word.
 #[map(name = "SYS_ALLOW")]
 static SYS_ALLOW: Array<u64> = Array::with_max_entries(MAX_SYSCALLS / 64, 0);
 
-/// Syscalls in flight, by `pid_tgid`. Bounded: an entry that does not fit is counted.
+/// Syscall slots of traced threads, by `pid_tgid`. Bounded: a thread whose slot does not fit
+/// is counted (`inflight_full`) on each of its calls.
 #[map(name = "SYS_INFLIGHT")]
 static SYS_INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(16384, 0);
 
@@ -83,20 +88,29 @@ fn count(index: u32) {
     }
 }
 
+/// The fixed settings.
+#[inline(always)]
+fn fixed() -> SysConfig {
+    // SAFETY: a plain read of a global; the volatile read keeps the compiler from assuming the
+    // zero value it was compiled with (the agent sets it at load time).
+    unsafe { core::ptr::read_volatile(&SYS_FIXED) }
+}
+
 /// Whether the current thread belongs to the target.
 #[inline(always)]
 fn traced(cfg: &SysConfig) -> bool {
     match cfg.filter {
+        filter::CGROUP_ONE => {
+            // SAFETY: helper without preconditions.
+            let id = unsafe { bpf_get_current_cgroup_id() };
+            id == cfg.target
+        }
+        filter::TGID => bpf_get_current_pid_tgid() >> 32 == cfg.target,
         filter::CGROUP => {
             // SAFETY: helper without preconditions.
             let id = unsafe { bpf_get_current_cgroup_id() };
             // SAFETY: the value is only tested for presence.
             unsafe { SYS_CGROUPS.get(&id) }.is_some()
-        }
-        filter::TGID => {
-            let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-            // SAFETY: as above.
-            unsafe { SYS_TGIDS.get(&tgid) }.is_some()
         }
         filter::PIDNS => {
             let mut info = bpf_pidns_info { pid: 0, tgid: 0 };
@@ -126,34 +140,7 @@ fn allowed(nr: u32) -> bool {
 /// `floor(log2(ns)) + 1`, 0 for 0, capped at the last bucket: `orb8_syscalls::bucket_of`.
 #[inline(always)]
 fn bucket(ns: u64) -> usize {
-    if ns == 0 {
-        return 0;
-    }
-    let mut v = ns;
-    let mut b = 1usize;
-    if v >= 1 << 32 {
-        v >>= 32;
-        b += 32;
-    }
-    if v >= 1 << 16 {
-        v >>= 16;
-        b += 16;
-    }
-    if v >= 1 << 8 {
-        v >>= 8;
-        b += 8;
-    }
-    if v >= 1 << 4 {
-        v >>= 4;
-        b += 4;
-    }
-    if v >= 1 << 2 {
-        v >>= 2;
-        b += 2;
-    }
-    if v >= 1 << 1 {
-        b += 1;
-    }
+    let b = (64 - ns.leading_zeros()) as usize;
     if b >= HIST_BUCKETS {
         HIST_BUCKETS - 1
     } else {
@@ -200,10 +187,8 @@ fn record_errno(nr: u32, errno: u32) {
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn orb8_sys_enter(ctx: RawTracePointContext) -> i32 {
-    let Some(cfg) = SYS_CONFIG.get(0) else {
-        return 0;
-    };
-    if !traced(cfg) {
+    let cfg = fixed();
+    if !traced(&cfg) {
         return 0;
     }
     let id: i64 = ctx.arg(1);
@@ -219,18 +204,28 @@ pub fn orb8_sys_enter(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     count(counter::ENTERED);
+    let pid_tgid = bpf_get_current_pid_tgid();
     if nr == cfg.nr_exit || nr == cfg.nr_exit_group {
-        // Never returns: counted now, with no duration.
+        // Never returns: counted now, with no duration; the thread's slot goes with it.
         record(nr, 0, 0);
+        let _ = SYS_INFLIGHT.remove(&pid_tgid);
         return 0;
     }
-    let inflight = Inflight {
-        // SAFETY: helper without preconditions.
-        enter_ns: unsafe { bpf_ktime_get_boot_ns() },
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if let Some(slot) = SYS_INFLIGHT.get_ptr_mut(&pid_tgid) {
+        // SAFETY: this thread's own slot; no other thread writes it.
+        let slot = unsafe { &mut *slot };
+        slot.enter_ns = now;
+        slot.nr = nr as u64;
+        return 0;
+    }
+    let slot = Inflight {
+        enter_ns: now,
         nr: nr as u64,
     };
     if SYS_INFLIGHT
-        .insert(&bpf_get_current_pid_tgid(), &inflight, BPF_ANY as u64)
+        .insert(&pid_tgid, &slot, BPF_NOEXIST as u64)
         .is_err()
     {
         count(counter::INFLIGHT_FULL);
@@ -240,26 +235,29 @@ pub fn orb8_sys_enter(ctx: RawTracePointContext) -> i32 {
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn orb8_sys_exit(ctx: RawTracePointContext) -> i32 {
-    let Some(cfg) = SYS_CONFIG.get(0) else {
-        return 0;
-    };
-    if !traced(cfg) {
+    let cfg = fixed();
+    if !traced(&cfg) {
         return 0;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: the entry is copied out before it is deleted.
-    let Some(inflight) = (unsafe { SYS_INFLIGHT.get(&pid_tgid) }) else {
+    let Some(slot) = SYS_INFLIGHT.get_ptr_mut(&pid_tgid) else {
         return 0;
     };
-    let enter_ns = inflight.enter_ns;
-    let nr = inflight.nr as u32;
-    let _ = SYS_INFLIGHT.remove(&pid_tgid);
+    // SAFETY: this thread's own slot; no other thread writes it.
+    let slot = unsafe { &mut *slot };
+    let enter_ns = slot.enter_ns;
+    if enter_ns == 0 {
+        // No traced call in flight (its entry was filtered out, or came before the trace).
+        return 0;
+    }
+    let nr = slot.nr as u32;
+    slot.enter_ns = 0;
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let ns = now.saturating_sub(enter_ns);
     let ret: i64 = ctx.arg(1);
     record(nr, ret, ns);
-    if cfg.stream != 0 {
+    if SYS_CONFIG.get(0).is_some_and(|c| c.stream != 0) {
         emit(pid_tgid, nr, ret, ns, now);
     }
     0
@@ -281,6 +279,19 @@ fn emit(pid_tgid: u64, nr: u32, ret: i64, ns: u64, now: u64) {
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     });
     entry.submit(0);
+}
+
+/// Does nothing: with [`orb8_bench_sys_exit`], the floor of the raw_syscalls approach that the
+/// benchmarks compare the tracer with. Loaded only by `cargo xtask bench`.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn orb8_bench_sys_enter(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+/// Does nothing: see [`orb8_bench_sys_enter`].
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn orb8_bench_sys_exit(_ctx: RawTracePointContext) -> i32 {
+    0
 }
 
 #[cfg(target_arch = "bpf")]

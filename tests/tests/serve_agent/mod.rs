@@ -20,7 +20,20 @@ pub struct ServeAgent {
 
 impl ServeAgent {
     /// Starts the agent in `ns` as node `node`, accepting `token`, and waits until it listens.
+    #[allow(
+        dead_code,
+        reason = "each test binary including this module uses one of the two"
+    )]
     pub fn start(ns: &NetNs, node: &str, token: &str) -> ServeAgent {
+        ServeAgent::start_with(ns, node, token, &[])
+    }
+
+    /// [`ServeAgent::start`] with more `serve` arguments.
+    #[allow(
+        dead_code,
+        reason = "each test binary including this module uses one of the two"
+    )]
+    pub fn start_with(ns: &NetNs, node: &str, token: &str, extra: &[&str]) -> ServeAgent {
         let socket = format!("/tmp/{}.sock", unique("o8s"));
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
@@ -34,6 +47,7 @@ impl ServeAgent {
                 "--idle-timeout",
                 "60s",
             ])
+            .args(extra)
             .env("ORB8_AGENT_TOKEN", token)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
