@@ -53,6 +53,9 @@ struct ServeArgs {
     /// IP:PORT (the pod IP in the DaemonSet); off unless given.
     #[arg(long, value_name = "IP:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Whether --metrics-listen is honoured (the DaemonSet's ConfigMap switch).
+    #[arg(long, env = "ORB8_METRICS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    metrics: bool,
     /// At most this many pods get their own orb8_pod_bytes_total series; the others are
     /// summed in pod="_other".
     #[arg(long, default_value_t = defaults::METRICS_POD_CAP, value_name = "PODS")]
@@ -65,15 +68,16 @@ struct ServeArgs {
 
 #[derive(Parser, Debug)]
 struct ProbeArgs {
-    /// Interface to attach to (repeatable). Default: veth host ends, default-route uplinks and
-    /// container bridges (cni0, docker0, cbr0, br-*), re-scanned as they come and go.
-    #[arg(short, long = "interface", value_name = "NAME")]
+    /// Interface to attach to (repeatable; ORB8_INTERFACES: comma-separated). Default: veth
+    /// host ends, default-route uplinks and container bridges (cni0, docker0, cbr0, br-*),
+    /// re-scanned as they come and go.
+    #[arg(short, long = "interface", value_name = "NAME", env = "ORB8_INTERFACES", value_delimiter = ',')]
     interfaces: Vec<String>,
     /// How to attach TC programs: tcx (kernel >= 6.6), tc (clsact filters) or auto.
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     attach: Mode,
     /// Flow table capacity; least recently updated flows are evicted (and counted) beyond it.
-    #[arg(long, default_value_t = defaults::FLOW_MAP_ENTRIES, value_name = "ENTRIES")]
+    #[arg(long, default_value_t = defaults::FLOW_MAP_ENTRIES, value_name = "ENTRIES", env = "ORB8_FLOW_MAP_SIZE")]
     flow_map_size: u32,
     /// Ring buffer size in bytes for new-flow events (power of two, at least one page).
     #[arg(long, default_value_t = defaults::RINGBUF_BYTES, value_name = "BYTES")]
@@ -121,7 +125,12 @@ impl ProbeArgs {
             anyhow::bail!("--flow-map-size must be at least 1");
         }
         Ok(AgentConfig {
-            interfaces: self.interfaces.clone(),
+            interfaces: self
+                .interfaces
+                .iter()
+                .filter(|i| !i.trim().is_empty())
+                .map(|i| i.trim().to_string())
+                .collect(),
             rescan: Duration::from_millis(self.rescan_ms).max(defaults::MIN_RESCAN),
             probe: ProbeConfig {
                 flow_map_entries: self.flow_map_size,
@@ -255,7 +264,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = Listener::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {:?}", args.listen))?;
-    let metrics_listener = match args.metrics_listen {
+    let metrics_listener = match args.metrics_listen.filter(|_| args.metrics) {
         Some(a) => Some(
             metrics::http::bind(a)
                 .await
