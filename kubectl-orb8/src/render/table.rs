@@ -144,6 +144,7 @@ pub fn flows(flows: &[FlowRecord], wide: bool, now: SystemTime, width: Option<u1
 pub fn statuses(agents: &[StatusView], wide: bool, width: Option<u16>) -> String {
     let header = [
         "NODE",
+        "MODE",
         "VERSION",
         "PROTOCOL",
         "KERNEL",
@@ -180,6 +181,7 @@ pub fn statuses(agents: &[StatusView], wide: bool, width: Option<u16>) -> String
         };
         table.add_row(vec![
             a.node.clone(),
+            a.mode.clone(),
             a.agent_version.clone(),
             a.protocol_version.to_string(),
             a.kernel.clone(),
@@ -278,6 +280,7 @@ mod tests {
     fn status_table_sums_drops_and_details_them_in_wide() {
         let agent = AgentStatus {
             address: "127.0.0.1:1".into(),
+            mode: "direct".into(),
             status: GetStatusResponse {
                 node: "node-a".into(),
                 agent_version: "0.1.0".into(),
