@@ -71,7 +71,13 @@ struct ProbeArgs {
     /// Interface to attach to (repeatable; ORB8_INTERFACES: comma-separated). Default: veth
     /// host ends, default-route uplinks and container bridges (cni0, docker0, cbr0, br-*),
     /// re-scanned as they come and go.
-    #[arg(short, long = "interface", value_name = "NAME", env = "ORB8_INTERFACES", value_delimiter = ',')]
+    #[arg(
+        short,
+        long = "interface",
+        value_name = "NAME",
+        env = "ORB8_INTERFACES",
+        value_delimiter = ','
+    )]
     interfaces: Vec<String>,
     /// How to attach TC programs: tcx (kernel >= 6.6), tc (clsact filters) or auto.
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
@@ -283,7 +289,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(l) => {
             let address = l.local_addr()?.to_string();
             let dirs = if args.pod_metadata_dirs.is_empty() {
-                metrics::podnames::DEFAULT_DIRS.iter().map(Into::into).collect()
+                metrics::podnames::DEFAULT_DIRS
+                    .iter()
+                    .map(Into::into)
+                    .collect()
             } else {
                 args.pod_metadata_dirs
             };
@@ -315,14 +324,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             _ = sigterm.recv() => {},
         }
     };
-    let stopped = service::serve(
-        service,
-        &token,
-        listener,
-        args.idle_timeout,
-        shutdown,
-    )
-    .await;
+    let stopped = service::serve(service, &token, listener, args.idle_timeout, shutdown).await;
     for t in tasks {
         t.abort();
     }

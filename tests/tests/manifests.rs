@@ -28,7 +28,10 @@ fn yaml_docs(text: &str) -> Vec<Value> {
         }
     }
     docs.iter()
-        .filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')))
+        .filter(|d| {
+            d.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        })
         .map(|d| serde_norway::from_str(d).unwrap_or_else(|e| panic!("YAML {d}: {e}")))
         .collect()
 }
@@ -42,7 +45,10 @@ fn render(test: &str, dir: &str) -> Option<Vec<Value>> {
     {
         Ok(o) => o,
         Err(e) => {
-            skipped(test, &format!("kubectl not runnable ({e}): rendering not checked"));
+            skipped(
+                test,
+                &format!("kubectl not runnable ({e}): rendering not checked"),
+            );
             return None;
         }
     };
@@ -80,7 +86,13 @@ fn strings(v: &Value) -> Vec<&str> {
 
 /// Checks what the base must say, rendered or not.
 fn check_base(docs: &[Value]) {
-    for kind in ["Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding", "Secret"] {
+    for kind in [
+        "Role",
+        "ClusterRole",
+        "RoleBinding",
+        "ClusterRoleBinding",
+        "Secret",
+    ] {
         assert!(
             docs.iter().all(|d| d["kind"] != kind),
             "the base must not contain a {kind}"
@@ -102,7 +114,10 @@ fn check_base(docs: &[Value]) {
     assert_eq!(pod["automountServiceAccountToken"], false);
     assert_eq!(pod["hostNetwork"], true);
     assert_eq!(pod["hostPID"], true);
-    assert_eq!(pod["tolerations"], serde_json::json!([{"operator": "Exists"}]));
+    assert_eq!(
+        pod["tolerations"],
+        serde_json::json!([{"operator": "Exists"}])
+    );
     let pc = one(docs, "PriorityClass");
     assert_eq!(pod["priorityClassName"], pc["metadata"]["name"]);
     let containers = pod["containers"].as_array().unwrap();
@@ -133,14 +148,19 @@ fn check_base(docs: &[Value]) {
         .expect("a container port named metrics");
     let args = strings(&c["args"]);
     assert_eq!(args[0], "serve");
-    assert!(args.contains(&"--listen=127.0.0.1:47010"), "gRPC on loopback: {args:?}");
+    assert!(
+        args.contains(&"--listen=127.0.0.1:47010"),
+        "gRPC on loopback: {args:?}"
+    );
     assert!(args.contains(&"--idle-timeout=0"), "{args:?}");
-    assert!(args.contains(&"--metrics-listen=$(POD_IP):$(ORB8_METRICS_PORT)"), "{args:?}");
+    assert!(
+        args.contains(&"--metrics-listen=$(POD_IP):$(ORB8_METRICS_PORT)"),
+        "{args:?}"
+    );
     // Every $(VAR) an argument names is defined, by the ConfigMap or the env list.
     let cm = one(docs, "ConfigMap");
     assert_eq!(
-        c["envFrom"][0]["configMapRef"]["name"],
-        cm["metadata"]["name"],
+        c["envFrom"][0]["configMapRef"]["name"], cm["metadata"]["name"],
         "the DaemonSet reads the ConfigMap"
     );
     let env: Vec<&str> = c["env"]
@@ -150,7 +170,12 @@ fn check_base(docs: &[Value]) {
         .filter_map(|e| e["name"].as_str())
         .collect();
     for a in &args {
-        for var in a.split("$(").skip(1).filter_map(|s| s.split_once(')')).map(|(v, _)| v) {
+        for var in a
+            .split("$(")
+            .skip(1)
+            .filter_map(|s| s.split_once(')'))
+            .map(|(v, _)| v)
+        {
             assert!(
                 env.contains(&var) || cm["data"][var].is_string(),
                 "{a} names {var}, defined nowhere"
@@ -187,7 +212,12 @@ fn check_base(docs: &[Value]) {
         .collect();
     assert!(mounts.contains(&("/sys/fs/bpf", false)));
     assert!(mounts.contains(&("/sys/fs/cgroup", true)));
-    assert!(mounts.iter().filter(|(p, _)| p.starts_with("/run")).all(|(_, ro)| *ro));
+    assert!(
+        mounts
+            .iter()
+            .filter(|(p, _)| p.starts_with("/run"))
+            .all(|(_, ro)| *ro)
+    );
 
     let svc = one(docs, "Service");
     assert_eq!(svc["spec"]["clusterIP"], "None", "headless");
@@ -211,7 +241,10 @@ fn persistent_base_renders_with_the_agent_pod_contract_and_no_api_rights() {
         return;
     };
     check_base(&docs);
-    for d in docs.iter().filter(|d| !["Namespace", "PriorityClass"].contains(&d["kind"].as_str().unwrap())) {
+    for d in docs
+        .iter()
+        .filter(|d| !["Namespace", "PriorityClass"].contains(&d["kind"].as_str().unwrap()))
+    {
         assert_eq!(d["metadata"]["namespace"], "orb8-system", "{}", d["kind"]);
     }
     let ds = one(&docs, "DaemonSet");
@@ -223,8 +256,10 @@ fn persistent_base_renders_with_the_agent_pod_contract_and_no_api_rights() {
 
 #[test]
 fn the_example_overlay_changes_image_and_namespace() {
-    let Some(docs) = render("the_example_overlay_changes_image_and_namespace", "overlays/example")
-    else {
+    let Some(docs) = render(
+        "the_example_overlay_changes_image_and_namespace",
+        "overlays/example",
+    ) else {
         return;
     };
     check_base(&docs);
@@ -246,9 +281,15 @@ fn monitoring_selects_the_agents_service_and_ships_the_dashboard() {
     )[0];
     assert_eq!(sm["kind"], "ServiceMonitor");
     for (k, v) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
-        assert_eq!(&svc["metadata"]["labels"][k], v, "selects the agents' Service ({k})");
+        assert_eq!(
+            &svc["metadata"]["labels"][k], v,
+            "selects the agents' Service ({k})"
+        );
     }
-    assert_eq!(sm["spec"]["endpoints"][0]["port"], svc["spec"]["ports"][0]["name"]);
+    assert_eq!(
+        sm["spec"]["endpoints"][0]["port"],
+        svc["spec"]["ports"][0]["name"]
+    );
     assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
     let dashboard: Value = serde_json::from_str(
         &std::fs::read_to_string(manifests().join("monitoring/grafana-dashboard.json")).unwrap(),

@@ -496,7 +496,10 @@ fn privileged_cluster_rbac_always_on_agents_are_used_and_nothing_is_created() {
     let _agent = AlwaysOnAgent::start(&topo.node);
     install_always_on(&cluster, &topo);
     for mode in ["auto", "persistent"] {
-        let (out, stderr) = run(&cluster, &["--mode", mode, "-n", "a", "status", "-o", "json"]);
+        let (out, stderr) = run(
+            &cluster,
+            &["--mode", mode, "-n", "a", "status", "-o", "json"],
+        );
         assert!(out.status.success(), "{mode}: {stderr}");
         assert!(
             !stderr.contains("warning") && !stderr.contains("forbidden"),
@@ -511,7 +514,17 @@ fn privileged_cluster_rbac_always_on_agents_are_used_and_nothing_is_created() {
         );
         let (out, stderr) = run(
             &cluster,
-            &["--mode", mode, "flows", "-n", "a", "-o", "json", "--duration", "1s"],
+            &[
+                "--mode",
+                mode,
+                "flows",
+                "-n",
+                "a",
+                "-o",
+                "json",
+                "--duration",
+                "1s",
+            ],
         );
         assert!(out.status.success(), "{mode}: {stderr}");
     }
@@ -537,7 +550,10 @@ fn privileged_cluster_rbac_always_on_agents_are_used_and_nothing_is_created() {
         lines(&cluster)
     );
     // --mode ephemeral still starts (and deletes) its own pod on the same node.
-    let (out, stderr) = run(&cluster, &["--mode", "ephemeral", "-n", "a", "status", "-o", "json"]);
+    let (out, stderr) = run(
+        &cluster,
+        &["--mode", "ephemeral", "-n", "a", "status", "-o", "json"],
+    );
     assert!(out.status.success(), "{stderr}");
     let status: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
     assert_eq!(status[0]["mode"], "ephemeral", "{status}");

@@ -174,7 +174,11 @@ fn get(ns: &NetNs, addr: &str, path: &str) -> (u16, String, String) {
         .unwrap_or_else(|| panic!("status line of {head:?}"));
     let kind = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(String::from))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(String::from)
+        })
         .unwrap_or_default();
     (status, kind, body.to_string())
 }
@@ -200,7 +204,11 @@ fn get_value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> u64 {
         .iter()
         .filter(|s| s.metric == metric)
         .filter(|s| {
-            let have: HashMap<&str, &str> = s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let have: HashMap<&str, &str> = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             have.len() == labels.len() && labels.iter().all(|(k, v)| have.get(k) == Some(v))
         })
         .collect();
@@ -278,7 +286,11 @@ fn privileged_metrics_count_exact_packets_and_bytes_per_direction_and_pod() {
     while get_value(
         &scrape(&topo.node, &agent),
         "orb8_pod_bytes_total",
-        &[("namespace", "shop"), ("pod", "web-0"), ("direction", "egress")],
+        &[
+            ("namespace", "shop"),
+            ("pod", "web-0"),
+            ("direction", "egress"),
+        ],
     ) == 0
     {
         assert!(Instant::now() < end, "pod A's first datagram never counted");
@@ -302,19 +314,43 @@ fn privileged_metrics_count_exact_packets_and_bytes_per_direction_and_pod() {
 
     // Node-wide: each datagram enters on A's veth and leaves on B's veth.
     let dir = |d| [("direction", d)];
-    assert_eq!(delta(&before, &after, "orb8_packets_total", &dir("ingress")), N as u64);
-    assert_eq!(delta(&before, &after, "orb8_packets_total", &dir("egress")), N as u64);
-    assert_eq!(delta(&before, &after, "orb8_bytes_total", &dir("ingress")), bytes);
-    assert_eq!(delta(&before, &after, "orb8_bytes_total", &dir("egress")), bytes);
+    assert_eq!(
+        delta(&before, &after, "orb8_packets_total", &dir("ingress")),
+        N as u64
+    );
+    assert_eq!(
+        delta(&before, &after, "orb8_packets_total", &dir("egress")),
+        N as u64
+    );
+    assert_eq!(
+        delta(&before, &after, "orb8_bytes_total", &dir("ingress")),
+        bytes
+    );
+    assert_eq!(
+        delta(&before, &after, "orb8_bytes_total", &dir("egress")),
+        bytes
+    );
     // One new flow per veth.
     assert_eq!(delta(&before, &after, "orb8_flows_created_total", &[]), 2);
     // Per pod, in the pod's direction: A sent everything, B (beyond the cap) received it.
     let web = |d| [("namespace", "shop"), ("pod", "web-0"), ("direction", d)];
     let other = |d| [("namespace", "_other"), ("pod", "_other"), ("direction", d)];
-    assert_eq!(delta(&before, &after, "orb8_pod_bytes_total", &web("egress")), bytes);
-    assert_eq!(delta(&before, &after, "orb8_pod_bytes_total", &web("ingress")), 0);
-    assert_eq!(delta(&before, &after, "orb8_pod_bytes_total", &other("ingress")), bytes);
-    assert_eq!(delta(&before, &after, "orb8_pod_bytes_total", &other("egress")), 0);
+    assert_eq!(
+        delta(&before, &after, "orb8_pod_bytes_total", &web("egress")),
+        bytes
+    );
+    assert_eq!(
+        delta(&before, &after, "orb8_pod_bytes_total", &web("ingress")),
+        0
+    );
+    assert_eq!(
+        delta(&before, &after, "orb8_pod_bytes_total", &other("ingress")),
+        bytes
+    );
+    assert_eq!(
+        delta(&before, &after, "orb8_pod_bytes_total", &other("egress")),
+        0
+    );
     assert_eq!(get_value(&after, "orb8_pods_over_cap", &[]), 1);
     assert_eq!(get_value(&after, "orb8_pods_tracked", &[]), 2);
 
@@ -347,23 +383,38 @@ fn privileged_metrics_count_exact_packets_and_bytes_per_direction_and_pod() {
     ] {
         let labels = [("stage", stage), ("reason", reason)];
         assert!(
-            after.samples.iter().any(|s| s.metric == "orb8_events_dropped_total"
-                && s.labels.get("stage") == Some(stage)
-                && s.labels.get("reason") == Some(reason)),
+            after
+                .samples
+                .iter()
+                .any(|s| s.metric == "orb8_events_dropped_total"
+                    && s.labels.get("stage") == Some(stage)
+                    && s.labels.get("reason") == Some(reason)),
             "orb8_events_dropped_total{labels:?} missing"
         );
         assert_eq!(get_value(&after, "orb8_events_dropped_total", &labels), 0);
     }
     assert_eq!(
-        get_value(&after, "orb8_packets_unparsed_total", &[("reason", "bad_l3")]),
+        get_value(
+            &after,
+            "orb8_packets_unparsed_total",
+            &[("reason", "bad_l3")]
+        ),
         0
     );
 
     // Every sample has HELP and TYPE (the parser leaves untyped samples Untyped), and the
     // issue's names are all there.
     for s in &after.samples {
-        assert!(after.docs.contains_key(&s.metric), "no HELP for {}", s.metric);
-        assert!(!matches!(s.value, Value::Untyped(_)), "no TYPE for {}", s.metric);
+        assert!(
+            after.docs.contains_key(&s.metric),
+            "no HELP for {}",
+            s.metric
+        );
+        assert!(
+            !matches!(s.value, Value::Untyped(_)),
+            "no TYPE for {}",
+            s.metric
+        );
     }
     let names: BTreeSet<&str> = after.samples.iter().map(|s| s.metric.as_str()).collect();
     for m in EXPORTED {
@@ -374,7 +425,15 @@ fn privileged_metrics_count_exact_packets_and_bytes_per_direction_and_pod() {
         .iter()
         .find(|s| s.metric == "orb8_build_info")
         .unwrap();
-    assert_eq!(build.labels.get("kernel").map(str::to_string), Some(std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_string()));
+    assert_eq!(
+        build.labels.get("kernel").map(str::to_string),
+        Some(
+            std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap()
+                .trim()
+                .to_string()
+        )
+    );
 
     // The Grafana dashboard asks only for metrics this scrape has.
     let dashboard = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -382,7 +441,10 @@ fn privileged_metrics_count_exact_packets_and_bytes_per_direction_and_pod() {
     let queried = dashboard_metrics(&std::fs::read_to_string(&dashboard).unwrap());
     assert!(queried.len() >= 8, "the dashboard queries {queried:?}");
     for m in &queried {
-        assert!(names.contains(m.as_str()), "the dashboard queries {m}, which no scrape has");
+        assert!(
+            names.contains(m.as_str()),
+            "the dashboard queries {m}, which no scrape has"
+        );
     }
 }
 
@@ -393,7 +455,9 @@ fn dashboard_metrics(json: &str) -> BTreeSet<String> {
             serde_json::Value::Object(m) => {
                 for (k, v) in m {
                     match (k.as_str(), v) {
-                        ("expr" | "definition", serde_json::Value::String(e)) => out.push(e.clone()),
+                        ("expr" | "definition", serde_json::Value::String(e)) => {
+                            out.push(e.clone())
+                        }
                         _ => walk(v, out),
                     }
                 }

@@ -24,14 +24,16 @@ pub const METRICS_PATH: &str = "/metrics";
 pub const HEALTH_PATH: &str = "/healthz";
 
 /// The answer to one request, as plain data: status, content type, body.
-pub fn respond(metrics: &Metrics, method: &Method, path: &str) -> (StatusCode, &'static str, String) {
+pub fn respond(
+    metrics: &Metrics,
+    method: &Method,
+    path: &str,
+) -> (StatusCode, &'static str, String) {
     let text = "text/plain; charset=utf-8";
     match path {
-        METRICS_PATH | HEALTH_PATH if method != Method::GET && method != Method::HEAD => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            text,
-            "only GET\n".into(),
-        ),
+        METRICS_PATH | HEALTH_PATH if method != Method::GET && method != Method::HEAD => {
+            (StatusCode::METHOD_NOT_ALLOWED, text, "only GET\n".into())
+        }
         METRICS_PATH => (StatusCode::OK, METRICS_TYPE, metrics.render()),
         HEALTH_PATH => (StatusCode::OK, text, metrics.health()),
         _ => (StatusCode::NOT_FOUND, text, "not found\n".into()),
@@ -61,17 +63,16 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                 async move {
                     // Reading the flow table is blocking work (one syscall per flow).
                     let (method, path) = (req.method().clone(), req.uri().path().to_string());
-                    let (status, kind, body) = tokio::task::spawn_blocking(move || {
-                        respond(&metrics, &method, &path)
-                    })
-                    .await
-                    .unwrap_or_else(|e| {
-                        (
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "text/plain; charset=utf-8",
-                            format!("{e}\n"),
-                        )
-                    });
+                    let (status, kind, body) =
+                        tokio::task::spawn_blocking(move || respond(&metrics, &method, &path))
+                            .await
+                            .unwrap_or_else(|e| {
+                                (
+                                    StatusCode::INTERNAL_SERVER_ERROR,
+                                    "text/plain; charset=utf-8",
+                                    format!("{e}\n"),
+                                )
+                            });
                     let resp = Response::builder()
                         .status(status)
                         .header(CONTENT_TYPE, kind)

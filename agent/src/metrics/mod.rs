@@ -308,14 +308,11 @@ impl Metrics {
                 pods.other(),
             ));
         }
-        let dropped = status::drop_counters(
-            &self.agent,
-            c,
-            self.slow_client.load(Ordering::Relaxed),
-        )
-        .into_iter()
-        .map(|d| (stage_name(d.stage), d.reason, d.count))
-        .collect();
+        let dropped =
+            status::drop_counters(&self.agent, c, self.slow_client.load(Ordering::Relaxed))
+                .into_iter()
+                .map(|d| (stage_name(d.stage), d.reason, d.count))
+                .collect();
         Exposition {
             packets: [
                 c[counter::PACKETS_INGRESS as usize],
@@ -344,7 +341,10 @@ impl Metrics {
     /// The health line: the agent answers only while its probes are loaded, so answering is
     /// healthy; the line says how many interfaces the probe is attached to.
     pub fn health(&self) -> String {
-        format!("ok: attached to {} interfaces\n", self.agent.interfaces().len())
+        format!(
+            "ok: attached to {} interfaces\n",
+            self.agent.interfaces().len()
+        )
     }
 
     /// The text exposition of [`Metrics::collect`].

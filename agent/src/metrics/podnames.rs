@@ -92,7 +92,10 @@ mod tests {
         .unwrap();
         let found = lookup(&[PathBuf::from("/nonexistent"), dir.clone()], &id);
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(found.map(|p| (p.namespace, p.pod)), Some(("n".into(), "p".into())));
+        assert_eq!(
+            found.map(|p| (p.namespace, p.pod)),
+            Some(("n".into(), "p".into()))
+        );
         assert_eq!(lookup(&[], &id), None);
     }
 }

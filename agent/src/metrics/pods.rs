@@ -168,7 +168,10 @@ mod tests {
             &pods,
         );
         // Host ingress 150 = the pod sent 150; host egress 40 = the pod received 40.
-        assert_eq!(t.series().collect::<Vec<_>>(), vec![(&pod("a"), &[40, 150])]);
+        assert_eq!(
+            t.series().collect::<Vec<_>>(),
+            vec![(&pod("a"), &[40, 150])]
+        );
         assert_eq!(t.tracked(), 1);
     }
 

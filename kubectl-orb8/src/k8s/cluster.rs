@@ -161,8 +161,16 @@ pub async fn open(
     }
     let pods = AgentPods::new(&client, &args.agent_namespace);
     if !ephemeral_nodes.is_empty() {
-        match start_ephemeral(&client, args, &pods, &ephemeral_nodes, deadline, interrupt, warn)
-            .await
+        match start_ephemeral(
+            &client,
+            args,
+            &pods,
+            &ephemeral_nodes,
+            deadline,
+            interrupt,
+            warn,
+        )
+        .await
         {
             Ok(started) => {
                 modes.extend(started.iter().map(|_| AgentMode::Ephemeral));

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ListParams};
 use kube::Client;
+use kube::api::{Api, ListParams};
 
 /// The DaemonSet's headless Service (`manifests/persistent/service.yaml`).
 pub const SERVICE: &str = "orb8-agent";
@@ -60,11 +60,7 @@ impl AgentMode {
 pub fn agents_by_node(slices: &[EndpointSlice]) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for e in slices.iter().flat_map(|s| s.endpoints.iter()) {
-        let ready = e
-            .conditions
-            .as_ref()
-            .and_then(|c| c.ready)
-            .unwrap_or(true);
+        let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
         let pod = e
             .target_ref
             .as_ref()
@@ -159,9 +155,9 @@ pub async fn token(client: &Client, namespace: &str) -> Result<String, TokenErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::ObjectReference;
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
-    use k8s_openapi::ByteString;
 
     fn endpoint(node: &str, pod: &str, ready: Option<bool>) -> Endpoint {
         Endpoint {

@@ -332,6 +332,7 @@ mod tests {
         let header = out.lines().next().expect("header");
         for col in [
             "NODE",
+            "MODE",
             "VERSION",
             "PROTOCOL",
             "KERNEL",
@@ -350,8 +351,8 @@ mod tests {
         assert_eq!(
             cells,
             vec![
-                "node-a", "0.1.0", "1", "6.18.0", "yes", "tcx", "2", "12", "3", "5", "1h", "2m",
-                "3s"
+                "node-a", "direct", "0.1.0", "1", "6.18.0", "yes", "tcx", "2", "12", "3", "5",
+                "1h", "2m", "3s"
             ]
         );
         let wide = statuses(&[view], true, Some(250));

@@ -193,12 +193,30 @@ pub(super) fn route(
         (&Method::DELETE, ["api", "v1", "namespaces", ns, "pods", name]) => {
             delete_pod(state, ns, name)
         }
-        (&Method::GET, ["apis", "discovery.k8s.io", "v1", "namespaces", ns, "endpointslices"]) => {
-            list_objects(state, "endpointslices", "discovery.k8s.io/v1", "EndpointSlice", ns, seen)
-        }
+        (
+            &Method::GET,
+            [
+                "apis",
+                "discovery.k8s.io",
+                "v1",
+                "namespaces",
+                ns,
+                "endpointslices",
+            ],
+        ) => list_objects(
+            state,
+            "endpointslices",
+            "discovery.k8s.io/v1",
+            "EndpointSlice",
+            ns,
+            seen,
+        ),
         (&Method::GET, ["api", "v1", "namespaces", ns, "secrets", name]) => {
             let store = state.store.lock().expect("store");
-            match store.objects.get(&("secrets".into(), ns.to_string(), name.to_string())) {
+            match store
+                .objects
+                .get(&("secrets".into(), ns.to_string(), name.to_string()))
+            {
                 Some(o) => full(StatusCode::OK, o.clone()),
                 None => not_found("secrets", name),
             }

@@ -317,8 +317,14 @@ impl FakeCluster {
     pub fn put_object(&self, resource: &str, object: Value) {
         let key = (
             resource.to_string(),
-            object["metadata"]["namespace"].as_str().unwrap_or_default().to_string(),
-            object["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+            object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
         );
         let mut store = self.state.store.lock().expect("store");
         store.objects.insert(key, object);

@@ -136,7 +136,9 @@ impl Rbac {
                         && any(&r.resources, &resource)
                         && any(&r.verbs, verb)
                         && (r.resource_names.is_empty()
-                            || a.name.as_ref().is_some_and(|n| r.resource_names.contains(n)))
+                            || a.name
+                                .as_ref()
+                                .is_some_and(|n| r.resource_names.contains(n)))
                 })
         })
     }
@@ -265,7 +267,10 @@ rules:
         );
         assert_eq!(attrs("POST", "/api/v1/namespaces", false).namespace, None);
         let d = attrs("GET", "/apis/apps/v1/deployments", false);
-        assert_eq!((d.api_group.as_str(), d.verb, d.resource.as_str()), ("apps", "list", "deployments"));
+        assert_eq!(
+            (d.api_group.as_str(), d.verb, d.resource.as_str()),
+            ("apps", "list", "deployments")
+        );
         assert!(attributes("GET", &["version"], false).is_none());
     }
 
@@ -338,13 +343,20 @@ rules:
             Err("endpoints is forbidden: User \"carol\" cannot list resource \"endpoints\" in API group \"\" in the namespace \"agents\"".into())
         );
         assert_eq!(
-            rbac.check(&attrs("GET", "/api/v1/namespaces/agents/secrets/token", false)),
+            rbac.check(&attrs(
+                "GET",
+                "/api/v1/namespaces/agents/secrets/token",
+                false
+            )),
             Ok(())
         );
         assert_eq!(
             rbac.check(&attrs("GET", "/api/v1/namespaces/agents/secrets/other", false)),
             Err("secrets \"other\" is forbidden: User \"carol\" cannot get resource \"secrets\" in API group \"\" in the namespace \"agents\"".into())
         );
-        assert!(rbac.check(&attrs("GET", "/api/v1/namespaces/agents/secrets", false)).is_err());
+        assert!(
+            rbac.check(&attrs("GET", "/api/v1/namespaces/agents/secrets", false))
+                .is_err()
+        );
     }
 }
