@@ -24,6 +24,10 @@ pub const MIN_RESCAN: Duration = Duration::from_millis(10);
 /// How often veths whose peer is unknown are looked up again (it reads `/proc`).
 pub const PEER_SCAN: Duration = Duration::from_secs(1);
 
+/// `serve --metrics-pod-cap`: pods with their own `orb8_pod_bytes_total` series; the traffic
+/// of further pods is summed in one `_other` series.
+pub const METRICS_POD_CAP: usize = 256;
+
 /// Flow events queued in the agent's fan-out; a consumer further behind loses the oldest,
 /// counted as `queue_overflow`.
 pub const EVENT_QUEUE: usize = 16384;

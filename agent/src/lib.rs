@@ -14,6 +14,7 @@ pub mod convert;
 pub mod defaults;
 pub mod flows;
 pub mod interfaces;
+pub mod metrics;
 pub mod peers;
 pub mod probes;
 pub mod report;

@@ -1,11 +1,12 @@
 //! `orb8-agent`: the node agent. `watch` prints what the probes see; see `--help`.
 
-use std::{io::Write as _, process::ExitCode, time::Duration};
+use std::{io::Write as _, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use orb8_agent::{
     defaults,
+    metrics::{self, Metrics},
     probes::{AttachMode, ProbeConfig},
     report::Line,
     runtime::{Agent, AgentConfig},
@@ -31,7 +32,7 @@ enum Command {
     Watch(WatchArgs),
     /// Attach the probes and serve orb8.agent.v1 over gRPC on loopback or a unix socket.
     /// Needs the session token in ORB8_AGENT_TOKEN. Prints one JSON line when ready:
-    /// {"listening":ADDR,"node":NODE,"attach_mode":MODE}.
+    /// {"listening":ADDR,"node":NODE,"attach_mode":MODE,"metrics":ADDR or null}.
     Serve(ServeArgs),
 }
 
@@ -42,25 +43,47 @@ struct ServeArgs {
     /// Where to listen: a loopback HOST:PORT (port 0 picks one) or unix:PATH.
     #[arg(long, default_value = defaults::LISTEN, value_name = "ADDR")]
     listen: Listen,
-    /// Exit when no client has been connected for this long.
+    /// Exit when no client has been connected for this long; 0 never exits (always-on).
     #[arg(long, default_value = defaults::IDLE_TIMEOUT, value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
     /// Node name reported to clients (default: $NODE_NAME, else the host name).
     #[arg(long, env = "NODE_NAME")]
     node: Option<String>,
+    /// Also serve Prometheus metrics (GET /metrics) and GET /healthz over HTTP on this
+    /// IP:PORT (the pod IP in the DaemonSet); off unless given.
+    #[arg(long, value_name = "IP:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Whether --metrics-listen is honoured (the DaemonSet's ConfigMap switch).
+    #[arg(long, env = "ORB8_METRICS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    metrics: bool,
+    /// At most this many pods get their own orb8_pod_bytes_total series; the others are
+    /// summed in pod="_other".
+    #[arg(long, default_value_t = defaults::METRICS_POD_CAP, value_name = "PODS")]
+    metrics_pod_cap: usize,
+    /// Where the container runtime keeps its containers' OCI config.json, for pod names
+    /// (repeatable; default: containerd's and CRI-O's run directories).
+    #[arg(long = "pod-metadata-dir", value_name = "DIR")]
+    pod_metadata_dirs: Vec<std::path::PathBuf>,
 }
 
 #[derive(Parser, Debug)]
 struct ProbeArgs {
-    /// Interface to attach to (repeatable). Default: veth host ends, default-route uplinks and
-    /// container bridges (cni0, docker0, cbr0, br-*), re-scanned as they come and go.
-    #[arg(short, long = "interface", value_name = "NAME")]
+    /// Interface to attach to (repeatable; ORB8_INTERFACES: comma-separated). Default: veth
+    /// host ends, default-route uplinks and container bridges (cni0, docker0, cbr0, br-*),
+    /// re-scanned as they come and go.
+    #[arg(
+        short,
+        long = "interface",
+        value_name = "NAME",
+        env = "ORB8_INTERFACES",
+        value_delimiter = ','
+    )]
     interfaces: Vec<String>,
     /// How to attach TC programs: tcx (kernel >= 6.6), tc (clsact filters) or auto.
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     attach: Mode,
     /// Flow table capacity; least recently updated flows are evicted (and counted) beyond it.
-    #[arg(long, default_value_t = defaults::FLOW_MAP_ENTRIES, value_name = "ENTRIES")]
+    #[arg(long, default_value_t = defaults::FLOW_MAP_ENTRIES, value_name = "ENTRIES", env = "ORB8_FLOW_MAP_SIZE")]
     flow_map_size: u32,
     /// Ring buffer size in bytes for new-flow events (power of two, at least one page).
     #[arg(long, default_value_t = defaults::RINGBUF_BYTES, value_name = "BYTES")]
@@ -108,7 +131,12 @@ impl ProbeArgs {
             anyhow::bail!("--flow-map-size must be at least 1");
         }
         Ok(AgentConfig {
-            interfaces: self.interfaces.clone(),
+            interfaces: self
+                .interfaces
+                .iter()
+                .filter(|i| !i.trim().is_empty())
+                .map(|i| i.trim().to_string())
+                .collect(),
             rescan: Duration::from_millis(self.rescan_ms).max(defaults::MIN_RESCAN),
             probe: ProbeConfig {
                 flow_map_entries: self.flow_map_size,
@@ -242,16 +270,48 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = Listener::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {:?}", args.listen))?;
-    let (agent, tasks) = Agent::start(config).await?;
+    let metrics_listener = match args.metrics_listen.filter(|_| args.metrics) {
+        Some(a) => Some(
+            metrics::http::bind(a)
+                .await
+                .with_context(|| format!("listening for metrics on {a}"))?,
+        ),
+        None => None,
+    };
+    let (agent, mut tasks) = Agent::start(config).await?;
     let node = args
         .node
         .filter(|n| !n.is_empty())
         .unwrap_or_else(host_name);
     let (mode, _) = agent.probe_info();
+    let service = Service::new(agent.clone(), node.clone());
+    let metrics_address = match metrics_listener {
+        Some(l) => {
+            let address = l.local_addr()?.to_string();
+            let dirs = if args.pod_metadata_dirs.is_empty() {
+                metrics::podnames::DEFAULT_DIRS
+                    .iter()
+                    .map(Into::into)
+                    .collect()
+            } else {
+                args.pod_metadata_dirs
+            };
+            let m = Metrics::new(
+                agent.clone(),
+                service.slow_client_counter(),
+                dirs,
+                args.metrics_pod_cap,
+            );
+            tasks.push(tokio::spawn(metrics::http::serve(l, Arc::new(m))));
+            Some(address)
+        }
+        None => None,
+    };
     let ready = serde_json::json!({
         "listening": listener.address(),
         "node": node,
         "attach_mode": mode,
+        "metrics": metrics_address,
     });
     {
         let mut out = std::io::stdout().lock();
@@ -264,14 +324,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             _ = sigterm.recv() => {},
         }
     };
-    let stopped = service::serve(
-        Service::new(agent.clone(), node),
-        &token,
-        listener,
-        args.idle_timeout,
-        shutdown,
-    )
-    .await;
+    let stopped = service::serve(service, &token, listener, args.idle_timeout, shutdown).await;
     for t in tasks {
         t.abort();
     }

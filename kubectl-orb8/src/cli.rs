@@ -14,6 +14,7 @@ use orb8_flowspec::{Cidr, Direction, FlowFilterSpec, Protocol, SortKey};
 use crate::defaults;
 use crate::k8s::client::KubeAccess;
 use crate::k8s::cluster::ClusterOptions;
+use crate::k8s::persistent::Mode;
 use crate::render::OutputFormat;
 use crate::transport::AgentAddr;
 
@@ -234,6 +235,12 @@ pub struct ClusterArgs {
     /// scripts: `cleanup --session ID` then lists and deletes only that session's pods).
     #[arg(long, value_name = "ID", global = true, value_parser = parse_session)]
     pub session: Option<String>,
+
+    /// Where agents come from: auto uses the always-on DaemonSet's agent on nodes that run one
+    /// (manifests/persistent) and ephemeral pods elsewhere; ephemeral always starts pods;
+    /// persistent only uses always-on agents and creates or deletes nothing.
+    #[arg(long, value_enum, global = true, default_value_t = Mode::Auto)]
+    pub mode: Mode,
 }
 
 impl ClusterArgs {
@@ -263,6 +270,7 @@ impl GlobalArgs {
             connect_timeout: self.connect_timeout,
             privileged: c.privileged,
             session: c.session.clone(),
+            mode: c.mode,
         }
     }
 }
@@ -541,7 +549,7 @@ mod tests {
     fn cluster_flags_become_plain_options() {
         let args = "kubectl-orb8 --kubeconfig /tmp/kc --context kind -n shop -l app=x --node n1 \
             --agent-namespace agents --image img:1 --image-pull-policy Never --timeout 7s \
-            --connect-timeout 2s --privileged --session ci-42 status";
+            --connect-timeout 2s --privileged --session ci-42 --mode persistent status";
         let cli = Cli::try_parse_from(args.split_whitespace()).expect("parses");
         let access = KubeAccess {
             kubeconfig: Some("/tmp/kc".into()),
@@ -561,6 +569,7 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             privileged: true,
             session: Some("ci-42".into()),
+            mode: Mode::Persistent,
         };
         assert_eq!(cli.global.cluster_options(), expected);
         let plain = Cli::try_parse_from(["kubectl-orb8", "-A", "status"]).expect("parses");
@@ -570,8 +579,8 @@ mod tests {
             (KubeAccess::default(), true, "orb8-system")
         );
         assert_eq!(
-            (o.start_timeout, o.connect_timeout),
-            (Duration::from_secs(60), Duration::from_secs(5))
+            (o.start_timeout, o.connect_timeout, o.mode),
+            (Duration::from_secs(60), Duration::from_secs(5), Mode::Auto)
         );
     }
 

@@ -30,6 +30,9 @@ pub struct Session {
     pub directory: Option<LiveDirectory>,
     /// How long starting each agent took (`-v`).
     pub timing: Timing,
+    /// How each agent was reached: `local`, `direct` (`--agent`), or in cluster mode
+    /// `ephemeral` or `persistent`; in the order of [`Session::agents`].
+    pub modes: Vec<&'static str>,
 }
 
 /// Names agents by node, adding the address where two report the same node.
@@ -81,6 +84,7 @@ impl Session {
             )
             .await?;
             let mut session = Session::new(c.agents, None);
+            session.modes = c.modes.iter().map(|m| m.as_str()).collect();
             session.cluster = Some(c.pods);
             session.directory = Some(c.directory);
             session.timing = timing;
@@ -151,8 +155,10 @@ impl Session {
     fn new(agents: Vec<Agent>, local: Option<LocalAgent>) -> Session {
         let pairs: Vec<(String, AgentAddr)> =
             agents.iter().map(|a| (a.node(), a.addr.clone())).collect();
+        let mode = if local.is_some() { "local" } else { "direct" };
         Session {
             names: unique_names(&pairs),
+            modes: vec![mode; agents.len()],
             agents,
             local,
             cluster: None,

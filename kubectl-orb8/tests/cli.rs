@@ -746,6 +746,7 @@ fn help_documents_every_flag() {
         "--local",
         "--local-arg",
         "--connect-timeout",
+        "--mode",
     ];
     let top = help(&["--help"]);
     assert!(top.contains("Usage: kubectl orb8"), "{top}");

@@ -191,6 +191,11 @@ fn privileged_cluster_rbac_the_documented_roles_are_enough_for_every_command() {
             "/api/v1/namespaces/a/pods/pod-0",
         ),
         ("listed agent pods everywhere", "GET", "/api/v1/pods"),
+        (
+            "looked for always-on agents (none: ephemeral pods)",
+            "GET",
+            "/apis/discovery.k8s.io/v1/namespaces/orb8-system/endpointslices",
+        ),
     ] {
         assert!(
             reqs.iter()
@@ -381,4 +386,181 @@ fn privileged_cluster_rbac_all_namespaces_skips_a_not_ready_node_up_front() {
         })
         .collect();
     assert_eq!(nodes, vec![NODE], "{}", lines(&cluster));
+}
+
+/// An always-on agent as the DaemonSet runs it (`manifests/persistent`: gRPC on 127.0.0.1:47010
+/// of the node, the token from its Secret), playing the DaemonSet's pod on the fake node.
+struct AlwaysOnAgent(Child);
+
+const ALWAYS_ON_POD: &str = "orb8-agent-x7k2p";
+const ALWAYS_ON_TOKEN: &str = "orb8-always-on-token-0123456789";
+/// `ALWAYS_ON_TOKEN` in base64, as a Secret's `data` holds it.
+const ALWAYS_ON_TOKEN_B64: &str = "b3JiOC1hbHdheXMtb24tdG9rZW4tMDEyMzQ1Njc4OQ==";
+
+impl AlwaysOnAgent {
+    fn start(node: &NetNs) -> AlwaysOnAgent {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &node.name])
+            .arg(workspace_bin("orb8-agent"))
+            .args(["serve", "--listen=127.0.0.1:47010", "--idle-timeout=0"])
+            .env("ORB8_AGENT_TOKEN", ALWAYS_ON_TOKEN)
+            .env("NODE_NAME", NODE)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning orb8-agent serve");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("the ready line");
+        assert!(line.contains("127.0.0.1:47010"), "{line}");
+        AlwaysOnAgent(child)
+    }
+}
+
+impl Drop for AlwaysOnAgent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What `manifests/persistent` puts in the cluster, as the API server serves it: the agent's
+/// pod (its network namespace is the node's), the Service's EndpointSlice naming it on
+/// `NODE`, and the token Secret.
+fn install_always_on(cluster: &FakeCluster, topo: &Topology) {
+    cluster.add_namespace(AGENT_NS);
+    cluster.add_pod(
+        AGENT_NS,
+        ALWAYS_ON_POD,
+        &[("app.kubernetes.io/name", "orb8-agent")],
+        NODE,
+        "10.0.0.10",
+        &topo.node.name,
+    );
+    cluster.put_object(
+        "endpointslices",
+        serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "orb8-agent-abcde",
+                "namespace": AGENT_NS,
+                "labels": {"kubernetes.io/service-name": "orb8-agent"},
+            },
+            "addressType": "IPv4",
+            "endpoints": [{
+                "addresses": ["10.0.0.10"],
+                "nodeName": NODE,
+                "conditions": {"ready": true},
+                "targetRef": {"kind": "Pod", "namespace": AGENT_NS, "name": ALWAYS_ON_POD},
+            }],
+            "ports": [{"name": "metrics", "port": 9810, "protocol": "TCP"}],
+        }),
+    );
+    cluster.put_object(
+        "secrets",
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "orb8-agent-token", "namespace": AGENT_NS},
+            "type": "Opaque",
+            "data": {"token": ALWAYS_ON_TOKEN_B64},
+        }),
+    );
+}
+
+fn pod_creations(cluster: &FakeCluster) -> usize {
+    cluster
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/pods"))
+        .count()
+}
+
+#[test]
+fn privileged_cluster_rbac_always_on_agents_are_used_and_nothing_is_created() {
+    require_root();
+    let topo = Topology::new(2);
+    let cluster = cluster_of(&topo);
+
+    // Nothing installed: --mode persistent refuses, clearly, and creates nothing.
+    let (out, stderr) = run(&cluster, &["--mode", "persistent", "-n", "a", "status"]);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no always-on agent"), "{stderr}");
+    assert_eq!(pod_creations(&cluster), 0, "{}", lines(&cluster));
+
+    let _agent = AlwaysOnAgent::start(&topo.node);
+    install_always_on(&cluster, &topo);
+    for mode in ["auto", "persistent"] {
+        let (out, stderr) = run(
+            &cluster,
+            &["--mode", mode, "-n", "a", "status", "-o", "json"],
+        );
+        assert!(out.status.success(), "{mode}: {stderr}");
+        assert!(
+            !stderr.contains("warning") && !stderr.contains("forbidden"),
+            "{mode} warned: {stderr}"
+        );
+        let status: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+        assert_eq!(status[0]["node"], NODE, "{status}");
+        assert_eq!(status[0]["mode"], "persistent", "{status}");
+        assert_eq!(
+            status[0]["address"],
+            format!("pod/{AGENT_NS}/{ALWAYS_ON_POD}:47010")
+        );
+        let (out, stderr) = run(
+            &cluster,
+            &[
+                "--mode",
+                mode,
+                "flows",
+                "-n",
+                "a",
+                "-o",
+                "json",
+                "--duration",
+                "1s",
+            ],
+        );
+        assert!(out.status.success(), "{mode}: {stderr}");
+    }
+    assert_eq!(
+        pod_creations(&cluster),
+        0,
+        "no agent pod is created while always-on agents serve:\n{}",
+        lines(&cluster)
+    );
+    assert_eq!(forbidden(&cluster), Vec::<String>::new());
+    let reqs = cluster.requests();
+    let forwarded = format!("/api/v1/namespaces/{AGENT_NS}/pods/{ALWAYS_ON_POD}/portforward");
+    assert!(
+        reqs.iter().any(|r| r.path == forwarded && r.code == 101),
+        "no port-forward to the always-on agent:\n{}",
+        lines(&cluster)
+    );
+    assert!(
+        reqs.iter().any(|r| r.path
+            == format!("/api/v1/namespaces/{AGENT_NS}/secrets/orb8-agent-token")
+            && r.code == 200),
+        "the token was not read:\n{}",
+        lines(&cluster)
+    );
+    // --mode ephemeral still starts (and deletes) its own pod on the same node.
+    let (out, stderr) = run(
+        &cluster,
+        &["--mode", "ephemeral", "-n", "a", "status", "-o", "json"],
+    );
+    assert!(out.status.success(), "{stderr}");
+    let status: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(status[0]["mode"], "ephemeral", "{status}");
+    assert_eq!(pod_creations(&cluster), 1);
+    assert_eq!(
+        pod_names(&cluster),
+        vec![ALWAYS_ON_POD.to_string()],
+        "only the always-on pod is left"
+    );
 }

@@ -59,6 +59,12 @@ impl Flows {
         self.slow_client.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The shared count behind [`Flows::slow_client_drops`], for readers outside the service
+    /// (the metrics endpoint).
+    pub fn slow_client_counter(&self) -> Arc<AtomicU64> {
+        self.slow_client.clone()
+    }
+
     /// The flow table, filtered, sorted and limited.
     pub fn query(&self, req: &pb::QueryFlowsRequest) -> Result<pb::QueryFlowsResponse, String> {
         let matcher = Matcher::new(req.filter.as_ref())?;

@@ -184,7 +184,7 @@ pub enum Stopped {
 }
 
 /// Serves `service`, behind the per-session `token`, on an already bound listener until
-/// `shutdown` completes or no client has been connected for `idle`. Connections are counted so
+/// `shutdown` completes or no client has been connected for `idle` (zero: never idle out). Connections are counted so
 /// the idle clock only runs while none is open.
 pub async fn serve<T, S>(
     service: T,
@@ -202,6 +202,9 @@ where
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Stopped>();
     let watchdog_activity = activity.clone();
     let watchdog = async move {
+        if idle.is_zero() {
+            return std::future::pending().await;
+        }
         let mut tick = tokio::time::interval(defaults::IDLE_CHECK.min(idle));
         loop {
             tick.tick().await;

@@ -55,6 +55,11 @@ impl Service {
         status::status(&self.agent, &self.node, self.flows.slow_client_drops())
     }
 
+    /// What flow streams lost to slow clients so far, shared: the metrics endpoint reads it.
+    pub fn slow_client_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.flows.slow_client_counter()
+    }
+
     /// The flow table, filtered, sorted and limited.
     pub fn query(&self, req: &pb::QueryFlowsRequest) -> Result<pb::QueryFlowsResponse, String> {
         self.flows.query(req)

@@ -14,6 +14,44 @@ use crate::runtime::Agent;
 pub fn status(agent: &Agent, node: &str, slow_client: u64) -> pb::GetStatusResponse {
     let (active_flows, c, flows_evicted) = agent.flow_count();
     let (mode, programs) = agent.probe_info();
+    let drops = drop_counters(agent, &c, slow_client);
+    let not_parsed = not_parsed(&c)
+        .into_iter()
+        .map(|(reason, n)| (reason.to_string(), n))
+        .collect();
+    pb::GetStatusResponse {
+        node: node.to_string(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        protocol_version: pb::PROTOCOL_VERSION,
+        kernel_release: kernel_release(),
+        btf_present: std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+        attach_mode: mode.to_string(),
+        interfaces: agent.interfaces().iter().map(iface).collect(),
+        programs: programs.into_iter().map(String::from).collect(),
+        counters: Some(pb::Counters {
+            events_processed: agent.stats.events_received.load(Ordering::Relaxed),
+            packets_seen: c[counter::PACKETS_SEEN as usize],
+            active_flows,
+            flow_map_evictions: flows_evicted,
+            drops,
+            packets_not_parsed: not_parsed,
+        }),
+        uptime_ms: agent.uptime().as_millis() as u64,
+        arch: orb8_syscalls::Arch::current()
+            .map(|a| a.as_str())
+            .unwrap_or(std::env::consts::ARCH)
+            .to_string(),
+    }
+}
+
+/// Every loss counter the agent has, by stage and reason, from the kernel counters `c` (see
+/// [`Agent::counters`]) and what flow streams lost to slow clients. `GetStatus` and `/metrics`
+/// both report exactly this list.
+pub fn drop_counters(
+    agent: &Agent,
+    c: &[u64; counter::COUNT as usize],
+    slow_client: u64,
+) -> Vec<pb::DropCounter> {
     let mut drops = vec![
         drop_counter(
             pb::DropStage::Kernel,
@@ -45,7 +83,12 @@ pub fn status(agent: &Agent, node: &str, slow_client: u64) -> pb::GetStatusRespo
             ));
         }
     }
-    let not_parsed = [
+    drops
+}
+
+/// Packets the probe saw but could not account to a flow, by reason (kernel counter name).
+pub fn not_parsed(c: &[u64; counter::COUNT as usize]) -> Vec<(&'static str, u64)> {
+    [
         counter::NOT_IP,
         counter::TRUNCATED_L2,
         counter::BAD_L3,
@@ -54,31 +97,8 @@ pub fn status(agent: &Agent, node: &str, slow_client: u64) -> pb::GetStatusRespo
         counter::PULL_FAILED,
     ]
     .into_iter()
-    .map(|i| (counter::NAMES[i as usize].to_string(), c[i as usize]))
-    .collect();
-    pb::GetStatusResponse {
-        node: node.to_string(),
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        protocol_version: pb::PROTOCOL_VERSION,
-        kernel_release: kernel_release(),
-        btf_present: std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
-        attach_mode: mode.to_string(),
-        interfaces: agent.interfaces().iter().map(iface).collect(),
-        programs: programs.into_iter().map(String::from).collect(),
-        counters: Some(pb::Counters {
-            events_processed: agent.stats.events_received.load(Ordering::Relaxed),
-            packets_seen: c[counter::PACKETS_SEEN as usize],
-            active_flows,
-            flow_map_evictions: flows_evicted,
-            drops,
-            packets_not_parsed: not_parsed,
-        }),
-        uptime_ms: agent.uptime().as_millis() as u64,
-        arch: orb8_syscalls::Arch::current()
-            .map(|a| a.as_str())
-            .unwrap_or(std::env::consts::ARCH)
-            .to_string(),
-    }
+    .map(|i| (counter::NAMES[i as usize], c[i as usize]))
+    .collect()
 }
 
 fn drop_counter(stage: pb::DropStage, reason: &str, count: u64) -> pb::DropCounter {

@@ -119,8 +119,16 @@ pub mod counter {
     pub const IPV6_EXT_TOO_DEEP: u32 = 9;
     /// Not parsed: the headers could not be made readable (`bpf_skb_pull_data` failed).
     pub const PULL_FAILED: u32 = 10;
+    /// Packets accounted to a flow on an interface's ingress hook (GSO segments counted).
+    pub const PACKETS_INGRESS: u32 = 11;
+    /// Packets accounted to a flow on an interface's egress hook; always `PACKETS_INGRESS + 1`.
+    pub const PACKETS_EGRESS: u32 = 12;
+    /// IP-layer bytes accounted to a flow on an ingress hook.
+    pub const BYTES_INGRESS: u32 = 13;
+    /// IP-layer bytes accounted to a flow on an egress hook; always `BYTES_INGRESS + 1`.
+    pub const BYTES_EGRESS: u32 = 14;
     /// Number of counters.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 15;
 
     /// Stable names, indexed by counter, as shown by the agent.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -135,6 +143,10 @@ pub mod counter {
         "bad_l4",
         "ipv6_ext_too_deep",
         "pull_failed",
+        "packets_ingress",
+        "packets_egress",
+        "bytes_ingress",
+        "bytes_egress",
     ];
 }
 

@@ -70,6 +70,13 @@ fn count(c: &mut Counters, index: u32) {
 }
 
 #[inline(always)]
+fn add_to(c: &mut Counters, index: u32, n: u64) {
+    if let Some(v) = c.get_mut(index as usize) {
+        *v += n;
+    }
+}
+
+#[inline(always)]
 fn observe(ctx: &TcContext, dir: u8) {
     let Some(c) = COUNTERS.get_ptr_mut(0) else {
         return;
@@ -85,6 +92,10 @@ fn observe(ctx: &TcContext, dir: u8) {
         }
     };
     count(c, counter::PACKETS_ACCOUNTED);
+    // The egress counters directly follow the ingress ones (orb8_common::counter).
+    let d = (dir == direction::EGRESS) as u32;
+    add_to(c, counter::PACKETS_INGRESS + d, pkt.packets);
+    add_to(c, counter::BYTES_INGRESS + d, pkt.bytes);
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     if add(&pkt, now) {

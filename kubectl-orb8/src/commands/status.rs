@@ -13,9 +13,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let answers = futures::future::join_all(session.agents.iter().map(|a| a.get_status())).await;
     let mut statuses = Vec::with_capacity(answers.len());
-    for (agent, answer) in session.agents.iter().zip(answers) {
+    for ((agent, answer), mode) in session.agents.iter().zip(answers).zip(&session.modes) {
         statuses.push(AgentStatus {
             address: agent.addr.to_string(),
+            mode: mode.to_string(),
             status: answer?,
         });
     }

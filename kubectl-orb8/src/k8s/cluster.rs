@@ -15,6 +15,7 @@ use super::client::KubeAccess;
 use super::directory::{self, LiveDirectory};
 use super::ephemeral::{self, AgentPods, EphemeralConfig, RunningAgent};
 use super::lifecycle;
+use super::persistent::{self, AgentMode, Mode};
 use super::pod_spec;
 use super::portforward;
 use super::reap;
@@ -53,12 +54,16 @@ pub struct ClusterOptions {
     pub privileged: bool,
     /// The session id the agent pods are labelled with; random when `None`.
     pub session: Option<String>,
+    /// Always-on agents, ephemeral pods, or each where it fits ([`persistent::plan`]).
+    pub mode: Mode,
 }
 
 /// Agents started in the cluster for one command.
 pub struct ClusterAgents {
     /// Connected agents, one per node that came up.
     pub agents: Vec<Agent>,
+    /// How each of [`ClusterAgents::agents`] was reached, in the same order.
+    pub modes: Vec<AgentMode>,
     /// The pods to delete at the end.
     pub pods: AgentPods,
     /// Names for flow endpoints, kept current while the command runs.
@@ -110,24 +115,154 @@ pub async fn open(
     for (node, why) in &resolved.skipped {
         warn(&format!("skipping node {node}: {why}"));
     }
-    lifecycle::ensure_namespace(&client, &args.agent_namespace)
+    let always_on = match args.mode {
+        Mode::Ephemeral => Default::default(),
+        mode => match persistent::discover(&client, &args.agent_namespace).await {
+            Ok(found) => found,
+            Err(e) if mode == Mode::Persistent => anyhow::bail!(lifecycle::api_error(
+                "looking for always-on agents (--mode persistent)",
+                &e
+            )),
+            Err(e) => {
+                warn(&format!(
+                    "{}; using ephemeral agent pods",
+                    lifecycle::api_error("looking for always-on agents", &e)
+                ));
+                Default::default()
+            }
+        },
+    };
+    let plan = persistent::plan(args.mode, &resolved.nodes, &always_on);
+    for node in &plan.missing {
+        warn(&format!(
+            "skipping node {node}: no always-on agent runs there (--mode persistent starts none)"
+        ));
+    }
+    let mut agents = Vec::new();
+    let mut modes = Vec::new();
+    let mut ephemeral_nodes = plan.ephemeral.clone();
+    if !plan.persistent.is_empty() {
+        let reached = tokio::select! {
+            r = connect_persistent(&client, args, &plan.persistent) => r,
+            () = interrupt.wait() => return Err(Interrupted.into()),
+        };
+        for (node, r) in reached {
+            match r {
+                Ok(a) => {
+                    agents.push(a);
+                    modes.push(AgentMode::Persistent);
+                }
+                Err(why) if args.mode == Mode::Auto => {
+                    warn(&format!(
+                        "node {node}: always-on agent unreachable ({why}); starting an ephemeral one"
+                    ));
+                    ephemeral_nodes.push(node);
+                }
+                Err(why) => warn(&format!("proceeding without node {node}: {why}")),
+            }
+        }
+    }
+    let pods = AgentPods::new(&client, &args.agent_namespace);
+    if !ephemeral_nodes.is_empty() {
+        match start_ephemeral(
+            &client,
+            args,
+            &pods,
+            &ephemeral_nodes,
+            deadline,
+            interrupt,
+            warn,
+            timing,
+        )
+        .await
+        {
+            Ok(started) => {
+                modes.extend(started.iter().map(|_| AgentMode::Ephemeral));
+                agents.extend(started);
+            }
+            Err(e) if e.is::<Interrupted>() || agents.is_empty() => {
+                teardown(&pods, warn).await;
+                return Err(e);
+            }
+            Err(e) => {
+                teardown(&pods, warn).await;
+                warn(&format!("{e:#}"));
+            }
+        }
+    }
+    if agents.is_empty() {
+        anyhow::bail!(
+            "no always-on agent on the target nodes ({}); install manifests/persistent or use --mode auto",
+            plan.missing.join(", ")
+        );
+    }
+    let selected = directory::selected_pods(&client, &spec).await;
+    let directory = LiveDirectory::start(&client, selected, warn).await;
+    Ok(ClusterAgents {
+        agents,
+        modes,
+        pods,
+        directory,
+    })
+}
+
+/// Reaches each node's always-on agent through a port-forward with the token of their Secret.
+async fn connect_persistent(
+    client: &Client,
+    args: &ClusterOptions,
+    agents: &[(String, String)],
+) -> Vec<(String, Result<Agent, String>)> {
+    let token = match persistent::token(client, &args.agent_namespace).await {
+        Ok(t) => t,
+        Err(e) => {
+            return agents
+                .iter()
+                .map(|(n, _)| (n.clone(), Err(e.to_string())))
+                .collect();
+        }
+    };
+    let connects = agents.iter().map(|(node, pod)| {
+        let target = PodPort::new(&args.agent_namespace, pod.clone(), persistent::GRPC_PORT);
+        let token = token.as_str();
+        async move {
+            let r = portforward::connect_agent(
+                client.clone(),
+                target,
+                Some(token),
+                args.connect_timeout,
+            )
+            .await
+            .map_err(|e| format!("{e:#}"));
+            (node.clone(), r)
+        }
+    });
+    futures::future::join_all(connects).await
+}
+
+/// Ephemeral agent pods on `nodes`: the namespace, the pods, their connections; finished
+/// pods of gone sessions are reaped meanwhile. The caller tears `pods` down on error.
+#[allow(clippy::too_many_arguments)] // reason: the session's parts, and where it reports
+async fn start_ephemeral(
+    client: &Client,
+    args: &ClusterOptions,
+    pods: &AgentPods,
+    nodes: &[String],
+    deadline: Duration,
+    interrupt: &Interrupt,
+    warn: Warn<'_>,
+    timing: &Timing,
+) -> anyhow::Result<Vec<Agent>> {
+    lifecycle::ensure_namespace(client, &args.agent_namespace)
         .await
         .map_err(|e| anyhow::anyhow!(lifecycle::api_error("preparing the agent namespace", &e)))?;
     let session = match &args.session {
         Some(s) => s.clone(),
         None => random_hex(4)?,
     };
-    let pods = AgentPods::new(&client, &args.agent_namespace);
-    // The names are read while the agents start: they are needed for the first line.
-    let names = async {
-        let selected = directory::selected_pods(&client, &spec).await;
-        LiveDirectory::start(&client, selected, warn).await
-    };
-    let started = tokio::select! {
-        (r, (reaped, failed), directory) = futures::future::join3(
-            start_and_connect(&client, args, &session, &pods, &resolved.nodes, deadline, warn, timing),
-            reap::reap(&client, &args.agent_namespace, &session),
-            names,
+    tokio::select! {
+        (r, (reaped, failed)) = futures::future::join(
+            start_and_connect(client, args, &session, pods, nodes, deadline, warn, timing),
+            reap::reap(client, &args.agent_namespace, &session),
         ) => {
             if let Some(line) = reap::summary(&reaped) {
                 warn(&line);
@@ -135,20 +270,9 @@ pub async fn open(
             for f in failed {
                 warn(&f);
             }
-            r.map(|agents| (agents, directory))
+            r
         }
         () = interrupt.wait() => Err(Interrupted.into()),
-    };
-    match started {
-        Ok((agents, directory)) => Ok(ClusterAgents {
-            agents,
-            pods,
-            directory,
-        }),
-        Err(e) => {
-            teardown(&pods, warn).await;
-            Err(e)
-        }
     }
 }
 

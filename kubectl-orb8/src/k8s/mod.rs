@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod directory;
 pub mod ephemeral;
 pub mod lifecycle;
+pub mod persistent;
 pub mod pod_spec;
 pub mod podtarget;
 pub mod portforward;

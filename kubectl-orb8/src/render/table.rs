@@ -225,6 +225,7 @@ pub fn groups(groups: &[FlowGroup], wide: bool, now: SystemTime, width: Option<u
 pub fn statuses(agents: &[StatusView], wide: bool, width: Option<u16>) -> String {
     let header = [
         "NODE",
+        "MODE",
         "VERSION",
         "PROTOCOL",
         "KERNEL",
@@ -261,6 +262,7 @@ pub fn statuses(agents: &[StatusView], wide: bool, width: Option<u16>) -> String
         };
         table.add_row(vec![
             a.node.clone(),
+            a.mode.clone(),
             a.agent_version.clone(),
             a.protocol_version.to_string(),
             a.kernel.clone(),
@@ -429,6 +431,7 @@ mod tests {
     fn status_table_sums_drops_and_details_them_in_wide() {
         let agent = AgentStatus {
             address: "127.0.0.1:1".into(),
+            mode: "direct".into(),
             status: GetStatusResponse {
                 node: "node-a".into(),
                 agent_version: "0.1.0".into(),
@@ -480,6 +483,7 @@ mod tests {
         let header = out.lines().next().expect("header");
         for col in [
             "NODE",
+            "MODE",
             "VERSION",
             "PROTOCOL",
             "KERNEL",
@@ -498,8 +502,8 @@ mod tests {
         assert_eq!(
             cells,
             vec![
-                "node-a", "0.1.0", "1", "6.18.0", "yes", "tcx", "2", "12", "3", "5", "1h", "2m",
-                "3s"
+                "node-a", "direct", "0.1.0", "1", "6.18.0", "yes", "tcx", "2", "12", "3", "5",
+                "1h", "2m", "3s"
             ]
         );
         let wide = statuses(&[view], true, Some(250));

@@ -256,6 +256,8 @@ pub struct AgentLostLine<'a> {
 pub struct AgentStatus {
     /// The address given with `--agent` (or the local agent's).
     pub address: String,
+    /// How it was reached: `local`, `direct`, `ephemeral` or `persistent`.
+    pub mode: String,
     /// What GetStatus answered.
     pub status: GetStatusResponse,
 }
@@ -289,6 +291,8 @@ pub struct StatusView {
     pub node: String,
     /// Where it was reached.
     pub address: String,
+    /// How it was reached: `local`, `direct`, `ephemeral` or `persistent`.
+    pub mode: String,
     /// Agent version.
     pub agent_version: String,
     /// Wire protocol version.
@@ -354,6 +358,7 @@ impl From<&AgentStatus> for StatusView {
         StatusView {
             node: s.node.clone(),
             address: a.address.clone(),
+            mode: a.mode.clone(),
             agent_version: s.agent_version.clone(),
             protocol_version: s.protocol_version,
             kernel: s.kernel_release.clone(),

@@ -193,6 +193,34 @@ pub(super) fn route(
         (&Method::DELETE, ["api", "v1", "namespaces", ns, "pods", name]) => {
             delete_pod(state, ns, name)
         }
+        (
+            &Method::GET,
+            [
+                "apis",
+                "discovery.k8s.io",
+                "v1",
+                "namespaces",
+                ns,
+                "endpointslices",
+            ],
+        ) => list_objects(
+            state,
+            "endpointslices",
+            "discovery.k8s.io/v1",
+            "EndpointSlice",
+            ns,
+            seen,
+        ),
+        (&Method::GET, ["api", "v1", "namespaces", ns, "secrets", name]) => {
+            let store = state.store.lock().expect("store");
+            match store
+                .objects
+                .get(&("secrets".into(), ns.to_string(), name.to_string()))
+            {
+                Some(o) => full(StatusCode::OK, o.clone()),
+                None => not_found("secrets", name),
+            }
+        }
         _ => failure(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -200,6 +228,37 @@ pub(super) fn route(
             json!({}),
         ),
     }
+}
+
+/// Lists the stored objects of `resource` in `ns` matching the request's label selector.
+fn list_objects(
+    state: &Arc<State>,
+    resource: &str,
+    api_version: &str,
+    kind: &str,
+    ns: &str,
+    seen: &ApiRequest,
+) -> Response<Body> {
+    let selection = match Selection::new(Some(ns.to_string()), seen) {
+        Ok(s) => s,
+        Err(e) => return bad_request(&e),
+    };
+    let store = state.store.lock().expect("store");
+    let items: Vec<Value> = store
+        .objects
+        .iter()
+        .filter(|((r, n, _), o)| r == resource && n == ns && selection.matches(o))
+        .map(|(_, o)| o.clone())
+        .collect();
+    full(
+        StatusCode::OK,
+        json!({
+            "apiVersion": api_version,
+            "kind": format!("{kind}List"),
+            "metadata": {"resourceVersion": store.rv.to_string()},
+            "items": items,
+        }),
+    )
 }
 
 pub(super) fn create_namespace(state: &Arc<State>, seen: &ApiRequest) -> Response<Body> {

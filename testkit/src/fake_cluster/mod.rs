@@ -84,6 +84,9 @@ struct Store {
     namespaces: BTreeMap<String, Value>,
     nodes: BTreeMap<String, Value>,
     pods: BTreeMap<(String, String), StoredPod>,
+    /// Other namespaced objects the tests put in (EndpointSlices, Secrets), by
+    /// (resource, namespace, name), served as they are.
+    objects: BTreeMap<(String, String, String), Value>,
     /// Every pod event: (resourceVersion, type, object).
     events: Vec<(u64, &'static str, Value)>,
     containers: Vec<Container>,
@@ -307,6 +310,24 @@ impl FakeCluster {
     /// they did, as if that had happened long ago.
     pub fn report_finished_ago(&self, ago: Duration) {
         *self.state.finish_backdate.lock().expect("backdate") = ago;
+    }
+
+    /// Stores a namespaced object (an EndpointSlice, a Secret) as `resource` (`endpointslices`,
+    /// `secrets`): the API server lists and gets it from then on.
+    pub fn put_object(&self, resource: &str, object: Value) {
+        let key = (
+            resource.to_string(),
+            object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        let mut store = self.state.store.lock().expect("store");
+        store.objects.insert(key, object);
     }
 
     /// Adds a namespace.

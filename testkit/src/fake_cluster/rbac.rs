@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-/// One rule of a ClusterRole (no resourceNames, no nonResourceURLs: orb8's roles use neither).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One rule of a ClusterRole (no nonResourceURLs: orb8's roles use none).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct PolicyRule {
     /// API groups (`""` is the core group, `"*"` any).
     pub api_groups: Vec<String>,
@@ -24,6 +24,9 @@ pub struct PolicyRule {
     pub resources: Vec<String>,
     /// Verbs, `"*"` any.
     pub verbs: Vec<String>,
+    /// Object names the rule is limited to; empty: any (as the API server reads it, a
+    /// request without a name, such as a list, never matches a rule with names).
+    pub resource_names: Vec<String>,
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -68,6 +71,7 @@ pub fn cluster_roles(yaml: &str) -> Result<BTreeMap<String, Vec<PolicyRule>>, St
                         api_groups: strings(&r["apiGroups"]),
                         resources: strings(&r["resources"]),
                         verbs: strings(&r["verbs"]),
+                        resource_names: strings(&r["resourceNames"]),
                     })
                     .collect()
             })
@@ -89,6 +93,8 @@ pub struct Rbac {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Attributes {
     pub verb: &'static str,
+    /// `""` for the core group.
+    pub api_group: String,
     pub resource: String,
     pub subresource: Option<String>,
     pub namespace: Option<String>,
@@ -126,7 +132,13 @@ impl Rbac {
         self.grants.iter().any(|(ns, rules)| {
             (ns.is_none() || *ns == a.namespace)
                 && rules.iter().any(|r| {
-                    any(&r.api_groups, "") && any(&r.resources, &resource) && any(&r.verbs, verb)
+                    any(&r.api_groups, &a.api_group)
+                        && any(&r.resources, &resource)
+                        && any(&r.verbs, verb)
+                        && (r.resource_names.is_empty()
+                            || a.name
+                                .as_ref()
+                                .is_some_and(|n| r.resource_names.contains(n)))
                 })
         })
     }
@@ -153,15 +165,20 @@ impl Rbac {
             None => "at the cluster scope".to_string(),
         };
         Err(format!(
-            "{what} is forbidden: User \"{}\" cannot {verb} resource \"{resource}\" in API group \"\" {scope}",
-            self.user
+            "{what} is forbidden: User \"{}\" cannot {verb} resource \"{resource}\" in API group \"{}\" {scope}",
+            self.user, a.api_group
         ))
     }
 }
 
-/// The attributes of a core-group (`/api/v1/...`) request; `None` for any other path.
+/// The attributes of a core-group (`/api/v1/...`) or named-group (`/apis/GROUP/VERSION/...`)
+/// request; `None` for any other path.
 pub(super) fn attributes(method: &str, parts: &[&str], watch: bool) -> Option<Attributes> {
-    let rest = parts.strip_prefix(&["api", "v1"])?;
+    let (api_group, rest) = match parts {
+        ["api", "v1", rest @ ..] => (String::new(), rest),
+        ["apis", group, _version, rest @ ..] => (group.to_string(), rest),
+        _ => return None,
+    };
     let (namespace, rest): (Option<String>, &[&str]) = match rest {
         ["namespaces", ns, more @ ..] if !more.is_empty() => (Some(ns.to_string()), more),
         _ => (None, rest),
@@ -189,6 +206,7 @@ pub(super) fn attributes(method: &str, parts: &[&str], watch: bool) -> Option<At
     };
     Some(Attributes {
         verb,
+        api_group,
         resource,
         subresource,
         namespace,
@@ -248,7 +266,12 @@ rules:
             ("get", Some("orb8-system"), Some("orb8-system"))
         );
         assert_eq!(attrs("POST", "/api/v1/namespaces", false).namespace, None);
-        assert!(attributes("GET", &["apis", "apps", "v1", "deployments"], false).is_none());
+        let d = attrs("GET", "/apis/apps/v1/deployments", false);
+        assert_eq!(
+            (d.api_group.as_str(), d.verb, d.resource.as_str()),
+            ("apps", "list", "deployments")
+        );
+        assert!(attributes("GET", &["version"], false).is_none());
     }
 
     #[test]
@@ -286,10 +309,54 @@ rules:
             api_groups: vec!["".into()],
             resources: vec!["pods/portforward".into()],
             verbs: vec!["get".into()],
+            ..Default::default()
         }]);
         assert_eq!(
             get_only.check(&attrs("GET", "/api/v1/namespaces/a/pods/x/portforward", false)),
             Err("pods \"x\" is forbidden: User \"bob\" cannot create resource \"pods/portforward\" in API group \"\" in the namespace \"a\"".into())
+        );
+    }
+
+    #[test]
+    fn named_groups_and_resource_names() {
+        let rbac = Rbac::new("carol").bind_namespace(
+            "agents",
+            &[
+                PolicyRule {
+                    api_groups: vec!["discovery.k8s.io".into()],
+                    resources: vec!["endpointslices".into()],
+                    verbs: vec!["list".into()],
+                    ..Default::default()
+                },
+                PolicyRule {
+                    api_groups: vec!["".into()],
+                    resources: vec!["secrets".into()],
+                    verbs: vec!["get".into()],
+                    resource_names: vec!["token".into()],
+                },
+            ],
+        );
+        let slices = "/apis/discovery.k8s.io/v1/namespaces/agents/endpointslices";
+        assert_eq!(rbac.check(&attrs("GET", slices, false)), Ok(()));
+        assert_eq!(
+            rbac.check(&attrs("GET", "/api/v1/namespaces/agents/endpoints", false)),
+            Err("endpoints is forbidden: User \"carol\" cannot list resource \"endpoints\" in API group \"\" in the namespace \"agents\"".into())
+        );
+        assert_eq!(
+            rbac.check(&attrs(
+                "GET",
+                "/api/v1/namespaces/agents/secrets/token",
+                false
+            )),
+            Ok(())
+        );
+        assert_eq!(
+            rbac.check(&attrs("GET", "/api/v1/namespaces/agents/secrets/other", false)),
+            Err("secrets \"other\" is forbidden: User \"carol\" cannot get resource \"secrets\" in API group \"\" in the namespace \"agents\"".into())
+        );
+        assert!(
+            rbac.check(&attrs("GET", "/api/v1/namespaces/agents/secrets", false))
+                .is_err()
         );
     }
 }
