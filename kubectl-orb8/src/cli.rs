@@ -229,6 +229,10 @@ pub struct ClusterArgs {
     /// scripts: `cleanup --session ID` then lists and deletes only that session's pods).
     #[arg(long, value_name = "ID", global = true, value_parser = parse_session)]
     pub session: Option<String>,
+
+    /// Set by the `gpu` command (not a flag): agent pods mount what GPU telemetry reads.
+    #[arg(skip)]
+    pub gpu: bool,
 }
 
 impl ClusterArgs {
@@ -258,6 +262,7 @@ impl GlobalArgs {
             connect_timeout: self.connect_timeout,
             privileged: c.privileged,
             session: c.session.clone(),
+            gpu: c.gpu,
         }
     }
 }
@@ -272,10 +277,30 @@ pub enum Command {
     /// Print events live as the agents see them.
     #[command(subcommand)]
     Trace(TraceCommand),
+    /// GPUs of the nodes (utilization, memory, power), the pods the kubelet gave each GPU,
+    /// MIG instance or time-sliced share to, their processes, and where the two disagree.
+    Gpu(GpuArgs),
     /// Print the client's version and protocol, and each reachable agent's.
     Version,
     /// List and delete agent pods a killed session left behind (found by label).
     Cleanup(CleanupArgs),
+}
+
+/// `gpu` flags.
+#[derive(Debug, Clone, Args)]
+pub struct GpuArgs {
+    /// Only this pod (cluster mode; namespace from -n): an agent starts on its node only.
+    #[arg(value_name = "POD")]
+    pub pod: Option<String>,
+
+    /// Print again every --interval until Ctrl-C (NDJSON with -o json).
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+
+    /// Sampling interval: the window of per-process utilization, and with --watch the
+    /// refresh period.
+    #[arg(long, value_name = "DURATION", default_value = defaults::GPU_INTERVAL, value_parser = parse_duration)]
+    pub interval: Duration,
 }
 
 /// `cleanup` flags.
@@ -484,6 +509,39 @@ mod tests {
     }
 
     #[test]
+    fn gpu_takes_a_pod_watch_and_an_interval() {
+        let cli = Cli::try_parse_from([
+            "kubectl-orb8",
+            "-n",
+            "ml",
+            "gpu",
+            "train-0",
+            "--watch",
+            "--interval",
+            "5s",
+        ])
+        .expect("parses");
+        let Command::Gpu(g) = cli.command else {
+            panic!("expected gpu");
+        };
+        assert_eq!(
+            (g.pod.as_deref(), g.watch, g.interval),
+            (Some("train-0"), true, Duration::from_secs(5))
+        );
+        let Command::Gpu(g) = Cli::try_parse_from(["kubectl-orb8", "gpu"])
+            .expect("parses")
+            .command
+        else {
+            panic!("expected gpu");
+        };
+        assert_eq!(
+            (g.pod, g.watch, g.interval),
+            (None, false, Duration::from_secs(2))
+        );
+        assert!(Cli::try_parse_from(["kubectl-orb8", "gpu", "--interval", "0x"]).is_err());
+    }
+
+    #[test]
     fn session_ids_fit_labels_and_pod_names() {
         for ok in ["a", "e2e1f2k1", "ci-42", "abcdefghij0123456789"] {
             assert_eq!(parse_session(ok).as_deref(), Ok(ok));
@@ -517,6 +575,7 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             privileged: true,
             session: Some("ci-42".into()),
+            gpu: false,
         };
         assert_eq!(cli.global.cluster_options(), expected);
         let plain = Cli::try_parse_from(["kubectl-orb8", "-A", "status"]).expect("parses");

@@ -52,6 +52,8 @@ pub struct ClusterOptions {
     pub privileged: bool,
     /// The session id the agent pods are labelled with; random when `None`.
     pub session: Option<String>,
+    /// The command reads GPUs: agent pods mount the kubelet's pod-resources directory.
+    pub gpu: bool,
 }
 
 /// Agents started in the cluster for one command.
@@ -179,6 +181,7 @@ async fn start_and_connect(
         idle_timeout: cluster_idle_timeout(args.start_timeout),
         deadline,
         privileged: args.privileged,
+        gpu: args.gpu,
     };
     let bars = NodeProgress::new(nodes, "creating the agent pod");
     let started = ephemeral::start(

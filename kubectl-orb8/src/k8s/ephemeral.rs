@@ -31,6 +31,8 @@ pub struct EphemeralConfig {
     pub deadline: Duration,
     /// Run privileged instead of with listed capabilities.
     pub privileged: bool,
+    /// Mount what GPU telemetry needs.
+    pub gpu: bool,
 }
 
 /// An agent pod that runs.
@@ -123,6 +125,7 @@ pub async fn start(
             idle_timeout: config.idle_timeout,
             deadline: config.deadline,
             privileged: config.privileged,
+            gpu: config.gpu,
         };
         pods.record(&params.name);
         async move {

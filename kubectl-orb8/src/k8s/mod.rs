@@ -6,6 +6,7 @@ pub mod directory;
 pub mod ephemeral;
 pub mod lifecycle;
 pub mod pod_spec;
+pub mod podnames;
 pub mod podtarget;
 pub mod portforward;
 pub mod reap;

@@ -9,7 +9,7 @@ use crate::flow::{FlowRecord, age, direction_name, human_bytes, human_count};
 
 /// A borderless table. `width: None` fits the terminal when stdout is one (and does not wrap
 /// otherwise); `Some(w)` fixes the width, for tests.
-fn new_table(header: &[&str], width: Option<u16>) -> Table {
+pub(super) fn new_table(header: &[&str], width: Option<u16>) -> Table {
     let mut table = Table::new();
     table
         .load_preset(presets::NOTHING)
@@ -57,7 +57,7 @@ fn set_minimums(table: &mut Table, rows: &[Vec<String>], header: &[&str], caps: 
     }
 }
 
-fn finish(table: &Table) -> String {
+pub(super) fn finish(table: &Table) -> String {
     table
         .lines()
         .map(|l| l.trim_end().to_string())
@@ -322,6 +322,7 @@ mod tests {
                     ..Default::default()
                 }),
                 uptime_ms: 3_723_000,
+                gpu: None,
             },
         };
         let view = StatusView::from(&agent);
