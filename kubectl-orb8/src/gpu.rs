@@ -26,6 +26,9 @@ pub struct PodName {
 /// Pod names by UID (cluster mode), or none (local and direct mode: UIDs are shown).
 pub type PodNames = HashMap<String, PodName>;
 
+/// The pod column of a GPU process that runs in no pod (a host process).
+pub const NO_POD: &str = "(no pod)";
+
 /// Which pods' rows to keep.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodFilter {
@@ -37,6 +40,9 @@ pub struct PodFilter {
 
 impl PodFilter {
     fn keeps(&self, namespace: &str, pod: &str) -> bool {
+        if pod == NO_POD {
+            return self.pod.is_none() && self.namespace.is_none();
+        }
         self.namespace.as_deref().is_none_or(|n| n == namespace)
             && self.pod.as_deref().is_none_or(|p| p == pod)
     }
@@ -265,7 +271,7 @@ fn join_node(
             if pod.is_empty() {
                 let holders: Vec<String> = out.pods[first_pod_row..]
                     .iter()
-                    .filter(|r| r.gpu_uuid == g.uuid && r.kind != "shared")
+                    .filter(|r| r.gpu_uuid == g.uuid && matches!(r.kind, "whole" | "mig"))
                     .filter(|r| p.mig_uuid.is_empty() || r.mig_uuid == p.mig_uuid)
                     .map(|r| pod_label(&r.namespace, &r.pod))
                     .collect();
@@ -275,12 +281,16 @@ fn join_node(
                         holders.join(", ")
                     ));
                 }
-                continue;
             }
-            gpu_pods
-                .entry(g.uuid.as_str())
-                .or_default()
-                .insert(pod_label(&namespace, &pod));
+            let pod = if pod.is_empty() {
+                NO_POD.to_string()
+            } else {
+                gpu_pods
+                    .entry(g.uuid.as_str())
+                    .or_default()
+                    .insert(pod_label(&namespace, &pod));
+                pod
+            };
             let row = out.pods[first_pod_row..].iter_mut().find(|r| {
                 r.namespace == namespace
                     && r.pod == pod
@@ -614,6 +624,7 @@ mod tests {
                 ),
                 ("ghost", "x", "whole", None, "", 0, None, vec![]),
                 ("dup", "y", "whole", Some(0), "", 0, None, vec![]),
+                ("(no pod)", "", "none", Some(0), "", 1, None, vec![14]),
                 ("rogue", "main", "none", Some(1), "", 2, None, vec![12]),
             ]
         );
@@ -645,6 +656,7 @@ node-a  ml         infer-a   server     1    shared #0                   4.0    
 node-a  ml         notebook  jupyter    2    MIG 1g.10gb                 5.0            -    13
 node-a  ops        ghost     x          -    GPU-ghost (no such device)  0.0            -    -
 node-a  ops        dup       y          0    whole                       0.0            -    -
+node-a  -          (no pod)  -          0    (not allocated)             1.0            -    14
 node-a  ml         rogue     main       1    (not allocated)             2.0            -    12
 
 node node-b: no NVIDIA driver on this node
@@ -681,6 +693,7 @@ disagreement: node-a: process 12 (python) of ml/rogue container main uses GPU 1 
             unnamed,
             vec![
                 ("", "uid:u-train", ""),
+                ("", NO_POD, ""),
                 ("", "uid:u-a", ""),
                 ("", "uid:u-rogue", ""),
                 ("", "uid:u-nb", "")

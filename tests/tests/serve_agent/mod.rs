@@ -21,6 +21,11 @@ pub struct ServeAgent {
 impl ServeAgent {
     /// Starts the agent in `ns` as node `node`, accepting `token`, and waits until it listens.
     pub fn start(ns: &NetNs, node: &str, token: &str) -> ServeAgent {
+        Self::start_with(ns, node, token, &[])
+    }
+
+    /// Like [`ServeAgent::start`], with more `serve` arguments.
+    pub fn start_with(ns: &NetNs, node: &str, token: &str, extra: &[&str]) -> ServeAgent {
         let socket = format!("/tmp/{}.sock", unique("o8s"));
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
@@ -34,6 +39,7 @@ impl ServeAgent {
                 "--idle-timeout",
                 "60s",
             ])
+            .args(extra)
             .env("ORB8_AGENT_TOKEN", token)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
