@@ -408,15 +408,21 @@ fn join_node(
 }
 
 #[cfg(test)]
-mod tests {
+/// The GPU report the unit tests share (here and in `render::gpu`).
+pub mod fixture {
     use super::*;
     use orb8_proto::{Gpu, GpuAllocation, GpuProcess, MigDevice};
 
-    const G0: &str = "GPU-0";
-    const G1: &str = "GPU-1";
-    const G2: &str = "GPU-2";
-    const M0: &str = "MIG-0";
-    const GIB: u64 = 1 << 30;
+    /// GPU 0 (whole).
+    pub const G0: &str = "GPU-0";
+    /// GPU 1 (time-sliced).
+    pub const G1: &str = "GPU-1";
+    /// GPU 2 (MIG mode).
+    pub const G2: &str = "GPU-2";
+    /// GPU 2's MIG instance.
+    pub const M0: &str = "MIG-0";
+    /// A gibibyte.
+    pub const GIB: u64 = 1 << 30;
 
     fn alloc(
         ns: &str,
@@ -461,7 +467,8 @@ mod tests {
         }
     }
 
-    fn answers() -> Vec<(String, GetGpusResponse)> {
+    /// Two nodes: one with three GPUs, allocations and processes, one without a driver.
+    pub fn answers() -> Vec<(String, GetGpusResponse)> {
         use GpuDeviceKind::{Mig, Shared, Whole};
         let mut notebook = alloc("ml", "notebook", "jupyter", M0, Mig, (G2, 2));
         notebook.mig_uuid = M0.into();
@@ -535,7 +542,8 @@ mod tests {
         vec![("node-a".into(), a), ("node-b".into(), b)]
     }
 
-    fn names() -> PodNames {
+    /// Names for the pod UIDs of [`answers`].
+    pub fn names() -> PodNames {
         let n = |ns: &str, name: &str, cid: &str, c: &str| PodName {
             namespace: ns.into(),
             name: name.into(),
@@ -551,6 +559,12 @@ mod tests {
         .map(|(u, p)| (u.to_string(), p))
         .collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::*;
+    use super::*;
 
     #[test]
     fn allocations_and_processes_join_and_disagreements_are_said() {
@@ -642,30 +656,6 @@ mod tests {
                 (M0, vec!["ml/notebook".to_string()]),
             ]
         );
-        let text = crate::render::gpu::text(&r, false, Some(250));
-        let want = "\
-NODE    GPU    UUID   MODEL        UTIL  MEMORY (GiB)  POWER (W)  TEMP  PODS
-node-a  0      GPU-0  A100         87%   20.0/80.0     251/400    61C   ml/train-0,ops/dup
-node-a  1      GPU-1  L4           -     0.0/24.0      -          -     ml/infer-a,ml/rogue
-node-a  2      GPU-2  H100         -     0.0/0.0       -          -     ml/notebook
-node-a  2/mig  MIG-0  MIG 1g.10gb  -     5.0/10.0      -          -     ml/notebook
-
-NODE    NAMESPACE  POD       CONTAINER  GPU  DEVICE                      GPU MEM (GiB)  SM   PIDS
-node-a  ml         train-0   trainer    0    whole                       19.0           85%  10
-node-a  ml         infer-a   server     1    shared #0                   4.0            25%  11
-node-a  ml         notebook  jupyter    2    MIG 1g.10gb                 5.0            -    13
-node-a  ops        ghost     x          -    GPU-ghost (no such device)  0.0            -    -
-node-a  ops        dup       y          0    whole                       0.0            -    -
-node-a  -          (no pod)  -          0    (not allocated)             1.0            -    14
-node-a  ml         rogue     main       1    (not allocated)             2.0            -    12
-
-node node-b: no NVIDIA driver on this node
-node node-b: GPU allocations unknown: no kubelet pod-resources socket at /x
-disagreement: node-a: ops/ghost container x was allocated GPU-ghost (nvidia.com/gpu): no GPU of this node has this ID
-disagreement: node-a: GPU-0 is not shared but was allocated to 2 containers: ml/train-0 container trainer, ops/dup container y
-disagreement: node-a: process 14 (Xorg), in no pod, uses GPU 0 (GPU-0), allocated to ml/train-0, ops/dup
-disagreement: node-a: process 12 (python) of ml/rogue container main uses GPU 1 (GPU-1), but the kubelet allocated it no device there";
-        assert_eq!(text, want, "{text}");
     }
 
     #[test]

@@ -198,3 +198,39 @@ pub fn write(
         OutputFormat::Yaml => out.write_all(yaml::to_string(r)?.as_bytes()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::fixture::{answers, names};
+    use crate::gpu::{PodFilter, report};
+
+    #[test]
+    fn the_tables_and_lines_of_a_report() {
+        let r = report(&answers(), &names(), &PodFilter::default());
+        let text = text(&r, false, Some(250));
+        let want = "\
+NODE    GPU    UUID   MODEL        UTIL  MEMORY (GiB)  POWER (W)  TEMP  PODS
+node-a  0      GPU-0  A100         87%   20.0/80.0     251/400    61C   ml/train-0,ops/dup
+node-a  1      GPU-1  L4           -     0.0/24.0      -          -     ml/infer-a,ml/rogue
+node-a  2      GPU-2  H100         -     0.0/0.0       -          -     ml/notebook
+node-a  2/mig  MIG-0  MIG 1g.10gb  -     5.0/10.0      -          -     ml/notebook
+
+NODE    NAMESPACE  POD       CONTAINER  GPU  DEVICE                      GPU MEM (GiB)  SM   PIDS
+node-a  ml         train-0   trainer    0    whole                       19.0           85%  10
+node-a  ml         infer-a   server     1    shared #0                   4.0            25%  11
+node-a  ml         notebook  jupyter    2    MIG 1g.10gb                 5.0            -    13
+node-a  ops        ghost     x          -    GPU-ghost (no such device)  0.0            -    -
+node-a  ops        dup       y          0    whole                       0.0            -    -
+node-a  -          (no pod)  -          0    (not allocated)             1.0            -    14
+node-a  ml         rogue     main       1    (not allocated)             2.0            -    12
+
+node node-b: no NVIDIA driver on this node
+node node-b: GPU allocations unknown: no kubelet pod-resources socket at /x
+disagreement: node-a: ops/ghost container x was allocated GPU-ghost (nvidia.com/gpu): no GPU of this node has this ID
+disagreement: node-a: GPU-0 is not shared but was allocated to 2 containers: ml/train-0 container trainer, ops/dup container y
+disagreement: node-a: process 14 (Xorg), in no pod, uses GPU 0 (GPU-0), allocated to ml/train-0, ops/dup
+disagreement: node-a: process 12 (python) of ml/rogue container main uses GPU 1 (GPU-1), but the kubelet allocated it no device there";
+        assert_eq!(text, want, "{text}");
+    }
+}
