@@ -578,16 +578,17 @@ mod tests {
                 "node-a: process 12 (python) of ml/rogue container main uses GPU 1 (GPU-1), but the kubelet allocated it no device there",
             ]
         );
-        let rows: Vec<(
-            &str,
-            &str,
-            &str,
+        type Row<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
             Option<u32>,
-            &str,
+            &'a str,
             u64,
             Option<u32>,
             Vec<u32>,
-        )> = r
+        );
+        let rows: Vec<Row> = r
             .pods
             .iter()
             .map(|p| {
