@@ -3,7 +3,15 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let fds = protox::compile(["orb8/agent/v1/agent.proto"], ["proto"])?;
+    let fds = protox::compile(
+        [
+            "orb8/agent/v1/agent.proto",
+            // The kubelet's pod-resources API (package `v1`): the agent is its client, the
+            // test kit serves it.
+            "k8s/podresources/v1/api.proto",
+        ],
+        ["proto"],
+    )?;
     tonic_prost_build::configure()
         // Rare and large next to the rest of a flow: boxed, so events stay small.
         .boxed(".orb8.agent.v1.Flow.netns_owner")

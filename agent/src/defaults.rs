@@ -46,6 +46,18 @@ pub const TRACE_EXIT_CHECK: Duration = Duration::from_millis(20);
 /// How long a trace whose target exited waits for the target's last events to be read.
 pub const TRACE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Where a DCGM exporter serves its metrics on the host network (its default port), read
+/// when NVML is absent and nothing else was configured.
+pub const DCGM_EXPORTER_URL: &str = "http://127.0.0.1:9400/metrics";
+/// How long connecting to and reading the DCGM exporter may take.
+pub const DCGM_TIMEOUT: Duration = Duration::from_millis(500);
+/// The most bytes of a DCGM exporter's answer read.
+pub const DCGM_MAX_BYTES: u64 = 8 << 20;
+/// Per-process GPU utilization window when the client gives none.
+pub const GPU_SAMPLE_WINDOW: Duration = Duration::from_secs(1);
+/// How long one question to the kubelet's pod-resources socket may take.
+pub const POD_RESOURCES_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ pub mod containers;
 pub mod convert;
 pub mod defaults;
 pub mod flows;
+pub mod gpu;
 pub mod interfaces;
 pub mod metrics;
 pub mod peers;

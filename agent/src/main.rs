@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use orb8_agent::{
     defaults,
     metrics::{self, Metrics},
+    gpu::{GpuConfig, Gpus},
     probes::{AttachMode, ProbeConfig},
     report::Line,
     runtime::{Agent, AgentConfig},
@@ -64,6 +65,22 @@ struct ServeArgs {
     /// (repeatable; default: containerd's and CRI-O's run directories).
     #[arg(long = "pod-metadata-dir", value_name = "DIR")]
     pod_metadata_dirs: Vec<std::path::PathBuf>,
+    #[command(flatten)]
+    gpu: GpuArgs,
+}
+
+#[derive(Parser, Debug)]
+struct GpuArgs {
+    /// Read GPU numbers from this DCGM exporter metrics URL when NVML is absent (default: use
+    /// http://127.0.0.1:9400/metrics if it answers).
+    #[arg(long, value_name = "URL")]
+    dcgm_exporter: Option<String>,
+    /// Play GPU readings from this JSON file instead of asking the hardware (tests, replays).
+    #[arg(long, value_name = "FILE")]
+    gpu_samples: Option<std::path::PathBuf>,
+    /// The kubelet's pod-resources socket (GPU allocations).
+    #[arg(long, value_name = "PATH", default_value = orb8_proto::POD_RESOURCES_SOCKET)]
+    pod_resources_socket: std::path::PathBuf,
 }
 
 #[derive(Parser, Debug)]
@@ -265,6 +282,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("set {TOKEN_ENV} to the session token (at least 16 characters)");
     }
     let config = args.probe.config()?;
+    let gpus = Gpus::detect(&GpuConfig {
+        recorded: args.gpu.gpu_samples.clone(),
+        dcgm_exporter: args.gpu.dcgm_exporter.clone(),
+        pod_resources_socket: args.gpu.pod_resources_socket.clone(),
+    })?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let listener = Listener::bind(&args.listen)
@@ -284,7 +306,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .filter(|n| !n.is_empty())
         .unwrap_or_else(host_name);
     let (mode, _) = agent.probe_info();
-    let service = Service::new(agent.clone(), node.clone());
+    let service = Service::with_gpus(agent.clone(), node.clone(), gpus);
     let metrics_address = match metrics_listener {
         Some(l) => {
             let address = l.local_addr()?.to_string();

@@ -241,6 +241,9 @@ pub struct ClusterArgs {
     /// persistent only uses always-on agents and creates or deletes nothing.
     #[arg(long, value_enum, global = true, default_value_t = Mode::Auto)]
     pub mode: Mode,
+    /// Set by the `gpu` command (not a flag): agent pods mount what GPU telemetry reads.
+    #[arg(skip)]
+    pub gpu: bool,
 }
 
 impl ClusterArgs {
@@ -271,6 +274,7 @@ impl GlobalArgs {
             privileged: c.privileged,
             session: c.session.clone(),
             mode: c.mode,
+            gpu: c.gpu,
         }
     }
 }
@@ -288,10 +292,30 @@ pub enum Command {
     /// A live full-screen view of who talks to whom: top talkers by pod and peer with rates,
     /// drill-down into a pod, agents and losses (`?` lists the keys; `q` quits).
     Top(TopArgs),
+    /// GPUs of the nodes (utilization, memory, power), the pods the kubelet gave each GPU,
+    /// MIG instance or time-sliced share to, their processes, and where the two disagree.
+    Gpu(GpuArgs),
     /// Print the client's version and protocol, and each reachable agent's.
     Version,
     /// List and delete agent pods a killed session left behind (found by label).
     Cleanup(CleanupArgs),
+}
+
+/// `gpu` flags.
+#[derive(Debug, Clone, Args)]
+pub struct GpuArgs {
+    /// Only this pod (cluster mode; namespace from -n): an agent starts on its node only.
+    #[arg(value_name = "POD")]
+    pub pod: Option<String>,
+
+    /// Print again every --interval until Ctrl-C (NDJSON with -o json).
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+
+    /// Sampling interval: the window of per-process utilization, and with --watch the
+    /// refresh period.
+    #[arg(long, value_name = "DURATION", default_value = defaults::GPU_INTERVAL, value_parser = parse_duration)]
+    pub interval: Duration,
 }
 
 /// `cleanup` flags.
@@ -536,6 +560,39 @@ mod tests {
     }
 
     #[test]
+    fn gpu_takes_a_pod_watch_and_an_interval() {
+        let cli = Cli::try_parse_from([
+            "kubectl-orb8",
+            "-n",
+            "ml",
+            "gpu",
+            "train-0",
+            "--watch",
+            "--interval",
+            "5s",
+        ])
+        .expect("parses");
+        let Command::Gpu(g) = cli.command else {
+            panic!("expected gpu");
+        };
+        assert_eq!(
+            (g.pod.as_deref(), g.watch, g.interval),
+            (Some("train-0"), true, Duration::from_secs(5))
+        );
+        let Command::Gpu(g) = Cli::try_parse_from(["kubectl-orb8", "gpu"])
+            .expect("parses")
+            .command
+        else {
+            panic!("expected gpu");
+        };
+        assert_eq!(
+            (g.pod, g.watch, g.interval),
+            (None, false, Duration::from_secs(2))
+        );
+        assert!(Cli::try_parse_from(["kubectl-orb8", "gpu", "--interval", "0x"]).is_err());
+    }
+
+    #[test]
     fn session_ids_fit_labels_and_pod_names() {
         for ok in ["a", "e2e1f2k1", "ci-42", "abcdefghij0123456789"] {
             assert_eq!(parse_session(ok).as_deref(), Ok(ok));
@@ -570,6 +627,7 @@ mod tests {
             privileged: true,
             session: Some("ci-42".into()),
             mode: Mode::Persistent,
+            gpu: false,
         };
         assert_eq!(cli.global.cluster_options(), expected);
         let plain = Cli::try_parse_from(["kubectl-orb8", "-A", "status"]).expect("parses");

@@ -41,6 +41,8 @@ pub const POD_START_TIMEOUT: &str = "60s";
 
 /// `flows --duration`: how long to collect before printing.
 pub const FLOWS_DURATION: &str = "10s";
+/// `gpu --interval`: per-process utilization window and `--watch` refresh period.
+pub const GPU_INTERVAL: &str = "2s";
 
 /// `--agent-namespace`: where agent pods run (created if missing).
 pub const AGENT_NAMESPACE: &str = "orb8-system";
@@ -80,7 +82,12 @@ mod tests {
 
     #[test]
     fn flag_defaults_parse_as_durations() {
-        for text in [CONNECT_TIMEOUT, POD_START_TIMEOUT, FLOWS_DURATION] {
+        for text in [
+            CONNECT_TIMEOUT,
+            POD_START_TIMEOUT,
+            FLOWS_DURATION,
+            GPU_INTERVAL,
+        ] {
             assert!(humantime::parse_duration(text).is_ok(), "{text}");
         }
         assert_eq!(

@@ -22,6 +22,7 @@ pub mod defaults;
 pub mod enrich;
 pub mod flow;
 pub mod group;
+pub mod gpu;
 pub mod interrupt;
 pub mod k8s;
 pub mod local;
@@ -107,19 +108,92 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Top(_) = &cli.command {
         commands::top::check()?;
     }
+    let mut gpu_filter = gpu::PodFilter::default();
+    if let Command::Gpu(args) = &cli.command {
+        gpu_filter = gpu_selection(args, &cli.global, &mut global, &interrupt).await?;
+    }
     let require_agents = !matches!(cli.command, Command::Version);
     let deadline = agent_deadline(&cli);
     let session = Session::open(&global, require_agents, deadline, &interrupt).await?;
     let pod = traced_pod.as_ref().map(|t| &t.target);
-    let result = run_command(&cli, &session, pod, &interrupt).await;
+    let result = run_command(&cli, &session, pod, &gpu_filter, &interrupt).await;
     session.close().await;
     result
+}
+
+/// Whether the flags ask for agents in a cluster (neither `--local` nor `--agent`).
+fn cluster_mode(global: &cli::GlobalArgs) -> bool {
+    !global.local && global.agents.is_empty()
+}
+
+/// `gpu`: agent pods mount the kubelet's socket; a POD sends the agent to its node only; the
+/// pods whose rows are shown (the POD, the namespace unless -A, everything without a cluster
+/// unless -n).
+async fn gpu_selection(
+    args: &cli::GpuArgs,
+    flags: &cli::GlobalArgs,
+    global: &mut cli::GlobalArgs,
+    interrupt: &Interrupt,
+) -> anyhow::Result<gpu::PodFilter> {
+    global.cluster.gpu = true;
+    if !cluster_mode(flags) {
+        if args.pod.is_some() {
+            anyhow::bail!(
+                "a POD is looked up in cluster mode (drop --local and --agent); without a \
+                 cluster, -n NAMESPACE keeps one namespace's pods"
+            );
+        }
+        return Ok(gpu::PodFilter {
+            namespace: flags.cluster.namespace.clone(),
+            pod: None,
+        });
+    }
+    let access = flags.cluster.access();
+    let (client, namespace) = tokio::select! {
+        r = k8s::client::connect(&access) => r?,
+        () = interrupt.wait() => return Err(Interrupted.into()),
+    };
+    let Some(pod) = &args.pod else {
+        return Ok(gpu::PodFilter {
+            namespace: (!flags.cluster.all_namespaces).then_some(namespace),
+            pod: None,
+        });
+    };
+    let t = tokio::select! {
+        t = k8s::podtarget::lookup(&client, &namespace, pod, None) => t?,
+        () = interrupt.wait() => return Err(Interrupted.into()),
+    };
+    global.cluster.nodes = vec![t.node.clone()];
+    global.cluster.selector = None;
+    global.cluster.all_namespaces = false;
+    Ok(gpu::PodFilter {
+        namespace: Some(namespace),
+        pod: Some(pod.clone()),
+    })
+}
+
+/// Names for the pod UIDs of GPU processes: the pods on the agents' nodes (cluster mode); none
+/// otherwise, or (said in one line) when they cannot be listed.
+async fn gpu_pod_names(global: &cli::GlobalArgs, session: &Session) -> gpu::PodNames {
+    if !cluster_mode(global) {
+        return gpu::PodNames::new();
+    }
+    let nodes: Vec<String> = session.agents.iter().map(|a| a.node()).collect();
+    let listed = match k8s::client::connect(&global.cluster.access()).await {
+        Ok((client, _)) => k8s::podnames::on_nodes(&client, &nodes).await,
+        Err(e) => Err(error_line(&e)),
+    };
+    listed.unwrap_or_else(|e| {
+        progress::warn(&format!("GPU processes are shown by pod UID: {e}"));
+        gpu::PodNames::new()
+    })
 }
 
 async fn run_command(
     cli: &Cli,
     session: &Session,
     pod: Option<&orb8_proto::PodTarget>,
+    gpu_filter: &gpu::PodFilter,
     interrupt: &Interrupt,
 ) -> anyhow::Result<()> {
     if let Command::Top(args) = &cli.command {
@@ -145,6 +219,16 @@ async fn run_command(
         Command::Trace(TraceCommand::Syscall(args)) => {
             commands::syscall::run(session, args, pod, format, interrupt, &mut out).await?;
         }
+        Command::Gpu(args) => {
+            let names = tokio::select! {
+                n = gpu_pod_names(&cli.global, session) => n,
+                () = interrupt.wait() => return Err(Interrupted.into()),
+            };
+            commands::gpu::run(
+                session, args, &names, gpu_filter, format, interrupt, &mut out,
+            )
+            .await?;
+        }
         Command::Version => commands::version::run(session, format, &mut out)?,
         Command::Top(_) => anyhow::bail!("top draws on the terminal"),
         Command::Cleanup(_) => anyhow::bail!("cleanup does not use agents"),
@@ -165,6 +249,7 @@ pub fn agent_deadline(cli: &Cli) -> std::time::Duration {
             a.duration.map_or(Duration::from_secs(3600), |d| d + margin)
         }
         Command::Top(_) => Duration::from_secs(3600),
+        Command::Gpu(a) if a.watch => Duration::from_secs(3600),
         _ => margin,
     }
 }

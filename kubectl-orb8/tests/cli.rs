@@ -826,3 +826,61 @@ fn a_closed_stdout_pipe_ends_quietly() {
         assert_eq!(stderr(&o), "", "{format}: nothing on stderr");
     }
 }
+
+#[test]
+fn gpu_lists_nodes_without_gpus_asks_with_the_interval_and_refuses_a_pod_without_a_cluster() {
+    let (a, b) = two_agents();
+    let o = run(&["--agent", &a.addr, "--agent", &b.addr, "gpu"]);
+    assert_ok(&o);
+    assert_eq!(
+        stdout(&o),
+        "node node-a: no NVIDIA driver on this node\nnode node-b: no NVIDIA driver on this node\n"
+    );
+    let o = run(&[
+        "--agent",
+        &a.addr,
+        "gpu",
+        "-o",
+        "json",
+        "--interval",
+        "750ms",
+    ]);
+    assert_ok(&o);
+    let doc = json(&o);
+    assert_eq!(doc["nodes"][0]["node"], "node-a");
+    assert_eq!(
+        doc["nodes"][0]["unavailable"],
+        "no NVIDIA driver on this node"
+    );
+    assert_eq!(
+        (
+            doc["gpus"].as_array().map(Vec::len),
+            doc["pods"].as_array().map(Vec::len)
+        ),
+        (Some(0), Some(0))
+    );
+    let windows: Vec<u32> = a
+        .calls
+        .gpus
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.sample_window_ms)
+        .collect();
+    assert_eq!(
+        windows,
+        vec![2000, 750],
+        "the default interval, then --interval"
+    );
+    let o = run(&["--agent", &a.addr, "status"]);
+    assert!(
+        stdout(&o).ends_with("GPU node-a: no NVIDIA driver on this node\n"),
+        "{}",
+        stdout(&o)
+    );
+    let line = assert_one_line_error(&run(&["--agent", &a.addr, "gpu", "train-0"]));
+    assert!(
+        line.contains("a POD is looked up in cluster mode"),
+        "{line}"
+    );
+}

@@ -154,6 +154,7 @@ fn config(timeout: Duration) -> EphemeralConfig {
         idle_timeout: Duration::from_secs(60),
         deadline: Duration::from_secs(900),
         privileged: false,
+        gpu: false,
     }
 }
 

@@ -40,6 +40,8 @@ pub struct AgentCalls {
     pub traces: Mutex<Vec<TraceSyscallsRequest>>,
     /// The trace id of every GetSyscallSummary request.
     pub summaries: Mutex<Vec<u64>>,
+    /// Every GetGpus request.
+    pub gpus: Mutex<Vec<orb8_proto::GetGpusRequest>>,
 }
 
 /// The fixed data and behaviour of one fake agent.
@@ -55,6 +57,8 @@ pub struct FakeAgent {
     pub end: StreamEnd,
     /// When set, calls without `authorization: Bearer <token>` are refused.
     pub token: Option<String>,
+    /// The GetGpus answer (by default: no NVIDIA driver on the node).
+    pub gpus: orb8_proto::GetGpusResponse,
     /// The calls it received, shared with the [`Running`] server.
     pub calls: Arc<AgentCalls>,
 }
@@ -68,6 +72,11 @@ impl FakeAgent {
             events: Vec::new(),
             end: StreamEnd::Hold,
             token: None,
+            gpus: orb8_proto::GetGpusResponse {
+                node: node.to_string(),
+                unavailable: NO_DRIVER.into(),
+                ..Default::default()
+            },
             calls: Arc::default(),
         }
     }
@@ -88,6 +97,9 @@ impl FakeAgent {
         }
     }
 }
+
+/// What orb8-agent says on a node without NVML.
+pub const NO_DRIVER: &str = "no NVIDIA driver on this node";
 
 /// A status for `node`, with counters that tests can check.
 pub fn status(node: &str) -> GetStatusResponse {
@@ -125,6 +137,11 @@ pub fn status(node: &str) -> GetStatusResponse {
             packets_not_parsed: [("not_ip".to_string(), 5)].into_iter().collect(),
         }),
         uptime_ms: 61_000,
+        gpu: Some(orb8_proto::GpuStatus {
+            source: String::new(),
+            summary: NO_DRIVER.into(),
+            gpus: 0,
+        }),
     }
 }
 
@@ -365,6 +382,17 @@ impl AgentService for Service {
             return Err(Status::not_found("no such trace"));
         }
         Ok(Response::new(syscall_summary(&self.0.status.node)))
+    }
+
+    async fn get_gpus(
+        &self,
+        request: Request<orb8_proto::GetGpusRequest>,
+    ) -> Result<Response<orb8_proto::GetGpusResponse>, Status> {
+        self.0.check(request.metadata())?;
+        if let Ok(mut g) = self.0.calls.gpus.lock() {
+            g.push(request.into_inner());
+        }
+        Ok(Response::new(self.0.gpus.clone()))
     }
 }
 

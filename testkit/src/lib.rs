@@ -3,8 +3,9 @@
 //!
 //! Everywhere: [`fake_agent`] (a real tonic server speaking `orb8.agent.v1` with canned data),
 //! [`fake_apiserver`] (the API server's pod port-forward, for kube's real `Portforwarder`),
-//! [`api_request`] (a request as an API-server double recorded it) and [`preconditions`]
-//! (root, built binaries, and saying `SKIPPED` where people look).
+//! [`api_request`] (a request as an API-server double recorded it), [`preconditions`]
+//! (root, built binaries, and saying `SKIPPED` where people look), and on unix
+//! [`pod_resources`] (the kubelet's pod-resources API with GPU allocations).
 //!
 //! Linux only, for the privileged tests (root, real kernel): network namespaces, veth pairs
 //! and cgroups the tests create and remove on drop ([`netns`], [`cgroup`]), traffic between
@@ -16,6 +17,9 @@ pub mod api_request;
 pub mod fake_agent;
 pub mod fake_apiserver;
 pub mod preconditions;
+
+#[cfg(unix)]
+pub mod pod_resources;
 
 #[cfg(target_os = "linux")]
 pub mod capture;

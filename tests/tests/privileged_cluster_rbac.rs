@@ -149,7 +149,7 @@ fn privileged_cluster_rbac_the_documented_roles_are_enough_for_every_command() {
         uid.replace('-', "_")
     ));
     cluster.set_containers("a", "pod-0", uid, &[("app", &format!("containerd://{id}"))]);
-    let commands: [&[&str]; 7] = [
+    let commands: [&[&str]; 9] = [
         &["flows", "-n", "a", "--duration", "2s"],
         &["flows", "-A", "-o", "json", "--duration", "2s"],
         &[
@@ -164,6 +164,8 @@ fn privileged_cluster_rbac_the_documented_roles_are_enough_for_every_command() {
         ],
         &["-n", "a", "trace", "syscall", "pod-0", "--duration", "2s"],
         &["-n", "a", "status"],
+        &["-n", "a", "gpu"],
+        &["-n", "a", "gpu", "pod-0", "-o", "json"],
         &["cleanup", "--dry-run"],
         &["cleanup"],
     ];

@@ -8,6 +8,8 @@
 //! - [`syscall_trace`]: `TraceSyscalls` and `GetSyscallSummary`;
 //! - [`status`]: the `GetStatus` reply.
 //!
+//! `GetGpus` is answered by [`crate::gpu::Gpus`].
+//!
 //! The modules form a stack: `stream` and `auth` import no sibling, `listen` imports `auth`,
 //! `flows` and `syscall_trace` import `stream`, `status` imports `flows`; only this one
 //! imports them all.
@@ -29,6 +31,7 @@ pub use auth::TokenCheck;
 pub use listen::{Activity, Listen, Listener, Stopped, Tracked, serve};
 pub use status::kernel_release;
 
+use crate::gpu::{GpuConfig, Gpus};
 use crate::runtime::Agent;
 
 /// The gRPC service.
@@ -37,22 +40,35 @@ pub struct Service {
     node: String,
     flows: flows::Flows,
     traces: syscall_trace::Traces,
+    gpus: Gpus,
 }
 
 impl Service {
-    /// A service answering for `agent` as node `node`.
+    /// A service answering for `agent` as node `node`, its GPUs found as by default (NVML, else
+    /// a DCGM exporter on its default port, else none).
     pub fn new(agent: Arc<Agent>, node: String) -> Self {
+        let config = GpuConfig::default();
+        let gpus = Gpus::detect(&config)
+            .unwrap_or_else(|e| Gpus::none(e.to_string(), &config.pod_resources_socket));
+        Self::with_gpus(agent, node, gpus)
+    }
+
+    /// A service answering for `agent` as node `node`, with this GPU source.
+    pub fn with_gpus(agent: Arc<Agent>, node: String, gpus: Gpus) -> Self {
         Service {
             flows: flows::Flows::new(agent.clone(), node.clone()),
             traces: syscall_trace::Traces::new(agent.clone(), node.clone()),
             agent,
             node,
+            gpus,
         }
     }
 
     /// The status reply.
     pub fn status(&self) -> pb::GetStatusResponse {
-        status::status(&self.agent, &self.node, self.flows.slow_client_drops())
+        let mut s = status::status(&self.agent, &self.node, self.flows.slow_client_drops());
+        s.gpu = Some(self.gpus.status());
+        s
     }
 
     /// What flow streams lost to slow clients so far, shared: the metrics endpoint reads it.
@@ -109,5 +125,16 @@ impl pb::agent_service_server::AgentService for Service {
         self.traces
             .summary(req.get_ref().trace_id)
             .map(Response::new)
+    }
+
+    async fn get_gpus(
+        &self,
+        req: Request<pb::GetGpusRequest>,
+    ) -> Result<Response<pb::GetGpusResponse>, Status> {
+        let window = match req.get_ref().sample_window_ms {
+            0 => crate::defaults::GPU_SAMPLE_WINDOW,
+            ms => std::time::Duration::from_millis(ms.into()),
+        };
+        Ok(Response::new(self.gpus.get(&self.node, window).await))
     }
 }

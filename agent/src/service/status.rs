@@ -41,6 +41,8 @@ pub fn status(agent: &Agent, node: &str, slow_client: u64) -> pb::GetStatusRespo
             .map(|a| a.as_str())
             .unwrap_or(std::env::consts::ARCH)
             .to_string(),
+        // Filled in by the service, which holds the GPU source.
+        gpu: None,
     }
 }
 

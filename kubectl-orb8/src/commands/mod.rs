@@ -3,6 +3,7 @@
 
 pub mod cleanup;
 pub mod flows;
+pub mod gpu;
 pub mod status;
 pub mod syscall;
 pub mod top;

@@ -56,6 +56,8 @@ pub struct ClusterOptions {
     pub session: Option<String>,
     /// Always-on agents, ephemeral pods, or each where it fits ([`persistent::plan`]).
     pub mode: Mode,
+    /// The command reads GPUs: agent pods mount the kubelet's pod-resources directory.
+    pub gpu: bool,
 }
 
 /// Agents started in the cluster for one command.
@@ -310,6 +312,7 @@ async fn start_and_connect(
         idle_timeout: cluster_idle_timeout(args.start_timeout),
         deadline,
         privileged: args.privileged,
+        gpu: args.gpu,
     };
     let bars = NodeProgress::new(nodes, "creating the agent pod");
     let mut agents = Vec::new();

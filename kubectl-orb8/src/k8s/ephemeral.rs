@@ -32,6 +32,8 @@ pub struct EphemeralConfig {
     pub deadline: Duration,
     /// Run privileged instead of with listed capabilities.
     pub privileged: bool,
+    /// Mount what GPU telemetry needs.
+    pub gpu: bool,
 }
 
 /// An agent pod that runs.
@@ -147,6 +149,7 @@ pub async fn start_one(
         idle_timeout: config.idle_timeout,
         deadline: config.deadline,
         privileged: config.privileged,
+        gpu: config.gpu,
     };
     pods.record(&params.name);
     let pod = pod_spec::agent_pod(&params);

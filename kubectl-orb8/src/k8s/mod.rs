@@ -7,6 +7,7 @@ pub mod ephemeral;
 pub mod lifecycle;
 pub mod persistent;
 pub mod pod_spec;
+pub mod podnames;
 pub mod podtarget;
 pub mod portforward;
 pub mod reap;

@@ -4,7 +4,8 @@
 //! to its node with `nodeName`; `hostNetwork`, and `hostPID` so that `/proc` is the host's (no
 //! proc mount); the capabilities eBPF needs (BPF, PERFMON, NET_ADMIN, SYS_ADMIN) instead of
 //! `privileged`; a read-only root filesystem; only the host paths the agent reads mounted
-//! (`/sys/fs/bpf`, `/sys/fs/cgroup` read-only); every taint tolerated; no service-account token;
+//! (`/sys/fs/bpf`, `/sys/fs/cgroup` read-only, and for `gpu` only the kubelet's pod-resources
+//! directory read-only); every taint tolerated; no service-account token;
 //! gRPC on 127.0.0.1 behind a per-session token; a hard deadline and an idle watchdog; small
 //! requests and limits; and labels that `kubectl orb8 cleanup` finds it by.
 
@@ -69,7 +70,14 @@ pub struct AgentPodParams {
     pub deadline: Duration,
     /// Run privileged (kernels without CAP_BPF) instead of with listed capabilities.
     pub privileged: bool,
+    /// GPU telemetry asked for (`kubectl orb8 gpu`): mount the kubelet's pod-resources
+    /// directory read-only and ask the NVIDIA container runtime for NVML.
+    pub gpu: bool,
 }
+
+/// The kubelet's pod-resources directory (its socket is `kubelet.sock` in it). The directory,
+/// not the socket, is mounted: the kubelet replaces the socket when it restarts.
+pub const POD_RESOURCES_DIR: &str = "/var/lib/kubelet/pod-resources";
 
 /// Name of the `index`th agent pod of a session.
 pub fn pod_name(session: &str, index: usize) -> String {
@@ -170,6 +178,31 @@ pub fn agent_pod(p: &AgentPodParams) -> Pod {
             ..Default::default()
         },
     ];
+    let mut env = env;
+    let mut mounts = vec![
+        mount("bpffs", "/sys/fs/bpf", false),
+        mount("cgroup", "/sys/fs/cgroup", true),
+    ];
+    let mut volumes = vec![
+        host_path("bpffs", "/sys/fs/bpf"),
+        host_path("cgroup", "/sys/fs/cgroup"),
+    ];
+    if p.gpu {
+        mounts.push(mount("pod-resources", POD_RESOURCES_DIR, true));
+        volumes.push(host_path("pod-resources", POD_RESOURCES_DIR));
+        // The NVIDIA container runtime (where it is the node's runtime, as the GPU operator
+        // sets it up) puts libnvidia-ml.so into containers asking for it; no GPU is allocated.
+        for (name, value) in [
+            ("NVIDIA_VISIBLE_DEVICES", "all"),
+            ("NVIDIA_DRIVER_CAPABILITIES", "utility"),
+        ] {
+            env.push(EnvVar {
+                name: name.into(),
+                value: Some(value.into()),
+                ..Default::default()
+            });
+        }
+    }
     let security = if p.privileged {
         SecurityContext {
             privileged: Some(true),
@@ -214,10 +247,7 @@ pub fn agent_pod(p: &AgentPodParams) -> Pod {
             ])),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![
-            mount("bpffs", "/sys/fs/bpf", false),
-            mount("cgroup", "/sys/fs/cgroup", true),
-        ]),
+        volume_mounts: Some(mounts),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     };
@@ -244,10 +274,7 @@ pub fn agent_pod(p: &AgentPodParams) -> Pod {
             termination_grace_period_seconds: Some(5),
             tolerations: Some(tolerations()),
             containers: vec![container],
-            volumes: Some(vec![
-                host_path("bpffs", "/sys/fs/bpf"),
-                host_path("cgroup", "/sys/fs/cgroup"),
-            ]),
+            volumes: Some(volumes),
             ..Default::default()
         }),
         ..Default::default()
@@ -271,6 +298,7 @@ mod tests {
             idle_timeout: crate::defaults::cluster_idle_timeout(Duration::from_secs(60)),
             deadline: Duration::from_secs(600),
             privileged: false,
+            gpu: false,
         }
     }
 
@@ -374,6 +402,44 @@ mod tests {
         let sc = &v["spec"]["containers"][0]["securityContext"];
         assert_eq!(sc["privileged"], true);
         assert!(sc.get("capabilities").is_none());
+    }
+
+    #[test]
+    fn the_kubelet_socket_is_mounted_read_only_only_for_gpu() {
+        let mut p = params();
+        let v = serde_json::to_value(agent_pod(&p)).unwrap();
+        assert!(!v.to_string().contains("pod-resources"));
+        assert!(!v.to_string().contains("NVIDIA_VISIBLE_DEVICES"));
+        p.gpu = true;
+        let v = serde_json::to_value(agent_pod(&p)).unwrap();
+        let c = &v["spec"]["containers"][0];
+        assert_eq!(
+            c["volumeMounts"][2],
+            serde_json::json!({"name": "pod-resources", "mountPath": "/var/lib/kubelet/pod-resources", "readOnly": true})
+        );
+        assert_eq!(
+            v["spec"]["volumes"][2],
+            serde_json::json!({"name": "pod-resources", "hostPath": {"path": "/var/lib/kubelet/pod-resources", "type": "Directory"}})
+        );
+        let env: Vec<(&str, &str)> = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .skip(3)
+            .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            env,
+            vec![
+                ("NVIDIA_VISIBLE_DEVICES", "all"),
+                ("NVIDIA_DRIVER_CAPABILITIES", "utility")
+            ]
+        );
+        assert_eq!(
+            orb8_proto::POD_RESOURCES_SOCKET,
+            format!("{POD_RESOURCES_DIR}/kubelet.sock"),
+            "the agent's default socket is in the mounted directory"
+        );
     }
 
     #[test]

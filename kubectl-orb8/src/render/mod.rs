@@ -1,6 +1,7 @@
 //! Output: tables for people (`table`, `wide`), JSON and YAML for programs. Each function
 //! takes plain data and writes or returns text; nothing here talks to agents.
 
+pub mod gpu;
 pub mod json;
 pub mod syscalls;
 pub mod table;
@@ -15,7 +16,8 @@ use crate::group::FlowGroup;
 
 pub use view::{
     AgentLostLine, AgentStatus, AgentVersion, ClientVersion, DropView, FlowGroupView, FlowView,
-    GapLine, InterfaceView, NewFlowLine, OutputFormat, StatusView, VersionView, stage_name,
+    GapLine, GpuStatusView, InterfaceView, NewFlowLine, OutputFormat, StatusView, VersionView,
+    stage_name,
     uptime_text,
 };
 
@@ -70,11 +72,28 @@ pub fn write_statuses(
     match format {
         OutputFormat::Table | OutputFormat::Wide => {
             let wide = format == OutputFormat::Wide;
-            writeln!(out, "{}", table::statuses(&views, wide, None))
+            writeln!(out, "{}", table::statuses(&views, wide, None))?;
+            for line in gpu_lines(&views) {
+                writeln!(out, "{line}")?;
+            }
+            Ok(())
         }
         OutputFormat::Json => writeln!(out, "{}", json::to_string(&views)?),
         OutputFormat::Yaml => out.write_all(yaml::to_string(&views)?.as_bytes()),
     }
+}
+
+/// The GPU line of each agent that reports one: `GPU node-a: 2 GPUs (NVML, driver 550.54.15)`
+/// or `GPU node-b: no NVIDIA driver on this node`.
+pub fn gpu_lines(agents: &[StatusView]) -> Vec<String> {
+    agents
+        .iter()
+        .filter_map(|a| {
+            a.gpu
+                .as_ref()
+                .map(|g| format!("GPU {}: {}", a.node, g.summary))
+        })
+        .collect()
 }
 
 /// Writes versions in `format`.

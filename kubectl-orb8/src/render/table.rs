@@ -10,7 +10,7 @@ use crate::group::FlowGroup;
 
 /// A borderless table. `width: None` fits the terminal when stdout is one (and does not wrap
 /// otherwise); `Some(w)` fixes the width, for tests.
-fn new_table(header: &[&str], width: Option<u16>) -> Table {
+pub(super) fn new_table(header: &[&str], width: Option<u16>) -> Table {
     let mut table = Table::new();
     table
         .load_preset(presets::NOTHING)
@@ -58,7 +58,7 @@ fn set_minimums(table: &mut Table, rows: &[Vec<String>], header: &[&str], caps: 
     }
 }
 
-fn finish(table: &Table) -> String {
+pub(super) fn finish(table: &Table) -> String {
     table
         .lines()
         .map(|l| l.trim_end().to_string())
@@ -476,6 +476,7 @@ mod tests {
                     ..Default::default()
                 }),
                 uptime_ms: 3_723_000,
+                gpu: None,
             },
         };
         let view = StatusView::from(&agent);

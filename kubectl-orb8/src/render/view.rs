@@ -325,6 +325,19 @@ pub struct StatusView {
     pub uptime_ms: u64,
     /// Uptime in words (`1h 2m 3s`).
     pub uptime: String,
+    /// The node's GPU source, or why it has none (absent from agents that predate it).
+    pub gpu: Option<GpuStatusView>,
+}
+
+/// A node's GPU source as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GpuStatusView {
+    /// `nvml`, `dcgm-exporter`, `recorded`, or empty when none.
+    pub source: String,
+    /// One line: the GPUs and the source, or why there are none.
+    pub summary: String,
+    /// GPUs seen when the agent started.
+    pub gpus: u32,
 }
 
 /// A drop stage as a lower-case word.
@@ -383,6 +396,11 @@ impl From<&AgentStatus> for StatusView {
             packets_not_parsed: counters.packets_not_parsed.into_iter().collect(),
             uptime_ms: s.uptime_ms,
             uptime: uptime_text(s.uptime_ms),
+            gpu: s.gpu.as_ref().map(|g| GpuStatusView {
+                source: g.source.clone(),
+                summary: g.summary.clone(),
+                gpus: g.gpus,
+            }),
         }
     }
 }

@@ -12,9 +12,9 @@ pub mod error;
 use std::time::Duration;
 
 use orb8_proto::{
-    Event, GetStatusRequest, GetStatusResponse, GetSyscallSummaryRequest, PROTOCOL_VERSION,
-    QueryFlowsRequest, QueryFlowsResponse, StreamEventsRequest, SyscallSummary, SyscallTraceEvent,
-    TraceSyscallsRequest,
+    Event, GetGpusRequest, GetGpusResponse, GetStatusRequest, GetStatusResponse,
+    GetSyscallSummaryRequest, PROTOCOL_VERSION, QueryFlowsRequest, QueryFlowsResponse,
+    StreamEventsRequest, SyscallSummary, SyscallTraceEvent, TraceSyscallsRequest,
 };
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
@@ -186,6 +186,20 @@ impl Agent {
             "TraceSyscalls",
             RPC_TIMEOUT,
             client.trace_syscalls(request),
+        )
+        .await
+    }
+
+    /// The node's GPUs, the kubelet's GPU allocations and the GPU processes' containers;
+    /// per-process utilization covers the last `window`.
+    pub async fn get_gpus(&self, window: Duration) -> Result<GetGpusResponse, AgentError> {
+        let mut client = self.client.clone();
+        let sample_window_ms = u32::try_from(window.as_millis()).unwrap_or(u32::MAX);
+        within(
+            &self.addr,
+            "GetGpus",
+            RPC_TIMEOUT + window,
+            client.get_gpus(GetGpusRequest { sample_window_ms }),
         )
         .await
     }
