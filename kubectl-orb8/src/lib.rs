@@ -6,7 +6,7 @@
 //! [`local`], [`k8s`] and [`session`] do the I/O with agents.
 //!
 //! The modules form a stack; each imports only modules below it (`tests/module_stack.rs`
-//! checks): [`defaults`], [`interrupt`], [`progress`] and the model [`flow`] (on
+//! checks): [`defaults`], [`image`], [`interrupt`], [`progress`] and the model [`flow`] (on
 //! `orb8-flowspec`) at the bottom; [`enrich`], [`merge`], [`render`] and [`transport`] on them;
 //! [`local`] and [`k8s`] (which implements transport's pod connector) above; then [`cli`] (the
 //! parsed flags, turned into the plain options the layers below take), [`session`] and
@@ -19,6 +19,7 @@ pub mod commands;
 pub mod defaults;
 pub mod enrich;
 pub mod flow;
+pub mod image;
 pub mod interrupt;
 pub mod k8s;
 pub mod local;
@@ -68,6 +69,12 @@ pub fn main() -> ExitCode {
 
 /// Runs a parsed command line against its agents, stopping a local agent on every path.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Completion(args) = &cli.command {
+        let mut out = io::stdout().lock();
+        out.write_all(&commands::completion::script(args.shell))?;
+        out.flush()?;
+        return Ok(());
+    }
     let interrupt = Interrupt::install();
     if let Command::Cleanup(args) = &cli.command {
         let (client, _) = k8s::client::connect(&cli.global.cluster.access()).await?;
@@ -133,8 +140,13 @@ async fn run_command(
         Command::Trace(TraceCommand::Syscall(args)) => {
             commands::syscall::run(session, args, pod, format, interrupt, &mut out).await?;
         }
-        Command::Version => commands::version::run(session, format, &mut out)?,
-        Command::Cleanup(_) => anyhow::bail!("cleanup does not use agents"),
+        Command::Version => {
+            let image = image::agent_image(cli.global.cluster.image.as_deref());
+            commands::version::run(session, &image, format, &mut out)?;
+        }
+        Command::Cleanup(_) | Command::Completion(_) => {
+            anyhow::bail!("this command does not use agents")
+        }
     }
     out.flush()?;
     Ok(())
