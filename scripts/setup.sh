@@ -38,4 +38,32 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
     cargo install --locked bpf-linker --version "$BPF_LINKER_VERSION" \
     --no-default-features --features llvm-22 --force
 fi
+# --- Release tooling: `cargo xtask image|dist` and the CI release step (.ci/run). ---
+# Static musl agents for amd64 and arm64 (rustc's self-contained musl; Debian's aarch64 gcc as
+# the arm64 linker), qemu-user to run the arm64 agent, mingw-w64 to link the Windows client,
+# clang for ring's C when checking the macOS client, zsh and fish to test completions.
+RELEASE_APT_PACKAGES=(musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
+  gcc-mingw-w64-x86-64 clang zsh fish)
+RELEASE_TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl x86_64-pc-windows-gnu
+  aarch64-apple-darwin)
+missing=()
+for p in "${RELEASE_APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "installing release tooling: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+installed_targets="$(rustup target list --installed)"
+missing=()
+for t in "${RELEASE_TARGETS[@]}"; do
+  grep -qx "$t" <<<"$installed_targets" || missing+=("$t")
+done
+if ((${#missing[@]})); then
+  log "adding Rust targets: ${missing[*]}"
+  rustup target add "${missing[@]}"
+fi
+# --- end of release tooling ---
 log "toolchain ready"

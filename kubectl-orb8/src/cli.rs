@@ -299,6 +299,17 @@ pub enum Command {
     Version,
     /// List and delete agent pods a killed session left behind (found by label).
     Cleanup(CleanupArgs),
+    /// Print the shell completion script for kubectl-orb8 (bash, zsh, fish, powershell,
+    /// elvish); README says where to put it.
+    Completion(CompletionArgs),
+}
+
+/// `completion` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `gpu` flags.

@@ -6,7 +6,7 @@
 //! [`transport`], [`local`], [`k8s`] and [`session`] do the I/O with agents.
 //!
 //! The modules form a stack; each imports only modules below it (`tests/module_stack.rs`
-//! checks): [`defaults`], [`interrupt`], [`progress`], [`timing`] (on `progress`) and the
+//! checks): [`defaults`], [`image`], [`interrupt`], [`progress`], [`timing`] (on `progress`) and the
 //! model [`flow`] (on `orb8-flowspec`) at the bottom, the grouped view [`group`] on the model;
 //! [`enrich`], [`merge`], [`render`] and [`transport`] on them; [`local`] and [`k8s`] (which
 //! implements transport's pod connector) above; [`tui`] (the model and view of `top`) on the
@@ -23,6 +23,7 @@ pub mod enrich;
 pub mod flow;
 pub mod group;
 pub mod gpu;
+pub mod image;
 pub mod interrupt;
 pub mod k8s;
 pub mod local;
@@ -74,6 +75,12 @@ pub fn main() -> ExitCode {
 
 /// Runs a parsed command line against its agents, stopping a local agent on every path.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Completion(args) = &cli.command {
+        let mut out = io::stdout().lock();
+        out.write_all(&commands::completion::script(args.shell))?;
+        out.flush()?;
+        return Ok(());
+    }
     let interrupt = Interrupt::install();
     if let Command::Cleanup(args) = &cli.command {
         let (client, _) = k8s::client::connect(&cli.global.cluster.access()).await?;
@@ -229,9 +236,14 @@ async fn run_command(
             )
             .await?;
         }
-        Command::Version => commands::version::run(session, format, &mut out)?,
+        Command::Version => {
+            let image = image::agent_image(cli.global.cluster.image.as_deref());
+            commands::version::run(session, &image, format, &mut out)?;
+        }
         Command::Top(_) => anyhow::bail!("top draws on the terminal"),
-        Command::Cleanup(_) => anyhow::bail!("cleanup does not use agents"),
+        Command::Cleanup(_) | Command::Completion(_) => {
+            anyhow::bail!("this command does not use agents")
+        }
     }
     out.flush()?;
     Ok(())

@@ -31,7 +31,9 @@ pub enum LocalError {
     #[error("--local needs root to load eBPF programs: run it again with sudo")]
     NotRoot,
     /// Local mode is only available on Linux hosts.
-    #[error("--local runs orb8-agent on this host, which needs Linux")]
+    #[error(
+        "--local runs orb8-agent on this host, which needs Linux: use cluster mode or --agent ADDR"
+    )]
     Unsupported,
     /// No agent binary was found.
     #[error("cannot find {AGENT_BINARY} next to kubectl-orb8 ({dir}) or on PATH")]
@@ -79,14 +81,16 @@ pub fn check_root(euid: u32) -> Result<(), LocalError> {
     }
 }
 
-/// This process's effective user id; `None` where local mode is unsupported.
+/// This process's effective user id; `None` where local mode is unsupported: everywhere but
+/// Linux, since the agent's eBPF programs need a Linux kernel (macOS and Windows clients use
+/// cluster mode or `--agent`).
 pub fn effective_uid() -> Option<u32> {
-    #[cfg(unix)]
+    #[cfg(target_os = "linux")]
     {
         // SAFETY: geteuid has no preconditions and cannot fail.
         Some(unsafe { libc::geteuid() })
     }
-    #[cfg(not(unix))]
+    #[cfg(not(target_os = "linux"))]
     {
         None
     }

@@ -427,10 +427,22 @@ fn version_with_and_without_agents() {
     assert_eq!(
         stdout(&o),
         format!(
-            "Client Version: {} (protocol {})\n",
-            env!("CARGO_PKG_VERSION"),
-            orb8_proto::PROTOCOL_VERSION
+            "Client Version: {v} (protocol {})\nAgent Image: ghcr.io/orb8/orb8-agent:v{v}\n",
+            orb8_proto::PROTOCOL_VERSION,
+            v = env!("CARGO_PKG_VERSION"),
         )
+    );
+    let o = run(&[
+        "version",
+        "--image",
+        "registry.test/orb8-agent:dev",
+        "-o",
+        "json",
+    ]);
+    assert_ok(&o);
+    assert_eq!(
+        json(&o)["client"]["agent_image"],
+        "registry.test/orb8-agent:dev"
     );
     let (a, _b) = two_agents();
     let o = run(&["--agent", &a.addr, "version", "-o", "json"]);

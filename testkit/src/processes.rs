@@ -26,10 +26,14 @@ pub struct WatchAgent {
 impl WatchAgent {
     /// Starts the agent in `ns` with extra arguments and waits for its `ready` line.
     pub fn start(ns: &NetNs, extra: &[&str]) -> WatchAgent {
-        let bin = workspace_bin("orb8-agent");
+        WatchAgent::start_binary(&workspace_bin("orb8-agent"), ns, extra)
+    }
+
+    /// Like [`WatchAgent::start`], with another agent binary (the one from the image).
+    pub fn start_binary(bin: &std::path::Path, ns: &NetNs, extra: &[&str]) -> WatchAgent {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &ns.name])
-            .arg(&bin)
+            .arg(bin)
             .args(["watch", "-o", "json", "--rescan-ms", "100"])
             .args(extra)
             .stdin(Stdio::null())

@@ -2,6 +2,7 @@
 //! where to write, and returns when done. Above every other module but the crate root.
 
 pub mod cleanup;
+pub mod completion;
 pub mod flows;
 pub mod gpu;
 pub mod status;

@@ -1,4 +1,5 @@
-//! `kubectl orb8 version`: this client's version and protocol, and each reachable agent's.
+//! `kubectl orb8 version`: this client's version and protocol, the agent image it starts in a
+//! cluster, and each reachable agent's version.
 
 use std::io::Write;
 
@@ -7,12 +8,14 @@ use orb8_proto::PROTOCOL_VERSION;
 use crate::render::{self, AgentVersion, ClientVersion, OutputFormat, VersionView};
 use crate::session::Session;
 
-/// The version view for this client and the session's agents (already version-checked).
-pub fn view(session: &Session) -> VersionView {
+/// The version view for this client (which starts `image` in a cluster) and the session's
+/// agents (already version-checked).
+pub fn view(session: &Session, image: &str) -> VersionView {
     VersionView {
         client: ClientVersion {
             version: env!("CARGO_PKG_VERSION").to_string(),
             protocol: PROTOCOL_VERSION,
+            agent_image: image.to_string(),
         },
         agents: session
             .agents
@@ -29,7 +32,12 @@ pub fn view(session: &Session) -> VersionView {
 }
 
 /// Prints the versions.
-pub fn run(session: &Session, format: OutputFormat, out: &mut dyn Write) -> anyhow::Result<()> {
-    render::write_versions(out, format, &view(session))?;
+pub fn run(
+    session: &Session,
+    image: &str,
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    render::write_versions(out, format, &view(session, image))?;
     Ok(())
 }

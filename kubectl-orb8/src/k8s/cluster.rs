@@ -303,10 +303,7 @@ async fn start_and_connect(
     let port = 20000 + random_u16()? % 10000;
     let config = EphemeralConfig {
         namespace: args.agent_namespace.clone(),
-        image: args
-            .image
-            .clone()
-            .unwrap_or_else(super::pod_spec::default_image),
+        image: crate::image::agent_image(args.image.as_deref()),
         pull_policy: args.pull_policy.clone(),
         timeout: args.start_timeout,
         idle_timeout: cluster_idle_timeout(args.start_timeout),

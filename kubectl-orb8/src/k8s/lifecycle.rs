@@ -348,8 +348,18 @@ pub async fn list_leftovers(
 }
 
 /// One line naming what failed, with the API server's own words (status code and message).
+/// A 403 is either Pod Security admission refusing the agent pod (its message says
+/// `violates PodSecurity`; the namespace's label is the fix) or RBAC (the ClusterRole is).
 pub fn api_error(doing: &str, e: &kube::Error) -> String {
     match e {
+        kube::Error::Api(s) if s.code == 403 && s.message.contains("violates PodSecurity") => {
+            format!(
+                "{doing}: rejected by Pod Security admission ({}); the agent namespace must allow \
+                 privileged pods: label it pod-security.kubernetes.io/enforce=privileged (orb8 \
+                 does when it creates the namespace) or pass --agent-namespace with one that does",
+                s.message
+            )
+        }
         kube::Error::Api(s) if s.code == 403 => {
             format!(
                 "{doing}: forbidden ({}); see manifests/clusterrole.yaml for the RBAC orb8 needs",
@@ -433,6 +443,40 @@ mod tests {
                 message: "DeadlineExceeded: Pod was active on the node longer than the specified deadline".into()
             })
         );
+    }
+
+    fn status_error(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure(message, "Forbidden")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn pod_security_rejections_are_not_called_rbac() {
+        let psa = status_error(
+            403,
+            "pods \"orb8-agent-x-0\" is forbidden: violates PodSecurity \"baseline:latest\": \
+             host namespaces (hostNetwork=true, hostPID=true)",
+        );
+        let line = api_error("creating the agent pod", &psa);
+        assert!(
+            line.starts_with("creating the agent pod: rejected by Pod Security admission (pods"),
+            "{line}"
+        );
+        assert!(
+            line.contains("pod-security.kubernetes.io/enforce=privileged"),
+            "{line}"
+        );
+        assert!(!line.contains("clusterrole"), "{line}");
+        let rbac = status_error(
+            403,
+            "pods is forbidden: User \"dev\" cannot create resource \"pods\"",
+        );
+        let line = api_error("creating the agent pod", &rbac);
+        assert!(line.contains("see manifests/clusterrole.yaml"), "{line}");
+        assert!(!line.contains("Pod Security"), "{line}");
     }
 
     #[test]

@@ -40,11 +40,6 @@ pub const CONTAINER: &str = "agent";
 /// Where the agent binary lives in the image.
 pub const AGENT_PATH: &str = "/usr/local/bin/orb8-agent";
 
-/// The published agent image for this client's version.
-pub fn default_image() -> String {
-    format!("ghcr.io/orb8/orb8-agent:v{}", env!("CARGO_PKG_VERSION"))
-}
-
 /// Everything that varies between agent pods.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentPodParams {

@@ -109,6 +109,7 @@ pub fn write_versions(
                 "Client Version: {} (protocol {})",
                 view.client.version, view.client.protocol
             )?;
+            writeln!(out, "Agent Image: {}", view.client.agent_image)?;
             for a in &view.agents {
                 writeln!(
                     out,

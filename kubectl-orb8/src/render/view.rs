@@ -421,6 +421,8 @@ pub struct ClientVersion {
     pub version: String,
     /// Wire protocol version.
     pub protocol: u32,
+    /// The agent image cluster mode starts (`--image`, else the published one of this version).
+    pub agent_image: String,
 }
 
 /// One agent's version.
