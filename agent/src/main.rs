@@ -6,8 +6,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use orb8_agent::{
     defaults,
-    metrics::{self, Metrics},
     gpu::{GpuConfig, Gpus},
+    metrics::{self, Metrics},
     probes::{AttachMode, ProbeConfig},
     report::Line,
     runtime::{Agent, AgentConfig},

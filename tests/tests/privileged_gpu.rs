@@ -117,7 +117,17 @@ fn privileged_gpu_without_driver_says_so_and_flows_still_count() {
     wait_attached(&topo.node, &a.host_if);
     let flows = client(
         &agent,
-        &["flows", "-o", "json", "--duration", "3s", "--port", "5100"],
+        &[
+            "flows",
+            "--by",
+            "connection",
+            "-o",
+            "json",
+            "--duration",
+            "3s",
+            "--port",
+            "5100",
+        ],
     );
     let rx = udp_receiver(&b.ns, &format!("{}:5100", b.ip4), 25);
     udp_send(
@@ -131,7 +141,7 @@ fn privileged_gpu_without_driver_says_so_and_flows_still_count() {
     let flows: Vec<Value> = serde_json::from_str(&finish(flows)).expect("flows JSON");
     let ours: Vec<&Value> = flows
         .iter()
-        .filter(|f| f["interface"] == a.host_if.as_str() && f["direction"] == "ingress")
+        .filter(|f| f["interface"] == a.host_if.as_str() && f["interface_direction"] == "ingress")
         .collect();
     assert_eq!(ours.len(), 1, "{flows:#?}");
     assert_eq!(counts(ours[0]), (25, 25 * (100 + 28)));

@@ -381,7 +381,7 @@ mod tests {
         assert_eq!(size_of::<FlowStats>(), 8 * 4 + 8);
         assert_eq!(size_of::<Event>(), 4 + 4 + 8 + size_of::<FlowKey>() + 4);
         assert_eq!(size_of::<Event>() % 8, 0);
-        assert_eq!(size_of::<sys::SysConfig>(), 6 * 4 + 2 * 8);
+        assert_eq!(size_of::<sys::SysConfig>(), 6 * 4 + 3 * 8);
         assert_eq!(size_of::<sys::SysStats>(), 8 * (3 + sys::HIST_BUCKETS));
         assert_eq!(size_of::<sys::ErrnoKey>(), 8);
         assert_eq!(size_of::<sys::Inflight>(), 16);

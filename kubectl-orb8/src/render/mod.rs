@@ -17,8 +17,7 @@ use crate::group::FlowGroup;
 pub use view::{
     AgentLostLine, AgentStatus, AgentVersion, ClientVersion, DropView, FlowGroupView, FlowView,
     GapLine, GpuStatusView, InterfaceView, NewFlowLine, OutputFormat, StatusView, VersionView,
-    stage_name,
-    uptime_text,
+    stage_name, uptime_text,
 };
 
 /// Writes a flow table in `format`; `now` is what ages in tables are measured from.
