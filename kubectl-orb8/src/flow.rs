@@ -58,6 +58,15 @@ impl Endpoint {
             Endpoint::Unknown => "unknown".into(),
         }
     }
+
+    /// As a live line shows the end at `addr`: its label, with the address inside
+    /// `world(...)`/`unknown(...)` when nobody in the cluster owns it.
+    pub fn label_at(&self, addr: Option<IpAddr>) -> String {
+        match self {
+            Endpoint::World | Endpoint::Unknown => format!("{}({})", self.label(), addr_text(addr)),
+            _ => self.label(),
+        }
+    }
 }
 
 /// One flow from one node, decoded from the wire.
@@ -270,7 +279,8 @@ impl FlowRecord {
     }
 }
 
-fn addr_text(addr: Option<IpAddr>) -> String {
+/// An address as text (`?` when malformed).
+pub fn addr_text(addr: Option<IpAddr>) -> String {
     addr.map_or_else(|| "?".to_string(), |a| a.to_string())
 }
 

@@ -48,7 +48,8 @@ pub use netns::{NetNs, Pod, Topology, run, spawn_in, unique};
 pub use preconditions::{require_root, workspace_bin};
 #[cfg(target_os = "linux")]
 pub use processes::{
-    SyscallLoad, WatchAgent, counter, counts, find_flows, one_flow, tcx_programs, wait_attached,
+    SyscallLoad, WatchAgent, client_stdout, counter, counts, find_flows, one_flow, tcx_programs,
+    wait_attached,
 };
 #[cfg(target_os = "linux")]
 pub use traffic::{tcp_exchange, udp_receiver, udp_send};

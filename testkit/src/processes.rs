@@ -183,6 +183,19 @@ pub fn counter(summary: &Value, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no counter {name} in {summary}"))
 }
 
+/// Waits for a `kubectl-orb8` child with piped output; panics with its stderr unless it
+/// succeeded; returns its stdout.
+pub fn client_stdout(child: Child) -> String {
+    let out = child.wait_with_output().expect("waiting for kubectl-orb8");
+    assert!(
+        out.status.success(),
+        "kubectl-orb8 failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
 /// Names of the TCX programs attached to an interface of a namespace (both hooks).
 pub fn tcx_programs(ns: &NetNs, iface: &str) -> Vec<String> {
     use aya::programs::{SchedClassifier, TcAttachType};

@@ -27,17 +27,6 @@ fn client_in(ns: &NetNs, args: &[&str]) -> Child {
         .expect("spawning kubectl-orb8")
 }
 
-fn finish(child: Child) -> String {
-    let out = child.wait_with_output().expect("waiting for kubectl-orb8");
-    assert!(
-        out.status.success(),
-        "kubectl-orb8 failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
-
 fn flow<'a>(
     flows: &'a [Value],
     iface: &str,
@@ -98,7 +87,8 @@ fn privileged_flows_local_json_has_exact_counts() {
     tcp_exchange(&a.ns, &b.ns, &b.ip4, 6000, 10, 100);
     let (to_node, from_node) = cap.join().unwrap();
 
-    let flows: Vec<Value> = serde_json::from_str(&finish(client)).expect("one JSON document");
+    let flows: Vec<Value> =
+        serde_json::from_str(&client_stdout(client)).expect("one JSON document");
     let udp = flow(&flows, &a.host_if, "ingress", "udp", &a.ip4, &b.ip4);
     assert_eq!(counts(udp), (40, 40 * (250 + 28)));
     // Ingress on A's veth is what A sent: its direction is egress.
@@ -442,7 +432,8 @@ fn privileged_local_flows_name_the_process_and_container_behind_a_veth() {
         100,
     );
     assert_eq!(rx.join().unwrap(), 10);
-    let flows: Vec<Value> = serde_json::from_str(&finish(client)).expect("one JSON document");
+    let flows: Vec<Value> =
+        serde_json::from_str(&client_stdout(client)).expect("one JSON document");
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     let f = flow(&flows, &a.host_if, "ingress", "udp", &a.ip4, &b.ip4);

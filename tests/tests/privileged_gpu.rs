@@ -34,19 +34,8 @@ fn client(agent: &ServeAgent, args: &[&str]) -> Child {
         .expect("spawning kubectl-orb8")
 }
 
-fn finish(child: Child) -> String {
-    let out = child.wait_with_output().expect("waiting for kubectl-orb8");
-    assert!(
-        out.status.success(),
-        "kubectl-orb8 failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
-
 fn json_of(agent: &ServeAgent, args: &[&str]) -> Value {
-    let out = finish(client(agent, args));
+    let out = client_stdout(client(agent, args));
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("JSON {out:?}: {e}"))
 }
 
@@ -81,7 +70,7 @@ fn privileged_gpu_without_driver_says_so_and_flows_still_count() {
         gpu["summary"].as_str().unwrap().starts_with(NO_DRIVER),
         "{gpu}"
     );
-    let text = finish(client(&agent, &["status"]));
+    let text = client_stdout(client(&agent, &["status"]));
     assert!(
         text.lines()
             .any(|l| l.starts_with(&format!("GPU gpu-less: {NO_DRIVER}"))),
@@ -107,7 +96,7 @@ fn privileged_gpu_without_driver_says_so_and_flows_still_count() {
             orb8_proto::POD_RESOURCES_SOCKET
         )
     );
-    let text = finish(client(&agent, &["gpu"]));
+    let text = client_stdout(client(&agent, &["gpu"]));
     assert!(
         text.starts_with(&format!("node gpu-less: {NO_DRIVER}")),
         "{text}"
@@ -138,7 +127,7 @@ fn privileged_gpu_without_driver_says_so_and_flows_still_count() {
         100,
     );
     assert_eq!(rx.join().unwrap(), 25);
-    let flows: Vec<Value> = serde_json::from_str(&finish(flows)).expect("flows JSON");
+    let flows: Vec<Value> = serde_json::from_str(&client_stdout(flows)).expect("flows JSON");
     let ours: Vec<&Value> = flows
         .iter()
         .filter(|f| f["interface"] == a.host_if.as_str() && f["interface_direction"] == "ingress")

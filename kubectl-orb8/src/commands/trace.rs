@@ -77,11 +77,7 @@ fn end_text(
     let Some(name) = name else {
         return bare;
     };
-    let addr = addr.map_or_else(|| "?".to_string(), |a| a.to_string());
-    let shown = match name {
-        Endpoint::World | Endpoint::Unknown => format!("{}({addr})", name.label()),
-        _ => name.label(),
-    };
+    let shown = name.label_at(addr);
     if ports {
         format!("{shown}:{port}")
     } else {

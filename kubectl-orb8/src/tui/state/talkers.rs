@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use orb8_flowspec::{Direction, Protocol};
 
-use crate::flow::{Endpoint, FlowRecord};
+use crate::flow::{Endpoint, FlowRecord, addr_text};
 
 /// The TCP RST flag bit.
 const RST: u32 = 0x04;
@@ -185,11 +185,6 @@ pub struct Talkers {
 /// destination of what it sent); otherwise source and destination as they are.
 pub fn talker_of(f: &FlowRecord) -> (TalkerKey, Owner) {
     let ports = f.protocol.has_ports() && !f.fragment;
-    let addr = |a: Option<IpAddr>| a.map_or_else(|| "?".to_string(), |a| a.to_string());
-    let named = |e: &Endpoint, a: Option<IpAddr>| match e {
-        Endpoint::World | Endpoint::Unknown => format!("{}({})", e.label(), addr(a)),
-        _ => e.label(),
-    };
     // The observed end first: the pod behind a veth, else the end that is a pod.
     let ((pod_addr, _), (peer_addr, peer_port)) = f.observed_and_peer_addrs();
     if f.src_name.is_some() || f.dst_name.is_some() {
@@ -202,8 +197,8 @@ pub fn talker_of(f: &FlowRecord) -> (TalkerKey, Owner) {
             _ => Owner::None,
         };
         let key = TalkerKey {
-            pod: pod.map_or_else(|| addr(pod_addr), |e| named(e, pod_addr)),
-            peer: peer.map_or_else(|| addr(peer_addr), |e| named(e, peer_addr)),
+            pod: pod.map_or_else(|| addr_text(pod_addr), |e| e.label_at(pod_addr)),
+            peer: peer.map_or_else(|| addr_text(peer_addr), |e| e.label_at(peer_addr)),
             protocol: f.protocol,
             peer_port: ports.then_some(peer_port),
         };
@@ -216,15 +211,15 @@ pub fn talker_of(f: &FlowRecord) -> (TalkerKey, Owner) {
     {
         let key = TalkerKey {
             pod: format!("{}[{}]", o.comm, o.pid),
-            peer: addr(peer_addr),
+            peer: addr_text(peer_addr),
             protocol: f.protocol,
             peer_port: ports.then_some(peer_port),
         };
         return (key, Owner::Process { pid: o.pid });
     }
     let key = TalkerKey {
-        pod: addr(f.src),
-        peer: addr(f.dst),
+        pod: addr_text(f.src),
+        peer: addr_text(f.dst),
         protocol: f.protocol,
         peer_port: ports.then_some(f.dst_port),
     };
