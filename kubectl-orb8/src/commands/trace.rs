@@ -338,7 +338,7 @@ mod tests {
         f.src_name = pod("shop", "checkout");
         f.dst_name = pod("pay", "server");
         // A process behind the veth is left out when the ends have names.
-        f.netns_owner = Some(Box::new(orb8_proto::NetnsOwner {
+        f.netns_owner = Some(std::sync::Arc::new(orb8_proto::NetnsOwner {
             pid: 42,
             comm: "pause".into(),
             ..Default::default()
@@ -383,7 +383,7 @@ mod tests {
     #[test]
     fn local_text_lines_keep_addresses_and_name_the_process_behind_a_veth() {
         let mut f = FlowRecord::test_flow();
-        f.netns_owner = Some(Box::new(orb8_proto::NetnsOwner {
+        f.netns_owner = Some(std::sync::Arc::new(orb8_proto::NetnsOwner {
             pid: 1234,
             comm: "curl".into(),
             ..Default::default()
