@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 
-use futures::StreamExt as _;
+use futures::{FutureExt as _, Stream, StreamExt as _};
 use orb8_proto::{Event, StreamEventsRequest, event};
 
 use orb8_flowspec::FlowFilterSpec;
@@ -210,6 +210,41 @@ fn write_event(
     write_record(out, format, &line)
 }
 
+/// At most this many already-received items are counted when a trace stops.
+const UNPRINTED_SCAN: usize = 1 << 20;
+
+/// Flow events (and events the agents reported lost) already received but not printed when a
+/// trace stops, taken from `merged` without waiting: what a slow stdout left behind.
+fn unprinted<S: Stream<Item = Merged> + Unpin>(merged: &mut S) -> u64 {
+    let mut n = 0u64;
+    for _ in 0..UNPRINTED_SCAN {
+        match merged.next().now_or_never() {
+            Some(Some(Merged::Event { event, .. })) => {
+                if matches!(
+                    event.kind,
+                    Some(event::Kind::NewFlow(_) | event::Kind::ActiveFlow(_))
+                ) {
+                    n += 1;
+                }
+            }
+            Some(Some(Merged::Gap { lost, .. })) => n = n.saturating_add(lost),
+            Some(Some(Merged::AgentLost { .. })) => {}
+            Some(None) | None => break,
+        }
+    }
+    n
+}
+
+/// Says on stderr how many received events the stopping trace leaves unprinted, if any.
+fn report_unprinted<S: Stream<Item = Merged> + Unpin>(merged: &mut S) {
+    let n = unprinted(merged);
+    if n > 0 {
+        warn(&format!(
+            "{n} flow events received but not printed: the trace stopped while output was behind"
+        ));
+    }
+}
+
 /// Runs `trace network` until `--duration`, Ctrl-C, or every agent is gone (an error).
 pub async fn network(
     session: &Session,
@@ -249,8 +284,14 @@ pub async fn network(
     loop {
         let item = tokio::select! {
             item = merged.next() => item,
-            () = &mut until_deadline => break,
-            () = interrupt.wait() => break,
+            () = &mut until_deadline => {
+                report_unprinted(&mut merged);
+                break;
+            }
+            () = interrupt.wait() => {
+                report_unprinted(&mut merged);
+                break;
+            }
         };
         match item {
             Some(Merged::Event { node, event }) => {
@@ -304,6 +345,39 @@ pub async fn network(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_stopping_trace_leaves_unprinted_is_counted() {
+        let flow = |seq| Merged::Event {
+            node: "a".into(),
+            event: Event {
+                seq,
+                kind: Some(event::Kind::NewFlow(Default::default())),
+                ..Default::default()
+            },
+        };
+        let items = vec![
+            flow(1),
+            Merged::Gap {
+                node: "a".into(),
+                lost: 5,
+                cause: GapCause::SeqJump {
+                    expected: 2,
+                    got: 7,
+                },
+            },
+            flow(7),
+            Merged::Event {
+                node: "a".into(),
+                event: Event::default(),
+            },
+        ];
+        let mut ready = futures::stream::iter(items);
+        assert_eq!(unprinted(&mut ready), 7);
+        // Nothing ready: nothing counted, and no waiting.
+        let mut idle = futures::stream::pending::<Merged>();
+        assert_eq!(unprinted(&mut idle), 0);
+    }
 
     #[test]
     fn text_lines_show_the_flow() {
