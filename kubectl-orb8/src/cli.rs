@@ -346,6 +346,27 @@ pub enum TraceCommand {
     /// when the trace ends (--duration, Ctrl-C or the target exiting), or one line per syscall
     /// with --stream.
     Syscall(TraceSyscallArgs),
+    /// DNS exchanges, one line each: client, server, name, type, response code, latency and
+    /// answers, or TIMEOUT (NDJSON with -o json); --summary counts them per client, name and
+    /// response code instead.
+    Dns(TraceDnsArgs),
+}
+
+/// `trace dns` flags.
+#[derive(Debug, Clone, Args)]
+pub struct TraceDnsArgs {
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Print per (client, name, response code) counts and latency percentiles at the end
+    /// instead of one line per exchange.
+    #[arg(long)]
+    pub summary: bool,
+
+    /// Also parse this port as DNS besides 53 (repeatable, at most 7; with --local).
+    #[arg(long = "dns-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub dns_ports: Vec<u16>,
 }
 
 /// `trace syscall` flags.

@@ -433,6 +433,8 @@ mod tests {
             last_seen_unix_nanos: 2,
             netns_owner: None,
             interface_role: "veth".into(),
+            src_dns_name: String::new(),
+            dst_dns_name: String::new(),
         }
     }
 
