@@ -45,6 +45,12 @@ pub enum Endpoint {
     World,
     /// A private address the cluster does not name.
     Unknown,
+    /// An address nobody in the cluster owns that a DNS answer the agent saw gave for `name`
+    /// (`api.stripe.com`); a pod, service or node name always wins over it.
+    Dns {
+        /// The name queried.
+        name: String,
+    },
 }
 
 impl Endpoint {
@@ -56,6 +62,7 @@ impl Endpoint {
             Endpoint::Host { node } => format!("host:{node}"),
             Endpoint::World => "world".into(),
             Endpoint::Unknown => "unknown".into(),
+            Endpoint::Dns { name } => name.clone(),
         }
     }
 
@@ -112,6 +119,10 @@ pub struct FlowRecord {
     /// For a flow on a host-side veth: the process (and container) in the namespace it leads
     /// to, as the agent found it.
     pub netns_owner: Option<Box<orb8_proto::NetnsOwner>>,
+    /// The DNS name the agent saw answered for the source address, if any.
+    pub src_dns: Option<String>,
+    /// The DNS name the agent saw answered for the destination address, if any.
+    pub dst_dns: Option<String>,
 }
 
 impl FlowRecord {
@@ -149,6 +160,8 @@ impl FlowRecord {
             src_name: None,
             dst_name: None,
             netns_owner: flow.netns_owner,
+            src_dns: Some(flow.src_dns_name).filter(|n| !n.is_empty()),
+            dst_dns: Some(flow.dst_dns_name).filter(|n| !n.is_empty()),
         }
     }
 
@@ -275,6 +288,8 @@ impl FlowRecord {
             src_name: None,
             dst_name: None,
             netns_owner: None,
+            src_dns: None,
+            dst_dns: None,
         }
     }
 }

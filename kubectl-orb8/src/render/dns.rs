@@ -276,7 +276,7 @@ impl Summary {
                 }
             })
             .collect();
-        rows.sort_by(|a, b| b.count.cmp(&a.count));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.count));
         rows
     }
 }
