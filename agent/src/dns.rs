@@ -254,6 +254,8 @@ pub struct TrackerStats {
     pub duplicates: u64,
     /// Responses to no query seen (the query came before the agent, or was not seen).
     pub unmatched: u64,
+    /// Responses to a query already reported as a timeout.
+    pub late: u64,
     /// Queries not tracked because the pending table was full (a loss).
     pub pending_full: u64,
     /// Queries that timed out.
@@ -266,9 +268,9 @@ pub struct Tracker {
     timeout_ns: u64,
     max_pending: usize,
     pending: HashMap<Key, (u64, u32)>,
-    /// Keys answered or timed out, with when: a later sighting of the same message is a
-    /// duplicate until `timeout` after that.
-    done: HashMap<Key, u64>,
+    /// Keys answered or timed out, with when and whether answered: a later sighting of the
+    /// same message is a duplicate (or a late response) until `timeout` after that.
+    done: HashMap<Key, (u64, bool)>,
     done_order: VecDeque<(u64, Key)>,
     /// What was counted.
     pub stats: TrackerStats,
@@ -293,13 +295,13 @@ impl Tracker {
         self.pending.len()
     }
 
-    fn finish(&mut self, key: Key, at: u64) {
+    fn finish(&mut self, key: Key, at: u64, answered: bool) {
         if self.done.len() >= self.max_pending
             && let Some((_, old)) = self.done_order.pop_front()
         {
             self.done.remove(&old);
         }
-        self.done.insert(key.clone(), at);
+        self.done.insert(key.clone(), (at, answered));
         self.done_order.push_back((at, key));
     }
 
@@ -330,10 +332,10 @@ impl Tracker {
             return None;
         }
         let Some((query_ns, ifindex)) = self.pending.remove(&key) else {
-            if self.done.contains_key(&key) {
-                self.stats.duplicates += 1;
-            } else {
-                self.stats.unmatched += 1;
+            match self.done.get(&key) {
+                Some((_, true)) => self.stats.duplicates += 1,
+                Some((_, false)) => self.stats.late += 1,
+                None => self.stats.unmatched += 1,
             }
             return None;
         };
@@ -350,7 +352,7 @@ impl Tracker {
             latency_ns: Some(s.ts_ns.saturating_sub(query_ns)),
             answers: m.answers,
         };
-        self.finish(key, s.ts_ns);
+        self.finish(key, s.ts_ns, true);
         Some(exchange)
     }
 
@@ -362,7 +364,7 @@ impl Tracker {
             && *at < cutoff
         {
             let (at, key) = self.done_order.pop_front().expect("front exists");
-            if self.done.get(&key) == Some(&at) {
+            if self.done.get(&key).is_some_and(|(t, _)| *t == at) {
                 self.done.remove(&key);
             }
         }
@@ -377,7 +379,7 @@ impl Tracker {
             .map(|key| {
                 let (query_ns, ifindex) = self.pending.remove(&key).expect("listed");
                 // Remembered from now: a late copy of the query is not a new exchange.
-                self.finish(key.clone(), now_ns);
+                self.finish(key.clone(), now_ns, false);
                 Exchange {
                     protocol: key.protocol,
                     client: key.client,

@@ -244,6 +244,7 @@ impl Agent {
             ("dns_timeouts", s.timeouts),
             ("dns_duplicates", s.duplicates),
             ("dns_unmatched", s.unmatched),
+            ("dns_late_responses", s.late),
             ("dns_pending_full", s.pending_full),
             (
                 "dns_queue_overflow",

@@ -1,5 +1,5 @@
 //! Privileged end-to-end: `kubectl-orb8 trace dns` against a running agent (`orb8-agent serve`
-//! in a node namespace the test creates, `--dns-port 5353 --dns-timeout 1s`) reports each DNS
+//! in a node namespace the test creates, `--dns-port 5353 --dns-timeout 3s`) reports each DNS
 //! exchange between two of the test's pods exactly once (every message crosses two watched
 //! veths), with the name, type, response code, answers and latency the test's own DNS server
 //! gave: A, AAAA over IPv6, NXDOMAIN, an answer over TCP (length-prefixed), one on the extra
@@ -250,7 +250,7 @@ fn privileged_trace_dns_pairs_each_exchange_once() {
         &topo.node,
         "node-d",
         TOKEN,
-        &["--dns-port", "5353", "--dns-timeout", "1s"],
+        &["--dns-port", "5353", "--dns-timeout", "3s"],
     );
     wait_attached(&topo.node, &client.host_if);
     wait_attached(&topo.node, &server.host_if);
@@ -264,6 +264,15 @@ fn privileged_trace_dns_pairs_each_exchange_once() {
         !by_name(l, "warm.test").is_empty()
     });
 
+    // IPv6 neighbours resolved before the exchange whose latency is checked.
+    ask_udp(
+        &client.ns,
+        s6.clone(),
+        999,
+        "warm.test.",
+        RecordType::AAAA,
+        true,
+    );
     ask_udp(&client.ns, s4.clone(), 1, "a.test.", RecordType::A, true);
     ask_udp(
         &client.ns,
@@ -317,12 +326,21 @@ fn privileged_trace_dns_pairs_each_exchange_once() {
     });
     // A second copy of any exchange would come within the agent's next read: give it time.
     thread::sleep(Duration::from_millis(500));
+    let status = Command::new(workspace_bin("kubectl-orb8"))
+        .args(["--agent", &format!("unix:{}", agent.socket)])
+        .args(["--token", TOKEN, "status", "-o", "json"])
+        .output()
+        .expect("status");
+    eprintln!("{}", String::from_utf8_lossy(&status.stdout));
     let lines: Vec<Value> = trace
         .stop()
         .iter()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
 
+    for l in &lines {
+        eprintln!("{l}");
+    }
     let one = |name: &str| {
         let got = by_name(&lines, name);
         assert_eq!(got.len(), 1, "{name} once: {got:#?}");

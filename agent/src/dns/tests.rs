@@ -210,6 +210,13 @@ fn unanswered_queries_time_out_once() {
     // A late copy of the query (the second interface) is not a new exchange...
     t.observe(sighting(150 * MS, 2, C, S, &q));
     assert_eq!((t.pending(), t.stats.duplicates), (0, 1));
+    // ...and a response after the timeout is late, not a duplicate.
+    let r = response(&q, ResponseCode::NoError, vec![]);
+    assert_eq!(t.observe(sighting(160 * MS, 2, S, C, &r)), None);
+    assert_eq!(
+        (t.stats.late, t.stats.duplicates, t.stats.unmatched),
+        (1, 1, 0)
+    );
     assert!(t.expire(300 * MS).is_empty());
     // ...but once forgotten, a retry is.
     t.observe(sighting(400 * MS, 3, C, S, &q));
