@@ -6,7 +6,7 @@
 //! - [`stream`]: the one sequenced, loss-counting client stream both streaming RPCs use;
 //! - [`flows`]: `QueryFlows` and `StreamEvents`;
 //! - [`syscall_trace`]: `TraceSyscalls` and `GetSyscallSummary`;
-//! - [`dns_trace`]: `TraceDns`;
+//! - [`dns_trace`]: the DNS exchanges of `TraceDns`;
 //! - [`status`]: the `GetStatus` reply.
 //!
 //! `GetGpus` is answered by [`crate::gpu::Gpus`].
