@@ -116,8 +116,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         commands::top::check()?;
     }
     if let Command::Trace(TraceCommand::Dns(args)) = &cli.command {
-        commands::dns::check(args, &cli.global)?;
-        global.local_args.extend(commands::dns::local_args(args));
+        commands::dns::prepare(args, &mut global)?;
     }
     let mut gpu_filter = gpu::PodFilter::default();
     if let Command::Gpu(args) = &cli.command {

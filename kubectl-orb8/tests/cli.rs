@@ -968,5 +968,5 @@ fn trace_dns_prints_each_exchange_once_and_summarises() {
         "{out}"
     );
     let o = run(&["--agent", &a.addr, "trace", "dns", "--dns-port", "5353"]);
-    assert!(assert_one_line_error(&o).contains("--dns-port is given to the agent --local starts"));
+    assert!(assert_one_line_error(&o).contains("--dns-port is given to the agents orb8 starts"));
 }

@@ -28,25 +28,31 @@ use crate::timing::Step;
 const SEEN: usize = 4096;
 
 /// Said when `--dns-port` cannot reach the agents.
-pub const DNS_PORT_NEEDS_LOCAL: &str = "--dns-port is given to the agent --local starts; agents \
-     reached with --agent or in a cluster watch the ports they were started with (53, and \
-     orb8-agent --dns-port)";
+pub const DNS_PORT_NEEDS_OWN_AGENTS: &str = "--dns-port is given to the agents orb8 starts \
+     (--local, ephemeral pods); agents reached with --agent watch the ports they were started \
+     with (53, and orb8-agent --dns-port)";
 
-/// Checks the flags before any agent is started.
-pub fn check(args: &TraceDnsArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    if !args.dns_ports.is_empty() && !global.local {
-        anyhow::bail!(DNS_PORT_NEEDS_LOCAL);
+/// Checks the flags before any agent is started, and hands `--dns-port` to the agents this
+/// command starts (the local one, ephemeral pods).
+pub fn prepare(args: &TraceDnsArgs, global: &mut GlobalArgs) -> anyhow::Result<()> {
+    if args.dns_ports.is_empty() {
+        return Ok(());
     }
+    if !global.agents.is_empty() {
+        anyhow::bail!(DNS_PORT_NEEDS_OWN_AGENTS);
+    }
+    if args.dns_ports.iter().filter(|p| **p != 53).count() > MAX_EXTRA_PORTS {
+        anyhow::bail!("--dns-port: at most {MAX_EXTRA_PORTS} ports besides 53");
+    }
+    global
+        .local_args
+        .extend(args.dns_ports.iter().map(|p| format!("--dns-port={p}")));
+    global.cluster.dns_ports = args.dns_ports.clone();
     Ok(())
 }
 
-/// The local agent's arguments for these flags.
-pub fn local_args(args: &TraceDnsArgs) -> Vec<String> {
-    args.dns_ports
-        .iter()
-        .map(|p| format!("--dns-port={p}"))
-        .collect()
-}
+/// Ports an agent parses as DNS besides 53 (`orb8-agent --dns-port`).
+const MAX_EXTRA_PORTS: usize = 7;
 
 /// What identifies one exchange whichever agent reports it.
 type ExchangeKey = (u32, Vec<u8>, u32, Vec<u8>, u32, u32, String, String, bool);
@@ -144,6 +150,11 @@ pub async fn run(
         }
     };
     tokio::pin!(until_deadline);
+    if !args.dns_ports.is_empty() && session.modes.contains(&"persistent") {
+        warn(
+            "always-on agents keep their own DNS ports: --dns-port reaches only the agents this command starts",
+        );
+    }
     let mut dedup = Dedup::default();
     let mut summary = Summary::default();
     let mut lost_agents = 0;
@@ -302,10 +313,23 @@ mod tests {
         assert!(name(rec, &dir).is_some());
     }
 
-    #[test]
-    fn dns_ports_go_only_to_a_local_agent() {
+    fn parse(line: &[&str]) -> crate::cli::Cli {
         use clap::Parser as _;
-        let cli = crate::cli::Cli::try_parse_from([
+        crate::cli::Cli::try_parse_from(line).unwrap()
+    }
+
+    fn prepared(line: &[&str]) -> anyhow::Result<GlobalArgs> {
+        let cli = parse(line);
+        let crate::cli::Command::Trace(crate::cli::TraceCommand::Dns(args)) = &cli.command else {
+            panic!("parsed {:?}", cli.command);
+        };
+        let mut global = cli.global.clone();
+        prepare(args, &mut global).map(|()| global)
+    }
+
+    #[test]
+    fn dns_ports_go_to_the_agents_this_command_starts() {
+        let direct = prepared(&[
             "kubectl-orb8",
             "--agent",
             "127.0.0.1:1",
@@ -313,15 +337,32 @@ mod tests {
             "dns",
             "--dns-port",
             "5353",
+        ]);
+        assert_eq!(direct.unwrap_err().to_string(), DNS_PORT_NEEDS_OWN_AGENTS);
+        let local = prepared(&[
+            "kubectl-orb8",
+            "--local",
+            "trace",
+            "dns",
+            "--dns-port",
+            "5353",
         ])
         .unwrap();
-        let crate::cli::Command::Trace(crate::cli::TraceCommand::Dns(args)) = &cli.command else {
-            panic!("parsed {:?}", cli.command);
-        };
-        assert_eq!(
-            check(args, &cli.global).unwrap_err().to_string(),
-            DNS_PORT_NEEDS_LOCAL
+        assert_eq!(local.local_args, vec!["--dns-port=5353".to_string()]);
+        let cluster = prepared(&["kubectl-orb8", "trace", "dns", "--dns-port", "5353"]).unwrap();
+        assert_eq!(cluster.cluster_options().dns_ports, vec![5353]);
+        let mut many = vec!["kubectl-orb8", "trace", "dns"];
+        let ports: Vec<String> = (1..=8).map(|p| p.to_string()).collect();
+        for p in &ports {
+            many.extend(["--dns-port", p]);
+        }
+        assert!(
+            prepared(&many)
+                .unwrap_err()
+                .to_string()
+                .contains("at most 7")
         );
-        assert_eq!(local_args(args), vec!["--dns-port=5353".to_string()]);
+        let none = prepared(&["kubectl-orb8", "--agent", "127.0.0.1:1", "trace", "dns"]).unwrap();
+        assert!(none.local_args.is_empty());
     }
 }
