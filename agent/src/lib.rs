@@ -12,6 +12,7 @@ pub mod clsact;
 pub mod containers;
 pub mod convert;
 pub mod defaults;
+pub mod dns;
 pub mod flows;
 pub mod gpu;
 pub mod interfaces;

@@ -108,6 +108,13 @@ struct ProbeArgs {
     /// Interface rescan period in milliseconds.
     #[arg(long, default_value_t = defaults::RESCAN_MS, value_name = "MS")]
     rescan_ms: u64,
+    /// A port carrying DNS besides 53 (repeatable, at most 7): its TCP/UDP payloads are parsed
+    /// as DNS messages.
+    #[arg(long = "dns-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    dns_ports: Vec<u16>,
+    /// A DNS query without a response this long is reported as a timeout.
+    #[arg(long, default_value = defaults::DNS_TIMEOUT, value_parser = humantime::parse_duration)]
+    dns_timeout: Duration,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -147,6 +154,26 @@ impl ProbeArgs {
         if self.flow_map_size == 0 {
             anyhow::bail!("--flow-map-size must be at least 1");
         }
+        let mut dns_ports = orb8_common::dns::DnsPorts::DEFAULT;
+        let mut extra: Vec<u16> = self
+            .dns_ports
+            .iter()
+            .copied()
+            .filter(|p| *p != 53)
+            .collect();
+        extra.sort_unstable();
+        extra.dedup();
+        if extra.len() > defaults::DNS_EXTRA_PORTS {
+            anyhow::bail!(
+                "--dns-port: at most {} ports besides 53, got {}",
+                defaults::DNS_EXTRA_PORTS,
+                extra.len()
+            );
+        }
+        dns_ports.ports[1..=extra.len()].copy_from_slice(&extra);
+        if self.dns_timeout.is_zero() {
+            anyhow::bail!("--dns-timeout must be more than 0");
+        }
         Ok(AgentConfig {
             interfaces: self
                 .interfaces
@@ -163,8 +190,10 @@ impl ProbeArgs {
                     Mode::Tcx => AttachMode::Tcx,
                     Mode::Tc => AttachMode::Tc,
                 },
+                dns_ports,
             },
             event_queue: defaults::EVENT_QUEUE,
+            dns_timeout: self.dns_timeout,
         })
     }
 }

@@ -47,6 +47,12 @@ pub enum Endpoint {
     World,
     /// A private address the cluster does not name.
     Unknown,
+    /// An address nobody in the cluster owns that a DNS answer the agent saw gave for `name`
+    /// (`api.stripe.com`); a pod, service or node name always wins over it.
+    Dns {
+        /// The name queried.
+        name: String,
+    },
 }
 
 impl Endpoint {
@@ -58,6 +64,7 @@ impl Endpoint {
             Endpoint::Host { node } => format!("host:{node}"),
             Endpoint::World => "world".into(),
             Endpoint::Unknown => "unknown".into(),
+            Endpoint::Dns { name } => name.clone(),
         }
     }
 
@@ -131,6 +138,10 @@ pub struct FlowRecord {
     /// For a flow on a host-side veth: the process (and container) in the namespace it leads
     /// to, as the agent found it; shared by the flows of a table with the same owner.
     pub netns_owner: Option<Arc<orb8_proto::NetnsOwner>>,
+    /// The DNS name the agent saw answered for the source address, if any.
+    pub src_dns: Option<String>,
+    /// The DNS name the agent saw answered for the destination address, if any.
+    pub dst_dns: Option<String>,
 }
 
 impl FlowRecord {
@@ -175,6 +186,8 @@ impl FlowRecord {
             src_name: None,
             dst_name: None,
             netns_owner,
+            src_dns: Some(flow.src_dns_name).filter(|n| !n.is_empty()),
+            dst_dns: Some(flow.dst_dns_name).filter(|n| !n.is_empty()),
         }
     }
 
@@ -301,6 +314,8 @@ impl FlowRecord {
             src_name: None,
             dst_name: None,
             netns_owner: None,
+            src_dns: None,
+            dst_dns: None,
         }
     }
 }
@@ -459,6 +474,8 @@ mod tests {
             last_seen_unix_nanos: 2,
             netns_owner: None,
             interface_role: "veth".into(),
+            src_dns_name: String::new(),
+            dst_dns_name: String::new(),
         }
     }
 

@@ -92,6 +92,30 @@ impl NetNs {
         .unwrap_or_else(|e| std::panic::resume_unwind(e))
     }
 
+    /// Waits (up to 10 s) until `dev` is up with its carrier (`LOWER_UP`) and its IPv6 setup is
+    /// done (the `ff00::/8` local multicast route exists): before that, a fresh veth end drops
+    /// IPv6 sends (neighbour solicitations find no route) and loses a SYN or two.
+    pub fn wait_link_ready(&self, dev: &str) {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let link = self.ip(&["link", "show", "dev", dev]);
+            let routes = self.ip(&["-6", "route", "show", "table", "local"]);
+            let up = link.contains("state UP") && link.contains("LOWER_UP");
+            let mcast = routes
+                .lines()
+                .any(|l| l.contains("ff00::/8") && l.contains(&format!("dev {dev} ")));
+            if up && mcast {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "{dev} in {} not ready within 10 s: {link}{routes}",
+                self.name
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The index of an interface in this namespace.
     pub fn ifindex(&self, iface: &str) -> u32 {
         let iface = iface.to_string();

@@ -6,15 +6,17 @@
 //! - [`stream`]: the one sequenced, loss-counting client stream both streaming RPCs use;
 //! - [`flows`]: `QueryFlows` and `StreamEvents`;
 //! - [`syscall_trace`]: `TraceSyscalls` and `GetSyscallSummary`;
+//! - [`dns_trace`]: the DNS exchanges of `TraceDns`;
 //! - [`status`]: the `GetStatus` reply.
 //!
 //! `GetGpus` is answered by [`crate::gpu::Gpus`].
 //!
 //! The modules form a stack: `stream` and `auth` import no sibling, `listen` imports `auth`,
-//! `flows` and `syscall_trace` import `stream`, `status` imports `flows`; only this one
+//! `flows`, `syscall_trace` and `dns_trace` import `stream`, `status` imports `flows`; only this one
 //! imports them all.
 
 pub mod auth;
+pub mod dns_trace;
 pub mod flows;
 pub mod listen;
 pub mod status;
@@ -40,6 +42,7 @@ pub struct Service {
     node: String,
     flows: flows::Flows,
     traces: syscall_trace::Traces,
+    dns: dns_trace::DnsTraces,
     gpus: Arc<Gpus>,
 }
 
@@ -59,6 +62,7 @@ impl Service {
         Service {
             flows: flows::Flows::new(agent.clone(), node.clone()),
             traces: syscall_trace::Traces::new(agent.clone(), node.clone()),
+            dns: dns_trace::DnsTraces::new(agent.clone(), node.clone()),
             agent,
             node,
             gpus,
@@ -126,6 +130,15 @@ impl pb::agent_service_server::AgentService for Service {
         self.traces
             .summary(req.get_ref().trace_id)
             .map(Response::new)
+    }
+
+    type TraceDnsStream = dns_trace::DnsStream;
+
+    async fn trace_dns(
+        &self,
+        req: Request<pb::TraceDnsRequest>,
+    ) -> Result<Response<Self::TraceDnsStream>, Status> {
+        Ok(Response::new(self.dns.trace(req.get_ref())))
     }
 
     async fn get_gpus(

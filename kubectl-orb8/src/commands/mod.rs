@@ -3,6 +3,7 @@
 
 pub mod cleanup;
 pub mod completion;
+pub mod dns;
 pub mod flows;
 pub mod gpu;
 pub mod status;

@@ -1,6 +1,7 @@
 //! Output: tables for people (`table`, `wide`), JSON and YAML for programs. Each function
 //! takes plain data and writes or returns text; nothing here talks to agents.
 
+pub mod dns;
 pub mod gpu;
 pub mod json;
 pub mod syscalls;
