@@ -158,6 +158,33 @@ pub fn syscall_summary(
     }
 }
 
+/// Converts a key of the drop table and its counts to the wire type (reason named; the
+/// interface name and namespace owner are the caller's to add).
+pub fn packet_drop(
+    k: &orb8_common::drops::DropKey,
+    s: &orb8_common::drops::DropStats,
+    reasons: &crate::drops::Reasons,
+    clock: &BootClock,
+) -> pb::PacketDrop {
+    pb::PacketDrop {
+        reason: reasons.name(k.reason),
+        reason_code: k.reason,
+        protocol: k.protocol as u32,
+        src_addr: ip_to_bytes(addr(k.family, &k.src_addr)),
+        dst_addr: ip_to_bytes(addr(k.family, &k.dst_addr)),
+        src_port: k.src_port as u32,
+        dst_port: k.dst_port as u32,
+        fragment: k.flags & orb8_common::key_flags::FRAGMENT != 0,
+        ifindex: k.ifindex,
+        netns: k.netns as u64,
+        packets: s.packets,
+        bytes: s.bytes,
+        first_seen_unix_nanos: unix_nanos(clock, s.first_seen_ns),
+        last_seen_unix_nanos: unix_nanos(clock, s.last_seen_ns),
+        ..Default::default()
+    }
+}
+
 /// Nanoseconds since the Unix epoch of a kernel boot-time timestamp.
 pub fn unix_nanos(clock: &BootClock, boot_ns: u64) -> i64 {
     clock

@@ -41,6 +41,12 @@ pub const GAP_FLUSH: Duration = Duration::from_millis(250);
 pub const SYSCALL_RINGBUF_BYTES: u32 = 4 << 20;
 /// Syscall events queued for stream consumers in the agent; one further behind loses the oldest.
 pub const SYSCALL_EVENT_QUEUE: usize = 65536;
+/// Bytes of the drop tracer's new-key ring buffer.
+pub const DROP_RINGBUF_BYTES: u32 = 1 << 20;
+/// New-key drop events queued for stream consumers in the agent.
+pub const DROP_EVENT_QUEUE: usize = 16384;
+/// How often a drop trace reports the kernel's losses (and flushes its gaps).
+pub const DROP_TICK: Duration = Duration::from_millis(200);
 /// How often a syscall trace checks that its target is still there (and flushes its gaps).
 pub const TRACE_EXIT_CHECK: Duration = Duration::from_millis(20);
 /// How long a trace whose target exited waits for the target's last events to be read.
@@ -70,6 +76,7 @@ mod tests {
         );
         assert!(RINGBUF_BYTES.is_power_of_two() && RINGBUF_BYTES >= MIN_RINGBUF_BYTES);
         assert!(SYSCALL_RINGBUF_BYTES.is_power_of_two());
+        assert!(DROP_RINGBUF_BYTES.is_power_of_two());
         assert!(Duration::from_millis(RESCAN_MS) >= MIN_RESCAN);
         assert!(GAP_FLUSH > Duration::ZERO && TRACE_EXIT_CHECK > Duration::ZERO);
     }

@@ -106,6 +106,8 @@ pub struct Agent {
     pub clock: BootClock,
     /// The syscall tracer, loaded only while a client traces syscalls.
     pub syscalls: Arc<crate::syscalls::SyscallTracer>,
+    /// The packet drop tracer, loaded only while a client traces drops.
+    pub drops: Arc<crate::drops::DropTracer>,
     started: Instant,
     config: AgentConfig,
 }
@@ -141,6 +143,7 @@ impl Agent {
             stats: AgentStats::default(),
             clock: BootClock::now(),
             syscalls: Arc::default(),
+            drops: Arc::default(),
             started: Instant::now(),
             config,
         });
@@ -178,11 +181,12 @@ impl Agent {
         self.interfaces.lock().expect("interfaces lock").clone()
     }
 
-    /// Attach mode and the names of the loaded programs (the syscall tracer's while it runs).
+    /// Attach mode and the names of the loaded programs (the tracers' while they run).
     pub fn probe_info(&self) -> (&'static str, Vec<&'static str>) {
         let p = self.probes.lock().expect("probes lock");
         let mut programs = p.program_names();
         programs.extend(self.syscalls.program_names());
+        programs.extend(self.drops.program_names());
         (p.mode().as_str(), programs)
     }
 
@@ -278,6 +282,7 @@ impl Agent {
     /// Detaches every probe. Called on shutdown; dropping the agent does the same.
     pub fn shutdown(&self) {
         self.syscalls.shutdown();
+        self.drops.shutdown();
         self.probes.lock().expect("probes lock").detach_all();
         self.interfaces.lock().expect("interfaces lock").clear();
     }

@@ -346,6 +346,28 @@ pub enum TraceCommand {
     /// when the trace ends (--duration, Ctrl-C or the target exiting), or one line per syscall
     /// with --stream.
     Syscall(TraceSyscallArgs),
+    /// Packets the kernel dropped, with its reason by name (NO_SOCKET, NETFILTER_DROP, ...):
+    /// one line per new (namespace, interface, reason, 5-tuple), aggregated in the kernel; in
+    /// cluster mode only the selected pods' traffic. --summary prints counts by pod, reason
+    /// and peer at the end instead.
+    Drops(TraceDropsArgs),
+}
+
+/// `trace drops` flags.
+#[derive(Debug, Clone, Args)]
+pub struct TraceDropsArgs {
+    /// Print counts by (pod, reason, peer) when the trace ends instead of a line per new drop.
+    #[arg(long)]
+    pub summary: bool,
+
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Only packets from or to this address (repeatable; filtered in the kernel). Added to
+    /// the selected pods' addresses in cluster mode.
+    #[arg(long = "ip", value_name = "ADDR")]
+    pub ips: Vec<IpAddr>,
 }
 
 /// `trace syscall` flags.

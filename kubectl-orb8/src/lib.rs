@@ -8,6 +8,7 @@
 //! The modules form a stack; each imports only modules below it (`tests/module_stack.rs`
 //! checks): [`defaults`], [`image`], [`interrupt`], [`progress`], [`timing`] (on `progress`) and the
 //! model [`flow`] (on `orb8-flowspec`) at the bottom, the grouped view [`group`] on the model;
+//! [`drops`] (the model of `trace drops`) on the model and [`enrich`];
 //! [`enrich`], [`merge`], [`render`] and [`transport`] on them; [`local`] and [`k8s`] (which
 //! implements transport's pod connector) above; [`tui`] (the model and view of `top`) on the
 //! model; then [`cli`] (the
@@ -19,6 +20,7 @@
 pub mod cli;
 pub mod commands;
 pub mod defaults;
+pub mod drops;
 pub mod enrich;
 pub mod flow;
 pub mod gpu;
@@ -226,6 +228,9 @@ async fn run_command(
         Command::Trace(TraceCommand::Syscall(args)) => {
             commands::syscall::run(session, args, pod, format, interrupt, &mut out).await?;
         }
+        Command::Trace(TraceCommand::Drops(args)) => {
+            commands::drops::run(session, args, format, interrupt, &mut out).await?;
+        }
         Command::Gpu(args) => {
             let names = tokio::select! {
                 n = gpu_pod_names(&cli.global, session) => n,
@@ -258,6 +263,9 @@ pub fn agent_deadline(cli: &Cli) -> std::time::Duration {
     match &cli.command {
         Command::Flows(a) => a.duration + margin,
         Command::Trace(TraceCommand::Network(a)) => {
+            a.duration.map_or(Duration::from_secs(3600), |d| d + margin)
+        }
+        Command::Trace(TraceCommand::Drops(a)) => {
             a.duration.map_or(Duration::from_secs(3600), |d| d + margin)
         }
         Command::Top(_) => Duration::from_secs(3600),

@@ -6,15 +6,17 @@
 //! - [`stream`]: the one sequenced, loss-counting client stream both streaming RPCs use;
 //! - [`flows`]: `QueryFlows` and `StreamEvents`;
 //! - [`syscall_trace`]: `TraceSyscalls` and `GetSyscallSummary`;
+//! - [`drop_trace`]: `TraceDrops` and `GetDropSummary`;
 //! - [`status`]: the `GetStatus` reply.
 //!
 //! `GetGpus` is answered by [`crate::gpu::Gpus`].
 //!
 //! The modules form a stack: `stream` and `auth` import no sibling, `listen` imports `auth`,
-//! `flows` and `syscall_trace` import `stream`, `status` imports `flows`; only this one
+//! `flows`, `syscall_trace` and `drop_trace` import `stream`, `status` imports `flows`; only this one
 //! imports them all.
 
 pub mod auth;
+pub mod drop_trace;
 pub mod flows;
 pub mod listen;
 pub mod status;
@@ -40,6 +42,7 @@ pub struct Service {
     node: String,
     flows: flows::Flows,
     traces: syscall_trace::Traces,
+    drop_traces: drop_trace::DropTraces,
     gpus: Gpus,
 }
 
@@ -58,6 +61,7 @@ impl Service {
         Service {
             flows: flows::Flows::new(agent.clone(), node.clone()),
             traces: syscall_trace::Traces::new(agent.clone(), node.clone()),
+            drop_traces: drop_trace::DropTraces::new(agent.clone(), node.clone()),
             agent,
             node,
             gpus,
@@ -123,6 +127,24 @@ impl pb::agent_service_server::AgentService for Service {
         req: Request<pb::GetSyscallSummaryRequest>,
     ) -> Result<Response<pb::SyscallSummary>, Status> {
         self.traces
+            .summary(req.get_ref().trace_id)
+            .map(Response::new)
+    }
+
+    type TraceDropsStream = drop_trace::DropStream;
+
+    async fn trace_drops(
+        &self,
+        req: Request<pb::TraceDropsRequest>,
+    ) -> Result<Response<Self::TraceDropsStream>, Status> {
+        self.drop_traces.trace(req.get_ref()).map(Response::new)
+    }
+
+    async fn get_drop_summary(
+        &self,
+        req: Request<pb::GetDropSummaryRequest>,
+    ) -> Result<Response<pb::DropSummary>, Status> {
+        self.drop_traces
             .summary(req.get_ref().trace_id)
             .map(Response::new)
     }

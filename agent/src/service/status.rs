@@ -85,6 +85,21 @@ pub fn drop_counters(
             ));
         }
     }
+    if let Some(dc) = agent.drops.counters() {
+        use orb8_common::drops::counter as d;
+        for i in [d::RINGBUF_FULL, d::INSERT_FAILED, d::READ_FAILED] {
+            drops.push(drop_counter(
+                pb::DropStage::Kernel,
+                &format!("drops_{}", d::NAMES[i as usize]),
+                dc[i as usize],
+            ));
+        }
+        drops.push(drop_counter(
+            pb::DropStage::Agent,
+            "drops_queue_overflow",
+            agent.drops.lost_agent.load(Ordering::Relaxed),
+        ));
+    }
     drops
 }
 

@@ -349,6 +349,155 @@ pub mod sys {
     }
 }
 
+/// The drop tracer's ABI (`orb8-drops` object: raw tracepoint `kfree_skb`).
+///
+/// The kernel side aggregates dropped packets per [`DropKey`] (network namespace, interface,
+/// drop reason, 5-tuple) in a per-CPU LRU hash and sends one [`DropEvent`] per new key; reason
+/// numbers are the running kernel's `enum skb_drop_reason`, named by the agent from BTF.
+pub mod drops {
+    /// The tracer's settings: member offsets of the kernel structs it reads (from the running
+    /// kernel's BTF), the reason to skip, and whether the address filter is on. Set by the agent
+    /// as the read-only global `DROP_FIXED` when it loads the program.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct DropConfig {
+        /// `sk_buff.head` (pointer).
+        pub skb_head: u32,
+        /// `sk_buff.network_header` (u16, offset from `head`; `0xffff` when unset).
+        pub skb_network_header: u32,
+        /// `sk_buff.len` (u32); not read by the program (lengths come from the IP header),
+        /// kept so the agent checks the layout it expects.
+        pub skb_len: u32,
+        /// `sk_buff.dev` (pointer).
+        pub skb_dev: u32,
+        /// `sk_buff.protocol` (big-endian u16 EtherType).
+        pub skb_protocol: u32,
+        /// `sk_buff.sk` (pointer).
+        pub skb_sk: u32,
+        /// `net_device.ifindex` (i32).
+        pub dev_ifindex: u32,
+        /// `net_device.nd_net.net` (pointer).
+        pub dev_net: u32,
+        /// `sock.__sk_common.skc_net.net` (pointer).
+        pub sk_net: u32,
+        /// `net.ns.inum` (u32): the namespace's inode number.
+        pub net_inum: u32,
+        /// `SKB_CONSUMED` in this kernel's `enum skb_drop_reason`: not a drop, skipped.
+        pub reason_consumed: u32,
+        /// Non-zero: only packets whose source or destination is a key of `DROP_ADDRS`.
+        pub filter_addrs: u32,
+    }
+
+    /// Key of the drop table: one entry per namespace, interface, reason and 5-tuple.
+    /// Addresses and ports as in [`super::FlowKey`] (IPv4-mapped, host order, ICMP type/code).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct DropKey {
+        /// Inode of the network namespace of the packet's device (else of its socket), 0 if
+        /// neither is known.
+        pub netns: u32,
+        /// The device's interface index in that namespace, 0 when the packet had none.
+        pub ifindex: u32,
+        /// The kernel's drop reason number.
+        pub reason: u32,
+        /// IP protocol number.
+        pub protocol: u8,
+        /// [`super::family::IPV4`] or [`super::family::IPV6`].
+        pub family: u8,
+        /// Bit set of [`super::key_flags`].
+        pub flags: u8,
+        /// Explicit padding, always zero.
+        pub _pad: u8,
+        /// Source address (IPv4-mapped for IPv4).
+        pub src_addr: [u8; 16],
+        /// Destination address.
+        pub dst_addr: [u8; 16],
+        /// Source port (host order), 0 when none.
+        pub src_port: u16,
+        /// Destination port, ICMP `type << 8 | code`, or 0.
+        pub dst_port: u16,
+    }
+
+    /// Per-CPU value of the drop table.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct DropStats {
+        /// Packets dropped.
+        pub packets: u64,
+        /// Their IP-layer bytes (IPv4 total length; IPv6 40 + payload length).
+        pub bytes: u64,
+        /// `bpf_ktime_get_boot_ns` of the first drop on this CPU.
+        pub first_seen_ns: u64,
+        /// `bpf_ktime_get_boot_ns` of the last drop on this CPU.
+        pub last_seen_ns: u64,
+    }
+
+    /// A new key in the drop table (its first packet), sent through `DROP_EVENTS`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct DropEvent {
+        /// `bpf_ktime_get_boot_ns` of the drop.
+        pub ts_ns: u64,
+        /// The key.
+        pub key: DropKey,
+        /// IP-layer bytes of the dropped packet.
+        pub len: u32,
+    }
+
+    /// Indexes into the per-CPU `DROP_COUNTERS` entry. Conservation:
+    /// `seen = consumed + not_ip + read_failed + filtered + accounted + insert_failed`.
+    pub mod counter {
+        /// Calls of the tracepoint.
+        pub const SEEN: u32 = 0;
+        /// Skipped: reason `SKB_CONSUMED` (not a drop).
+        pub const CONSUMED: u32 = 1;
+        /// Dropped packets that are not IPv4/IPv6, or whose network header is not set.
+        pub const NOT_IP: u32 = 2;
+        /// The packet's headers or device could not be read.
+        pub const READ_FAILED: u32 = 3;
+        /// Left out by the address filter.
+        pub const FILTERED: u32 = 4;
+        /// Added to the drop table.
+        pub const ACCOUNTED: u32 = 5;
+        /// Not added: the table insert failed (a loss).
+        pub const INSERT_FAILED: u32 = 6;
+        /// Keys created (each sends one event).
+        pub const KEYS_CREATED: u32 = 7;
+        /// New-key events lost because the ring buffer was full.
+        pub const RINGBUF_FULL: u32 = 8;
+        /// Number of counters.
+        pub const COUNT: u32 = 9;
+        /// Stable names, indexed by counter.
+        pub const NAMES: [&str; COUNT as usize] = [
+            "seen",
+            "consumed",
+            "not_ip",
+            "read_failed",
+            "filtered",
+            "accounted",
+            "insert_failed",
+            "keys_created",
+            "ringbuf_full",
+        ];
+    }
+
+    /// Map, global and program names of the drop object.
+    pub mod names {
+        /// The read-only global [`super::DropConfig`].
+        pub const FIXED: &str = "DROP_FIXED";
+        /// Hash of watched addresses (16 bytes, IPv4-mapped).
+        pub const ADDRS: &str = "DROP_ADDRS";
+        /// Per-CPU LRU hash of [`super::DropKey`] to [`super::DropStats`].
+        pub const DROPS: &str = "DROPS";
+        /// Ring buffer of [`super::DropEvent`].
+        pub const EVENTS: &str = "DROP_EVENTS";
+        /// Per-CPU counters, indexed by [`super::counter`].
+        pub const COUNTERS: &str = "DROP_COUNTERS";
+        /// Raw tracepoint program on `kfree_skb`.
+        pub const KFREE_SKB: &str = "orb8_kfree_skb";
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain `#[repr(C)]` integers and byte arrays with explicit padding; every bit
@@ -368,6 +517,14 @@ mod user {
     unsafe impl aya::Pod for super::sys::Inflight {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::sys::SysEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::drops::DropConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::drops::DropKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::drops::DropStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::drops::DropEvent {}
 }
 
 #[cfg(test)]
@@ -386,5 +543,12 @@ mod tests {
         assert_eq!(size_of::<sys::ErrnoKey>(), 8);
         assert_eq!(size_of::<sys::Inflight>(), 16);
         assert_eq!(size_of::<sys::SysEvent>(), 4 * 8 + 8 + 16);
+        assert_eq!(size_of::<drops::DropConfig>(), 12 * 4);
+        assert_eq!(size_of::<drops::DropKey>(), 3 * 4 + 4 + 32 + 4);
+        assert_eq!(size_of::<drops::DropStats>(), 4 * 8);
+        assert_eq!(
+            size_of::<drops::DropEvent>(),
+            8 + size_of::<drops::DropKey>() + 4
+        );
     }
 }
