@@ -47,6 +47,10 @@ pub const DROP_RINGBUF_BYTES: u32 = 1 << 20;
 pub const DROP_EVENT_QUEUE: usize = 16384;
 /// How often a drop trace reports the kernel's losses (and flushes its gaps).
 pub const DROP_TICK: Duration = Duration::from_millis(200);
+/// Bytes of the TCP tracer's event ring buffer.
+pub const TCP_RINGBUF_BYTES: u32 = 1 << 20;
+/// TCP events queued for stream consumers in the agent.
+pub const TCP_EVENT_QUEUE: usize = 16384;
 /// How often a syscall trace checks that its target is still there (and flushes its gaps).
 pub const TRACE_EXIT_CHECK: Duration = Duration::from_millis(20);
 /// How long a trace whose target exited waits for the target's last events to be read.
@@ -77,6 +81,7 @@ mod tests {
         assert!(RINGBUF_BYTES.is_power_of_two() && RINGBUF_BYTES >= MIN_RINGBUF_BYTES);
         assert!(SYSCALL_RINGBUF_BYTES.is_power_of_two());
         assert!(DROP_RINGBUF_BYTES.is_power_of_two());
+        assert!(TCP_RINGBUF_BYTES.is_power_of_two());
         assert!(Duration::from_millis(RESCAN_MS) >= MIN_RESCAN);
         assert!(GAP_FLUSH > Duration::ZERO && TRACE_EXIT_CHECK > Duration::ZERO);
     }

@@ -29,6 +29,7 @@ use tokio::{
 };
 
 use crate::btf::{Btf, BtfError, reason_name};
+use crate::tracer::{describe, key_addr, read_counters, read_ring};
 
 /// Why a drop trace could not start.
 #[derive(Debug, thiserror::Error)]
@@ -140,14 +141,6 @@ pub fn kernel_config(btf: &Btf) -> Result<(DropConfig, Reasons), DropError> {
     Ok((config, reasons))
 }
 
-/// An address as the kernel key stores it (IPv4-mapped).
-pub fn key_addr(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
 /// Drops summed over CPUs, per key.
 pub type Table = HashMap<DropKey, DropStats>;
 
@@ -228,7 +221,7 @@ pub struct DropTracer {
     events: broadcast::Sender<DropEvent>,
     next_id: AtomicU64,
     /// Events read from the ring buffer.
-    pub events_received: AtomicU64,
+    pub events_received: Arc<AtomicU64>,
     /// Events a stream missed because it fell behind the agent's queue.
     pub lost_agent: AtomicU64,
 }
@@ -239,7 +232,7 @@ impl Default for DropTracer {
             loaded: Mutex::new(None),
             events: broadcast::channel(crate::defaults::DROP_EVENT_QUEUE).0,
             next_id: AtomicU64::new(1),
-            events_received: AtomicU64::new(0),
+            events_received: Arc::default(),
             lost_agent: AtomicU64::new(0),
         }
     }
@@ -272,17 +265,6 @@ where
         .take_map(name)
         .ok_or_else(|| DropError::Load(format!("the object has no map {name}")))?;
     M::try_from(map).map_err(map_err(name))
-}
-
-fn describe(addrs: &[[u8; 16]]) -> String {
-    if addrs.is_empty() {
-        return "every address".into();
-    }
-    let shown: Vec<String> = addrs
-        .iter()
-        .map(|a| std::net::Ipv6Addr::from(*a).to_canonical().to_string())
-        .collect();
-    shown.join(", ")
 }
 
 impl DropTracer {
@@ -415,7 +397,11 @@ impl DropTracer {
         // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open while registered.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| DropError::Load(format!("polling the ring buffer: {e}")))?;
-        let reader = tokio::spawn(read_ring(self.clone(), ring));
+        let reader = tokio::spawn(read_ring(
+            ring,
+            self.events.clone(),
+            self.events_received.clone(),
+        ));
         program(&mut ebpf)?
             .attach("kfree_skb")
             .map_err(|e| DropError::Load(format!("attaching to kfree_skb: {e}")))?;
@@ -443,49 +429,11 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut RawTracePoint, DropError> {
         .map_err(|e| DropError::Load(format!("{}: {e}", names::KFREE_SKB)))
 }
 
-fn read_counters(
-    map: &PerCpuArray<MapData, [u64; counter::COUNT as usize]>,
-) -> [u64; counter::COUNT as usize] {
-    let mut out = [0u64; counter::COUNT as usize];
-    if let Ok(per_cpu) = map.get(&0, 0) {
-        for cpu in per_cpu.iter() {
-            for (o, v) in out.iter_mut().zip(cpu) {
-                *o += v;
-            }
-        }
-    }
-    out
-}
-
 fn read_table(map: &PerCpuHashMap<MapData, DropKey, DropStats>) -> Table {
     map.iter()
         .flatten()
         .map(|(k, per_cpu)| (k, sum_stats(per_cpu.iter())))
         .collect()
-}
-
-/// Reads the ring buffer whenever the kernel says it is readable.
-async fn read_ring(tracer: Arc<DropTracer>, mut ring: AsyncFd<RingBuf<MapData>>) {
-    loop {
-        let mut guard = match ring.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                log::error!("drop ring buffer poll failed: {e}");
-                return;
-            }
-        };
-        let rb = guard.get_inner_mut();
-        while let Some(item) = rb.next() {
-            if item.len() < size_of::<DropEvent>() {
-                continue;
-            }
-            // SAFETY: the kernel wrote a whole `DropEvent` (checked length); read unaligned.
-            let ev: DropEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            tracer.events_received.fetch_add(1, Ordering::Relaxed);
-            let _ = tracer.events.send(ev);
-        }
-        guard.clear_ready();
-    }
 }
 
 #[cfg(test)]
@@ -537,14 +485,6 @@ mod tests {
         assert_eq!(r.name(77), "reason 77");
         assert_eq!(r.code("CONSUMED"), Some(1));
         assert_eq!(r.len(), 3);
-    }
-
-    #[test]
-    fn ipv4_addresses_are_keyed_mapped() {
-        let a = key_addr("10.1.2.3".parse().unwrap());
-        assert_eq!(&a[10..], &[0xff, 0xff, 10, 1, 2, 3]);
-        assert_eq!(describe(&[a]), "10.1.2.3");
-        assert_eq!(describe(&[]), "every address");
     }
 
     #[test]

@@ -9,6 +9,9 @@ pub mod ebpf {
     /// The packet drop tracer's object, loaded only while a client traces drops.
     pub static DROPS_OBJECT: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/orb8-drops"));
+    /// The TCP lifecycle tracer's object, loaded only while a client traces TCP.
+    pub static TCP_OBJECT: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/orb8-tcp"));
 }
 pub mod btf;
 pub mod cgroups;
@@ -27,3 +30,5 @@ pub mod report;
 pub mod runtime;
 pub mod service;
 pub mod syscalls;
+pub mod tcp;
+pub mod tracer;

@@ -108,6 +108,8 @@ pub struct Agent {
     pub syscalls: Arc<crate::syscalls::SyscallTracer>,
     /// The packet drop tracer, loaded only while a client traces drops.
     pub drops: Arc<crate::drops::DropTracer>,
+    /// The TCP lifecycle tracer, loaded only while a client traces TCP.
+    pub tcp: Arc<crate::tcp::TcpTracer>,
     started: Instant,
     config: AgentConfig,
 }
@@ -144,6 +146,7 @@ impl Agent {
             clock: BootClock::now(),
             syscalls: Arc::default(),
             drops: Arc::default(),
+            tcp: Arc::default(),
             started: Instant::now(),
             config,
         });
@@ -187,6 +190,7 @@ impl Agent {
         let mut programs = p.program_names();
         programs.extend(self.syscalls.program_names());
         programs.extend(self.drops.program_names());
+        programs.extend(self.tcp.program_names());
         (p.mode().as_str(), programs)
     }
 
@@ -283,6 +287,7 @@ impl Agent {
     pub fn shutdown(&self) {
         self.syscalls.shutdown();
         self.drops.shutdown();
+        self.tcp.shutdown();
         self.probes.lock().expect("probes lock").detach_all();
         self.interfaces.lock().expect("interfaces lock").clear();
     }

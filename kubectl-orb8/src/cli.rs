@@ -351,6 +351,27 @@ pub enum TraceCommand {
     /// cluster mode only the selected pods' traffic. --summary prints counts by pod, reason
     /// and peer at the end instead.
     Drops(TraceDropsArgs),
+    /// TCP connections as the kernel changes their state: connects and accepts with the
+    /// handshake time, closes with how they ended (who sent the first FIN, refused, reset),
+    /// resets and retransmits, client first; --states adds every state change.
+    Tcp(TraceTcpArgs),
+}
+
+/// `trace tcp` flags.
+#[derive(Debug, Clone, Args)]
+pub struct TraceTcpArgs {
+    /// Also print every state change (SYN_SENT -> ESTABLISHED, ...).
+    #[arg(long)]
+    pub states: bool,
+
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Only connections from or to this address (repeatable; filtered in the kernel). Added
+    /// to the selected pods' addresses in cluster mode.
+    #[arg(long = "ip", value_name = "ADDR")]
+    pub ips: Vec<IpAddr>,
 }
 
 /// `trace drops` flags.

@@ -8,7 +8,8 @@
 //! The modules form a stack; each imports only modules below it (`tests/module_stack.rs`
 //! checks): [`defaults`], [`image`], [`interrupt`], [`progress`], [`timing`] (on `progress`) and the
 //! model [`flow`] (on `orb8-flowspec`) at the bottom, the grouped view [`group`] on the model;
-//! [`drops`] (the model of `trace drops`) on the model and [`enrich`];
+//! [`drops`] and [`tcp`] (the models of `trace drops` and `trace tcp`) on the model and
+//! [`enrich`];
 //! [`enrich`], [`merge`], [`render`] and [`transport`] on them; [`local`] and [`k8s`] (which
 //! implements transport's pod connector) above; [`tui`] (the model and view of `top`) on the
 //! model; then [`cli`] (the
@@ -33,6 +34,7 @@ pub mod merge;
 pub mod progress;
 pub mod render;
 pub mod session;
+pub mod tcp;
 pub mod timing;
 pub mod transport;
 pub mod tui;
@@ -231,6 +233,9 @@ async fn run_command(
         Command::Trace(TraceCommand::Drops(args)) => {
             commands::drops::run(session, args, format, interrupt, &mut out).await?;
         }
+        Command::Trace(TraceCommand::Tcp(args)) => {
+            commands::tcp::run(session, args, format, interrupt, &mut out).await?;
+        }
         Command::Gpu(args) => {
             let names = tokio::select! {
                 n = gpu_pod_names(&cli.global, session) => n,
@@ -266,6 +271,9 @@ pub fn agent_deadline(cli: &Cli) -> std::time::Duration {
             a.duration.map_or(Duration::from_secs(3600), |d| d + margin)
         }
         Command::Trace(TraceCommand::Drops(a)) => {
+            a.duration.map_or(Duration::from_secs(3600), |d| d + margin)
+        }
+        Command::Trace(TraceCommand::Tcp(a)) => {
             a.duration.map_or(Duration::from_secs(3600), |d| d + margin)
         }
         Command::Top(_) => Duration::from_secs(3600),

@@ -396,6 +396,18 @@ impl AgentService for Service {
         Err(Status::unimplemented("the fake agent does not trace drops"))
     }
 
+    type TraceTcpStream =
+        futures::stream::BoxStream<'static, Result<orb8_proto::TcpTraceEvent, Status>>;
+
+    /// Not faked: TCP traces are tested against the real agent.
+    async fn trace_tcp(
+        &self,
+        request: Request<orb8_proto::TraceTcpRequest>,
+    ) -> Result<Response<Self::TraceTcpStream>, Status> {
+        self.0.check(request.metadata())?;
+        Err(Status::unimplemented("the fake agent does not trace TCP"))
+    }
+
     /// Not faked: see `trace_drops`.
     async fn get_drop_summary(
         &self,

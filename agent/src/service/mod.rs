@@ -7,12 +7,13 @@
 //! - [`flows`]: `QueryFlows` and `StreamEvents`;
 //! - [`syscall_trace`]: `TraceSyscalls` and `GetSyscallSummary`;
 //! - [`drop_trace`]: `TraceDrops` and `GetDropSummary`;
+//! - [`tcp_trace`]: `TraceTcp` (connects, accepts, closes, resets, retransmits);
 //! - [`status`]: the `GetStatus` reply.
 //!
 //! `GetGpus` is answered by [`crate::gpu::Gpus`].
 //!
 //! The modules form a stack: `stream` and `auth` import no sibling, `listen` imports `auth`,
-//! `flows`, `syscall_trace` and `drop_trace` import `stream`, `status` imports `flows`; only this one
+//! `flows`, `syscall_trace`, `drop_trace` and `tcp_trace` import `stream`, `status` imports `flows`; only this one
 //! imports them all.
 
 pub mod auth;
@@ -22,6 +23,7 @@ pub mod listen;
 pub mod status;
 pub mod stream;
 pub mod syscall_trace;
+pub mod tcp_trace;
 
 use std::sync::Arc;
 
@@ -43,6 +45,7 @@ pub struct Service {
     flows: flows::Flows,
     traces: syscall_trace::Traces,
     drop_traces: drop_trace::DropTraces,
+    tcp_traces: tcp_trace::TcpTraces,
     gpus: Gpus,
 }
 
@@ -62,6 +65,7 @@ impl Service {
             flows: flows::Flows::new(agent.clone(), node.clone()),
             traces: syscall_trace::Traces::new(agent.clone(), node.clone()),
             drop_traces: drop_trace::DropTraces::new(agent.clone(), node.clone()),
+            tcp_traces: tcp_trace::TcpTraces::new(agent.clone(), node.clone()),
             agent,
             node,
             gpus,
@@ -147,6 +151,15 @@ impl pb::agent_service_server::AgentService for Service {
         self.drop_traces
             .summary(req.get_ref().trace_id)
             .map(Response::new)
+    }
+
+    type TraceTcpStream = tcp_trace::TcpStream;
+
+    async fn trace_tcp(
+        &self,
+        req: Request<pb::TraceTcpRequest>,
+    ) -> Result<Response<Self::TraceTcpStream>, Status> {
+        self.tcp_traces.trace(req.get_ref()).map(Response::new)
     }
 
     async fn get_gpus(

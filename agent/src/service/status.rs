@@ -100,6 +100,21 @@ pub fn drop_counters(
             agent.drops.lost_agent.load(Ordering::Relaxed),
         ));
     }
+    if let Some(tc) = agent.tcp.counters() {
+        use orb8_common::tcp::counter as t;
+        for i in [t::RINGBUF_FULL, t::CONN_MAP_FULL] {
+            drops.push(drop_counter(
+                pb::DropStage::Kernel,
+                &format!("tcp_{}", t::NAMES[i as usize]),
+                tc[i as usize],
+            ));
+        }
+        drops.push(drop_counter(
+            pb::DropStage::Agent,
+            "tcp_queue_overflow",
+            agent.tcp.lost_agent.load(Ordering::Relaxed),
+        ));
+    }
     drops
 }
 

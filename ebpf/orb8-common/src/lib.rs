@@ -498,6 +498,207 @@ pub mod drops {
     }
 }
 
+/// The TCP lifecycle tracer's ABI (`orb8-tcp` object: raw tracepoints `inet_sock_set_state`,
+/// `tcp_retransmit_skb`, `tcp_receive_reset`, `tcp_send_reset`).
+///
+/// The kernel side keeps one [`TcpConn`] per traced socket (keyed by the socket's address) from
+/// its first state change to `TCP_CLOSE`, and sends a [`TcpEvent`] for each connect, accept,
+/// close, reset and retransmit (and, when asked, every state change).
+pub mod tcp {
+    /// The tracer's settings: member offsets of the kernel structs it reads (from the running
+    /// kernel's BTF) and the filters. Set by the agent as the read-only global `TCP_FIXED`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct TcpConfig {
+        /// `sock.__sk_common.skc_family` (u16).
+        pub family: u32,
+        /// `sock.__sk_common.skc_daddr` (IPv4, network order).
+        pub daddr: u32,
+        /// `sock.__sk_common.skc_rcv_saddr`.
+        pub saddr: u32,
+        /// `sock.__sk_common.skc_dport` (network order).
+        pub dport: u32,
+        /// `sock.__sk_common.skc_num` (host order; 0 once the port is released).
+        pub num: u32,
+        /// `sock.__sk_common.skc_v6_daddr` (16 bytes).
+        pub v6_daddr: u32,
+        /// `sock.__sk_common.skc_v6_rcv_saddr`.
+        pub v6_saddr: u32,
+        /// `sock.__sk_common.skc_net.net` (pointer).
+        pub net: u32,
+        /// `net.ns.inum`.
+        pub net_inum: u32,
+        /// `sock.sk_protocol` (u16).
+        pub protocol: u32,
+        /// `tcp_sock.srtt_us` (u32, smoothed RTT in 1/8 µs).
+        pub srtt_us: u32,
+        /// Non-zero: only sockets one of whose addresses is a key of `TCP_ADDRS`.
+        pub filter_addrs: u32,
+    }
+
+    /// TCP states as the kernel numbers them.
+    pub mod state {
+        /// `TCP_ESTABLISHED`.
+        pub const ESTABLISHED: u8 = 1;
+        /// `TCP_SYN_SENT`.
+        pub const SYN_SENT: u8 = 2;
+        /// `TCP_SYN_RECV`.
+        pub const SYN_RECV: u8 = 3;
+        /// `TCP_FIN_WAIT1`: this side closed first.
+        pub const FIN_WAIT1: u8 = 4;
+        /// `TCP_CLOSE`.
+        pub const CLOSE: u8 = 7;
+        /// `TCP_CLOSE_WAIT`: the peer closed first.
+        pub const CLOSE_WAIT: u8 = 8;
+        /// `TCP_LISTEN`.
+        pub const LISTEN: u8 = 10;
+    }
+
+    /// Who opened a connection.
+    pub mod role {
+        /// Not seen opening.
+        pub const UNKNOWN: u8 = 0;
+        /// This side connected (SYN_SENT).
+        pub const CONNECT: u8 = 1;
+        /// This side accepted (SYN_RECV).
+        pub const ACCEPT: u8 = 2;
+    }
+
+    /// Which side sent the first FIN.
+    pub mod fin {
+        /// No FIN seen.
+        pub const NONE: u8 = 0;
+        /// This side (ESTABLISHED → FIN_WAIT1).
+        pub const LOCAL: u8 = 1;
+        /// The peer (ESTABLISHED → CLOSE_WAIT).
+        pub const PEER: u8 = 2;
+    }
+
+    /// One traced socket (value of `TCP_CONNS`, keyed by the socket's kernel address).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct TcpConn {
+        /// `bpf_ktime_get_boot_ns` of the first state change seen (SYN_SENT / SYN_RECV).
+        pub start_ns: u64,
+        /// When it became ESTABLISHED (0 if never).
+        pub established_ns: u64,
+        /// Local address (IPv4-mapped for IPv4).
+        pub saddr: [u8; 16],
+        /// Remote address.
+        pub daddr: [u8; 16],
+        /// Network namespace inode.
+        pub netns: u32,
+        /// Smoothed RTT, µs, when last read (at ESTABLISHED and at close).
+        pub srtt_us: u32,
+        /// Retransmitted segments.
+        pub retransmits: u32,
+        /// Local port (kept once known: the kernel clears it before `TCP_CLOSE`).
+        pub sport: u16,
+        /// Remote port.
+        pub dport: u16,
+        /// [`super::family::IPV4`] or [`super::family::IPV6`].
+        pub family: u8,
+        /// One of [`role`].
+        pub role: u8,
+        /// One of [`fin`].
+        pub fin: u8,
+        /// Resets this side sent.
+        pub rst_sent: u8,
+        /// Resets this side received.
+        pub rst_received: u8,
+        /// The last state.
+        pub state: u8,
+        /// Explicit padding, always zero.
+        pub _pad: [u8; 2],
+    }
+
+    /// Kinds of [`TcpEvent`].
+    pub mod kind {
+        /// SYN_SENT → ESTABLISHED.
+        pub const CONNECT: u32 = 1;
+        /// SYN_RECV → ESTABLISHED.
+        pub const ACCEPT: u32 = 2;
+        /// → CLOSE: the connection's final record.
+        pub const CLOSE: u32 = 3;
+        /// This side sent a reset.
+        pub const RESET_SENT: u32 = 4;
+        /// This side received a reset.
+        pub const RESET_RECEIVED: u32 = 5;
+        /// A segment was retransmitted.
+        pub const RETRANSMIT: u32 = 6;
+        /// Any other state change (sent only when asked).
+        pub const STATE: u32 = 7;
+    }
+
+    /// An event, sent through `TCP_EVENTS`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct TcpEvent {
+        /// `bpf_ktime_get_boot_ns`.
+        pub ts_ns: u64,
+        /// One of [`kind`].
+        pub kind: u32,
+        /// State before (state changes).
+        pub old_state: u8,
+        /// State after.
+        pub new_state: u8,
+        /// Explicit padding, always zero.
+        pub _pad: [u8; 2],
+        /// The connection as it is now.
+        pub conn: TcpConn,
+    }
+
+    /// Indexes into the per-CPU `TCP_COUNTERS` entry.
+    pub mod counter {
+        /// Tracepoint calls for TCP sockets.
+        pub const SEEN: u32 = 0;
+        /// Sockets left out by the address filter.
+        pub const FILTERED: u32 = 1;
+        /// Sockets not tracked: the table was full (a loss).
+        pub const CONN_MAP_FULL: u32 = 2;
+        /// Events lost because the ring buffer was full.
+        pub const RINGBUF_FULL: u32 = 3;
+        /// Events sent.
+        pub const EVENTS: u32 = 4;
+        /// Number of counters.
+        pub const COUNT: u32 = 5;
+        /// Stable names, indexed by counter.
+        pub const NAMES: [&str; COUNT as usize] = [
+            "seen",
+            "filtered",
+            "conn_map_full",
+            "ringbuf_full",
+            "events",
+        ];
+    }
+
+    /// Map, global and program names of the TCP object.
+    pub mod names {
+        /// The read-only global [`super::TcpConfig`].
+        pub const FIXED: &str = "TCP_FIXED";
+        /// Array (one u32): non-zero to send every state change.
+        pub const STATES: &str = "TCP_STATES";
+        /// Hash of watched addresses.
+        pub const ADDRS: &str = "TCP_ADDRS";
+        /// Hash of socket address to [`super::TcpConn`].
+        pub const CONNS: &str = "TCP_CONNS";
+        /// Ring buffer of [`super::TcpEvent`].
+        pub const EVENTS: &str = "TCP_EVENTS";
+        /// Per-CPU scratch [`super::TcpEvent`].
+        pub const SCRATCH: &str = "TCP_SCRATCH";
+        /// Per-CPU counters.
+        pub const COUNTERS: &str = "TCP_COUNTERS";
+        /// On `inet_sock_set_state`.
+        pub const SET_STATE: &str = "orb8_tcp_set_state";
+        /// On `tcp_retransmit_skb`.
+        pub const RETRANSMIT: &str = "orb8_tcp_retransmit";
+        /// On `tcp_receive_reset`.
+        pub const RECEIVE_RESET: &str = "orb8_tcp_receive_reset";
+        /// On `tcp_send_reset`.
+        pub const SEND_RESET: &str = "orb8_tcp_send_reset";
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain `#[repr(C)]` integers and byte arrays with explicit padding; every bit
@@ -525,6 +726,12 @@ mod user {
     unsafe impl aya::Pod for super::drops::DropStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::drops::DropEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::tcp::TcpConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::tcp::TcpConn {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::tcp::TcpEvent {}
 }
 
 #[cfg(test)]
@@ -549,6 +756,12 @@ mod tests {
         assert_eq!(
             size_of::<drops::DropEvent>(),
             8 + size_of::<drops::DropKey>() + 4
+        );
+        assert_eq!(size_of::<tcp::TcpConfig>(), 12 * 4);
+        assert_eq!(size_of::<tcp::TcpConn>(), 2 * 8 + 32 + 3 * 4 + 2 * 2 + 8);
+        assert_eq!(
+            size_of::<tcp::TcpEvent>(),
+            8 + 4 + 4 + size_of::<tcp::TcpConn>()
         );
     }
 }

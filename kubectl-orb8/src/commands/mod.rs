@@ -8,6 +8,7 @@ pub mod flows;
 pub mod gpu;
 pub mod status;
 pub mod syscall;
+pub mod tcp;
 pub mod top;
 pub mod trace;
 pub mod version;

@@ -219,6 +219,21 @@ impl Agent {
         .await
     }
 
+    /// Starts a TCP trace; it runs while the returned stream is open.
+    pub async fn trace_tcp(
+        &self,
+        request: orb8_proto::TraceTcpRequest,
+    ) -> Result<Streaming<orb8_proto::TcpTraceEvent>, AgentError> {
+        let mut client = self.client.clone();
+        within(
+            &self.addr,
+            "TraceTcp",
+            RPC_TIMEOUT,
+            client.trace_tcp(request),
+        )
+        .await
+    }
+
     /// The drops of an open drop trace since it started.
     pub async fn drop_summary(&self, trace_id: u64) -> Result<orb8_proto::DropSummary, AgentError> {
         let mut client = self.client.clone();
