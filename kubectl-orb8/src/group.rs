@@ -14,7 +14,10 @@
 //!   `None` for protocols without ports and for fragments.
 //! - `direction`: the observed end's (`egress`: it sent).
 //! - `connections`: the flows (five-tuples, one per direction) folded in; `resets`: how many of
-//!   them carried a TCP RST; `tcp_flags`: every flag any of them carried.
+//!   them carried a TCP RST; `failed`: how many were failed connects (a TCP flow with a SYN and
+//!   never an ACK: the opening side's packets of a connection that was never established; the
+//!   answering side's SYN-ACK always carries an ACK); `tcp_flags`: every flag any of them
+//!   carried.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -25,6 +28,10 @@ use crate::flow::{Endpoint, FlowRecord};
 
 /// The TCP RST bit of a flow's flags.
 const TCP_RST: u32 = 0x04;
+/// The TCP SYN bit.
+const TCP_SYN: u32 = 0x02;
+/// The TCP ACK bit.
+const TCP_ACK: u32 = 0x10;
 
 /// What rows are made of: the module's key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,6 +61,8 @@ pub struct FlowGroup {
     pub connections: u64,
     /// Flows among them with a TCP RST.
     pub resets: u64,
+    /// Flows among them that were failed connects (SYN, never ACK).
+    pub failed: u64,
     /// Packets, summed.
     pub packets: u64,
     /// IP-layer bytes, summed.
@@ -131,6 +140,7 @@ impl Groups {
             named: f.observed_and_peer().0.is_some(),
             connections: 0,
             resets: 0,
+            failed: 0,
             packets: 0,
             bytes: 0,
             tcp_flags: 0,
@@ -140,6 +150,9 @@ impl Groups {
         row.connections += 1;
         if f.protocol == Protocol::TCP && f.tcp_flags & TCP_RST != 0 {
             row.resets += 1;
+        }
+        if f.protocol == Protocol::TCP && f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            row.failed += 1;
         }
         row.packets = row.packets.saturating_add(f.packets);
         row.bytes = row.bytes.saturating_add(f.bytes);
@@ -270,6 +283,9 @@ mod tests {
         );
         assert_eq!((back.connections, back.resets, back.packets), (2, 1, 5));
         assert_eq!((back.first_seen_nanos, back.last_seen_nanos), (101, 350));
+        // 40003 only ever sent its SYN: a failed connect, on the opening side only (a reply
+        // with RST alone, or a SYN-ACK, is not one).
+        assert_eq!((out.failed, back.failed), (1, 0));
     }
 
     #[test]

@@ -170,10 +170,11 @@ pub fn groups(groups: &[FlowGroup], wide: bool, now: SystemTime, width: Option<u
         "BYTES",
         "FLAGS",
         "RESETS",
+        "FAILED",
         "FIRST SEEN",
         "LAST SEEN",
     ]);
-    caps.extend([24, 24, 5, 6, 9, 5, 7, 10, 8, 6, 6, 6]);
+    caps.extend([24, 24, 5, 6, 9, 5, 7, 10, 8, 6, 6, 6, 6]);
     let rows: Vec<Vec<String>> = groups
         .iter()
         .map(|g| {
@@ -204,6 +205,11 @@ pub fn groups(groups: &[FlowGroup], wide: bool, now: SystemTime, width: Option<u
                 } else {
                     "-".into()
                 },
+                if g.key.protocol == orb8_flowspec::Protocol::TCP {
+                    g.failed.to_string()
+                } else {
+                    "-".into()
+                },
                 age(g.first_seen_nanos, now),
                 age(g.last_seen_nanos, now),
             ]);
@@ -215,7 +221,14 @@ pub fn groups(groups: &[FlowGroup], wide: bool, now: SystemTime, width: Option<u
     let offset = usize::from(wide);
     right_align(
         &mut table,
-        &[2 + offset, 5 + offset, 6 + offset, 7 + offset, 9 + offset],
+        &[
+            2 + offset,
+            5 + offset,
+            6 + offset,
+            7 + offset,
+            9 + offset,
+            10 + offset,
+        ],
     );
     set_minimums(&mut table, &rows, &header, &caps);
     finish(&table)
@@ -391,6 +404,7 @@ mod tests {
                 "BYTES",
                 "FLAGS",
                 "RESETS",
+                "FAILED",
                 "FIRST",
                 "SEEN",
                 "LAST",
@@ -410,6 +424,7 @@ mod tests {
                 "4",
                 "300",
                 "B",
+                "-",
                 "-",
                 "-",
                 "4.9s",

@@ -171,6 +171,8 @@ pub struct FlowGroupView {
     pub tcp_flags: String,
     /// How many of them carried a TCP reset.
     pub resets: u64,
+    /// How many of them were failed connects (a SYN, never an ACK).
+    pub failed: u64,
     /// The earliest first packet, RFC 3339 UTC with nanoseconds.
     pub first_seen: Option<String>,
     /// The latest packet, RFC 3339 UTC with nanoseconds.
@@ -191,6 +193,7 @@ impl From<&FlowGroup> for FlowGroupView {
             bytes: g.bytes,
             tcp_flags: g.tcp_flag_letters(),
             resets: g.resets,
+            failed: g.failed,
             first_seen: rfc3339_nanos(g.first_seen_nanos),
             last_seen: rfc3339_nanos(g.last_seen_nanos),
         }
