@@ -9,7 +9,7 @@
 //! checks): [`defaults`], [`image`], [`interrupt`], [`progress`], [`timing`] (on `progress`) and the
 //! model [`flow`] (on `orb8-flowspec`) at the bottom, the grouped view [`group`] on the model;
 //! [`drops`] and [`tcp`] (the models of `trace drops` and `trace tcp`) on the model and
-//! [`enrich`];
+//! [`enrich`], [`tcpconn`] (TCP records joined to flow rows) on `tcp`;
 //! [`enrich`], [`merge`], [`render`] and [`transport`] on them; [`local`] and [`k8s`] (which
 //! implements transport's pod connector) above; [`tui`] (the model and view of `top`) on the
 //! model; then [`cli`] (the
@@ -35,6 +35,7 @@ pub mod progress;
 pub mod render;
 pub mod session;
 pub mod tcp;
+pub mod tcpconn;
 pub mod timing;
 pub mod transport;
 pub mod tui;

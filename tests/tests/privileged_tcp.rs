@@ -399,3 +399,89 @@ fn privileged_trace_tcp_cli_shows_the_connection_client_first() {
         "{lines:#?}"
     );
 }
+
+/// Whether a child process of `parent` holds a raw tracepoint link on `tp`.
+fn child_has_tracepoint(parent: u32, tp: &str) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    for p in procs.flatten() {
+        let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else {
+            continue;
+        };
+        // The parent PID is the second field after the command name's closing parenthesis.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<u32>().ok());
+        if ppid != Some(parent) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fdinfo")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_to_string(fd.path())
+                .is_ok_and(|t| t.contains(&format!("tp_name:\t{tp}\n")))
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn privileged_flows_wide_by_connection_show_tcp_state_and_retransmits() {
+    use std::process::{Command, Stdio};
+    require_root();
+    let w = Wire::new();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &w.left.name])
+        .arg(workspace_bin("kubectl-orb8"))
+        .args(["--local", "flows", "--by", "connection", "-o", "wide"])
+        .args(["--duration", "6s", "--protocol", "tcp"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning kubectl-orb8");
+    let end = Instant::now() + Duration::from_secs(20);
+    while !child_has_tracepoint(child.id(), "inet_sock_set_state") {
+        assert!(Instant::now() < end, "the TCP trace did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_attached(&w.left, "eth0");
+    let port = exchange(&w, sock(&w.right4, 8080));
+    let out = client_stdout(child);
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    assert!(
+        header.ends_with(&["STATE", "RTT", "RETRANS", "RESETS"]),
+        "{out}"
+    );
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .filter(|r: &Vec<&str>| r.iter().any(|c| c.ends_with(&format!(":{port}"))))
+        .collect();
+    assert_eq!(
+        rows.len(),
+        2,
+        "both directions of the connection on eth0: {out}"
+    );
+    for r in &rows {
+        let n = r.len();
+        assert_eq!(
+            (r[n - 4], r[n - 2], r[n - 1]),
+            ("first", "0", "0"),
+            "closed by the client first, no retransmits, no resets: {out}"
+        );
+        assert!(r[n - 3].ends_with("ms"), "an RTT: {out}");
+    }
+}

@@ -27,13 +27,28 @@ pub fn write_flows(
     flows: &[FlowRecord],
     now: SystemTime,
 ) -> io::Result<()> {
+    write_flows_with_tcp(out, format, flows, now, None)
+}
+
+/// [`write_flows`], the wide table with TCP connection columns from `tcp` when given.
+pub fn write_flows_with_tcp(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    flows: &[FlowRecord],
+    now: SystemTime,
+    tcp: Option<&crate::tcpconn::TcpConnTable>,
+) -> io::Result<()> {
     match format {
         OutputFormat::Table | OutputFormat::Wide => {
             let wide = format == OutputFormat::Wide;
             if flows.is_empty() {
                 return Ok(());
             }
-            writeln!(out, "{}", table::flows(flows, wide, now, None))
+            writeln!(
+                out,
+                "{}",
+                table::flows_with_tcp(flows, wide, now, None, tcp)
+            )
         }
         OutputFormat::Json => writeln!(out, "{}", json::flows(flows)?),
         OutputFormat::Yaml => out.write_all(yaml::flows(flows)?.as_bytes()),
