@@ -58,6 +58,7 @@ fn main() {
         flow_map_entries: 131_072,
         ringbuf_bytes: 1 << 24,
         mode: AttachMode::detect(),
+        dns_ports: orb8_common::dns::DnsPorts::DEFAULT,
     })
     .expect("loading the probes");
 

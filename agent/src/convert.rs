@@ -73,6 +73,67 @@ fn flow_key(node: &str, interface: String, k: &orb8_common::FlowKey) -> pb::Flow
     }
 }
 
+/// The DNS messages of one probe event as sightings, and why the rest of its payload (if any)
+/// was not read.
+pub fn dns_sightings(
+    ev: &orb8_common::dns::DnsEvent,
+) -> (Vec<crate::dns::Sighting>, Option<crate::dns::Unparsed>) {
+    let k = &ev.key;
+    let captured = (ev.captured as usize).min(ev.payload.len());
+    let (messages, unparsed) =
+        crate::dns::parse(k.protocol, &ev.payload[..captured], ev.payload_len as usize);
+    let src = std::net::SocketAddr::new(addr(k.family, &k.src_addr), k.src_port);
+    let dst = std::net::SocketAddr::new(addr(k.family, &k.dst_addr), k.dst_port);
+    let sightings = messages
+        .into_iter()
+        .map(|message| crate::dns::Sighting {
+            ts_ns: ev.ts_ns,
+            ifindex: k.ifindex,
+            protocol: k.protocol,
+            src,
+            dst,
+            message,
+        })
+        .collect();
+    (sightings, unparsed)
+}
+
+/// Converts a DNS exchange to the wire type; `interface` names the interface of its query.
+pub fn dns_exchange(
+    e: &crate::dns::Exchange,
+    interface: String,
+    clock: &BootClock,
+) -> pb::DnsExchange {
+    pb::DnsExchange {
+        protocol: e.protocol as u32,
+        client_addr: ip_to_bytes(e.client.ip()),
+        client_port: e.client.port() as u32,
+        server_addr: ip_to_bytes(e.server.ip()),
+        server_port: e.server.port() as u32,
+        id: e.id as u32,
+        name: e.qname.clone(),
+        qtype: e.qtype.clone(),
+        rcode: e.rcode.clone().unwrap_or_default(),
+        timeout: e.rcode.is_none(),
+        latency_ns: e.latency_ns.unwrap_or(0),
+        answers: e
+            .answers
+            .iter()
+            .map(|a| pb::DnsAnswer {
+                name: a.name.clone(),
+                r#type: a.rtype.clone(),
+                ttl: a.ttl,
+                data: a.data.clone(),
+                addr: a.addr.map(ip_to_bytes).unwrap_or_default(),
+            })
+            .collect(),
+        interface,
+        interface_role: String::new(),
+        query_unix_nanos: unix_nanos(clock, e.query_ns),
+        netns_owner: None,
+    }
+}
+
 /// Converts a finished syscall (stream mode) to the wire type.
 pub fn syscall_event(
     e: &orb8_common::sys::SysEvent,

@@ -37,6 +37,22 @@ pub const CLIENT_BUFFER: usize = 4096;
 /// The longest a flow stream's unreported loss waits for its `Gap` when no event comes.
 pub const GAP_FLUSH: Duration = Duration::from_millis(250);
 
+/// Bytes of the DNS message ring buffer (a message takes about 1.1 KiB).
+pub const DNS_RINGBUF_BYTES: u32 = 1 << 20;
+/// `--dns-timeout`: a query without a response this long is reported as a timeout.
+pub const DNS_TIMEOUT: &str = "5s";
+/// The shortest period of the DNS timeout check.
+pub const DNS_EXPIRE_MIN: Duration = Duration::from_millis(50);
+/// Open DNS queries tracked (and finished ones remembered for de-duplication); queries beyond
+/// it are counted as `dns_pending_full`.
+pub const DNS_PENDING: usize = 65536;
+/// Addresses remembered with the DNS name they were an answer for.
+pub const DNS_NAMES: usize = 65536;
+/// DNS exchanges queued in the agent's fan-out.
+pub const DNS_EVENT_QUEUE: usize = 4096;
+/// `--dns-port`: extra ports besides 53, at most this many.
+pub const DNS_EXTRA_PORTS: usize = orb8_common::dns::MAX_PORTS - 1;
+
 /// Bytes of the syscall event ring buffer.
 pub const SYSCALL_RINGBUF_BYTES: u32 = 4 << 20;
 /// Syscall events queued for stream consumers in the agent; one further behind loses the oldest.
@@ -82,6 +98,11 @@ mod tests {
         assert!(SYSCALL_RINGBUF_BYTES.is_power_of_two());
         assert!(DROP_RINGBUF_BYTES.is_power_of_two());
         assert!(TCP_RINGBUF_BYTES.is_power_of_two());
+        assert!(DNS_RINGBUF_BYTES.is_power_of_two());
+        assert_eq!(
+            humantime::parse_duration(DNS_TIMEOUT).unwrap(),
+            Duration::from_secs(5)
+        );
         assert!(Duration::from_millis(RESCAN_MS) >= MIN_RESCAN);
         assert!(GAP_FLUSH > Duration::ZERO && TRACE_EXIT_CHECK > Duration::ZERO);
     }

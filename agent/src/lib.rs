@@ -19,6 +19,7 @@ pub mod clsact;
 pub mod containers;
 pub mod convert;
 pub mod defaults;
+pub mod dns;
 pub mod drops;
 pub mod flows;
 pub mod gpu;

@@ -108,6 +108,13 @@ struct ProbeArgs {
     /// Interface rescan period in milliseconds.
     #[arg(long, default_value_t = defaults::RESCAN_MS, value_name = "MS")]
     rescan_ms: u64,
+    /// A port carrying DNS besides 53 (repeatable, at most 7): its TCP/UDP payloads are parsed
+    /// as DNS messages.
+    #[arg(long = "dns-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    dns_ports: Vec<u16>,
+    /// A DNS query without a response this long is reported as a timeout.
+    #[arg(long, default_value = defaults::DNS_TIMEOUT, value_parser = humantime::parse_duration)]
+    dns_timeout: Duration,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -147,6 +154,26 @@ impl ProbeArgs {
         if self.flow_map_size == 0 {
             anyhow::bail!("--flow-map-size must be at least 1");
         }
+        let mut dns_ports = orb8_common::dns::DnsPorts::DEFAULT;
+        let mut extra: Vec<u16> = self
+            .dns_ports
+            .iter()
+            .copied()
+            .filter(|p| *p != 53)
+            .collect();
+        extra.sort_unstable();
+        extra.dedup();
+        if extra.len() > defaults::DNS_EXTRA_PORTS {
+            anyhow::bail!(
+                "--dns-port: at most {} ports besides 53, got {}",
+                defaults::DNS_EXTRA_PORTS,
+                extra.len()
+            );
+        }
+        dns_ports.ports[1..=extra.len()].copy_from_slice(&extra);
+        if self.dns_timeout.is_zero() {
+            anyhow::bail!("--dns-timeout must be more than 0");
+        }
         Ok(AgentConfig {
             interfaces: self
                 .interfaces
@@ -163,8 +190,10 @@ impl ProbeArgs {
                     Mode::Tcx => AttachMode::Tcx,
                     Mode::Tc => AttachMode::Tc,
                 },
+                dns_ports,
             },
             event_queue: defaults::EVENT_QUEUE,
+            dns_timeout: self.dns_timeout,
         })
     }
 }
@@ -282,11 +311,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("set {TOKEN_ENV} to the session token (at least 16 characters)");
     }
     let config = args.probe.config()?;
-    let gpus = Gpus::detect(&GpuConfig {
+    let gpus = Arc::new(Gpus::detect(&GpuConfig {
         recorded: args.gpu.gpu_samples.clone(),
         dcgm_exporter: args.gpu.dcgm_exporter.clone(),
         pod_resources_socket: args.gpu.pod_resources_socket.clone(),
-    })?;
+    })?);
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let listener = Listener::bind(&args.listen)
@@ -306,7 +335,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .filter(|n| !n.is_empty())
         .unwrap_or_else(host_name);
     let (mode, _) = agent.probe_info();
-    let service = Service::with_gpus(agent.clone(), node.clone(), gpus);
+    let service = Service::with_gpus(agent.clone(), node.clone(), gpus.clone());
     let metrics_address = match metrics_listener {
         Some(l) => {
             let address = l.local_addr()?.to_string();
@@ -323,6 +352,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 service.slow_client_counter(),
                 dirs,
                 args.metrics_pod_cap,
+                gpus,
             );
             tasks.push(tokio::spawn(metrics::http::serve(l, Arc::new(m))));
             Some(address)

@@ -17,6 +17,8 @@ use aya::{
     },
     util::KernelVersion,
 };
+/// The DNS ports of [`ProbeConfig::dns_ports`].
+pub use orb8_common::dns::DnsPorts;
 use orb8_common::{FlowKey, FlowStats, counter, names};
 
 use crate::{clsact, interfaces::Selected};
@@ -57,6 +59,8 @@ pub struct ProbeConfig {
     pub ringbuf_bytes: u32,
     /// How to attach.
     pub mode: AttachMode,
+    /// The ports whose TCP/UDP payloads are handed over as DNS messages (fixed at load).
+    pub dns_ports: DnsPorts,
 }
 
 /// Failures the agent reports while loading or attaching, each with what to do about it.
@@ -126,6 +130,8 @@ pub struct Maps {
     pub events: RingBuf<MapData>,
     /// Per-CPU counters: one entry, an array indexed by `orb8_common::counter`.
     pub counters: PerCpuArray<MapData, [u64; counter::COUNT as usize]>,
+    /// DNS messages (`orb8_common::dns::DnsEvent`).
+    pub dns: RingBuf<MapData>,
 }
 
 const PROGRAMS: [(&str, TcAttachType, &str); 2] = [
@@ -143,6 +149,8 @@ impl Probes {
             .btf(None)
             .map_max_entries(names::FLOWS, config.flow_map_entries)
             .map_max_entries(names::EVENTS, config.ringbuf_bytes)
+            .map_max_entries(names::DNS_EVENTS, crate::defaults::DNS_RINGBUF_BYTES)
+            .override_global(names::DNS_PORTS, &config.dns_ports, true)
             .load(crate::ebpf::OBJECT)
             .map_err(|source| ProbeError::Load {
                 hint: load_hint(&source),
@@ -165,6 +173,7 @@ impl Probes {
         let flows = take_map(&mut ebpf, names::FLOWS)?;
         let events = take_map(&mut ebpf, names::EVENTS)?;
         let counters = take_map(&mut ebpf, names::COUNTERS)?;
+        let dns = take_map(&mut ebpf, names::DNS_EVENTS)?;
         Ok((
             Probes {
                 ebpf,
@@ -175,6 +184,7 @@ impl Probes {
                 flows,
                 events,
                 counters,
+                dns,
             },
         ))
     }

@@ -4,7 +4,9 @@
 //! Memory is bounded: the kernel flow table holds at most `flow_map_entries` flows (each
 //! snapshot is a `Vec` of at most that many), the event fan-out holds at most `event_queue`
 //! events (a consumer that falls further behind loses the oldest and the loss is counted), and
-//! the ring buffer is `ringbuf_bytes` in the kernel.
+//! the ring buffer is `ringbuf_bytes` in the kernel. DNS messages come through their own ring
+//! buffer into one [`dns::Tracker`] (bounded tables) and their exchanges through their own
+//! fan-out.
 
 use std::{
     os::fd::AsRawFd as _,
@@ -25,6 +27,7 @@ use tokio::{
 };
 
 use crate::{
+    dns,
     flows::{self, BootClock, Flow},
     interfaces::{self, Selected},
     probes::{ProbeConfig, Probes},
@@ -44,6 +47,8 @@ pub struct AgentConfig {
     pub probe: ProbeConfig,
     /// Capacity of the event fan-out to consumers.
     pub event_queue: usize,
+    /// A DNS query unanswered this long is reported as a timeout.
+    pub dns_timeout: Duration,
 }
 
 /// Something consumers of the agent are told about as it happens.
@@ -76,6 +81,23 @@ pub struct AgentStats {
     pub events_received: AtomicU64,
     /// Events a consumer missed because it fell more than `event_queue` behind.
     pub events_lost_slow_consumer: AtomicU64,
+    /// DNS exchanges a consumer missed because it fell behind the DNS fan-out.
+    pub dns_lost_slow_consumer: AtomicU64,
+    /// DNS exchanges `TraceDns` clients were too slow to take.
+    pub dns_slow_client: Arc<AtomicU64>,
+}
+
+/// What the agent makes of the DNS messages the probe hands over.
+#[derive(Debug)]
+struct DnsState {
+    tracker: dns::Tracker,
+    names: dns::Names,
+    /// Messages read from the ring buffer.
+    messages: u64,
+    /// Exchanges completed (answered or timed out).
+    exchanges: u64,
+    /// Messages (or segments) not read, by reason.
+    unparsed: std::collections::HashMap<dns::Unparsed, u64>,
 }
 
 /// A point-in-time view of the agent, for status reports and summaries.
@@ -100,6 +122,8 @@ pub struct Agent {
     /// Who lives at the other end of each attached veth, by host interface index.
     peers: Mutex<std::collections::HashMap<u32, crate::peers::Peer>>,
     events: broadcast::Sender<AgentEvent>,
+    dns: Mutex<DnsState>,
+    dns_events: broadcast::Sender<dns::Exchange>,
     /// Userspace counters.
     pub stats: AgentStats,
     /// Converts kernel timestamps to wall-clock time.
@@ -134,6 +158,8 @@ impl Agent {
             bail!("no such network interface: {}", names.join(", "));
         }
         let (events, _) = broadcast::channel(config.event_queue);
+        let (dns_events, _) = broadcast::channel(crate::defaults::DNS_EVENT_QUEUE);
+        let timeout_ns = config.dns_timeout.as_nanos().min(u64::MAX as u128) as u64;
         let agent = Arc::new(Agent {
             probes: Mutex::new(probes),
             flows: Mutex::new(maps.flows),
@@ -142,6 +168,14 @@ impl Agent {
             names: Mutex::default(),
             peers: Mutex::default(),
             events,
+            dns: Mutex::new(DnsState {
+                tracker: dns::Tracker::new(timeout_ns, crate::defaults::DNS_PENDING),
+                names: dns::Names::new(crate::defaults::DNS_NAMES),
+                messages: 0,
+                exchanges: 0,
+                unparsed: Default::default(),
+            }),
+            dns_events,
             stats: AgentStats::default(),
             clock: BootClock::now(),
             syscalls: Arc::default(),
@@ -159,9 +193,14 @@ impl Agent {
         // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open while registered.
         let ring = unsafe { AsyncFd::register_with_interest(maps.events, Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+        // SAFETY: as above, for the DNS ring buffer.
+        let dns_ring = unsafe { AsyncFd::register_with_interest(maps.dns, Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("polling the DNS ring buffer: {e}"))?;
         let tasks = vec![
             conn_task_wrapper(conn_task),
             tokio::spawn(read_ring(agent.clone(), ring)),
+            tokio::spawn(read_dns_ring(agent.clone(), dns_ring)),
+            tokio::spawn(expire_dns(agent.clone())),
             tokio::spawn(rescan(agent.clone(), handle)),
         ];
         Ok((agent, tasks))
@@ -177,6 +216,89 @@ impl Agent {
         self.stats
             .events_lost_slow_consumer
             .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Subscribes to DNS exchanges from now on.
+    pub fn subscribe_dns(&self) -> broadcast::Receiver<dns::Exchange> {
+        self.dns_events.subscribe()
+    }
+
+    /// Records that a consumer missed `n` DNS exchanges.
+    pub fn count_dns_lost(&self, n: u64) {
+        self.stats
+            .dns_lost_slow_consumer
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The DNS name `addr` was last an answer for, as seen on this node.
+    pub fn dns_name(&self, addr: &std::net::IpAddr) -> Option<String> {
+        self.dns
+            .lock()
+            .expect("dns lock")
+            .names
+            .name_of(addr)
+            .map(str::to_string)
+    }
+
+    /// The agent's DNS counters by name (the kernel's are in [`Agent::counters`]).
+    pub fn dns_counters(&self) -> Vec<(&'static str, u64)> {
+        let d = self.dns.lock().expect("dns lock");
+        let s = d.tracker.stats;
+        let mut out = vec![
+            ("dns_messages_read", d.messages),
+            ("dns_exchanges", d.exchanges),
+            ("dns_timeouts", s.timeouts),
+            ("dns_duplicates", s.duplicates),
+            ("dns_unmatched", s.unmatched),
+            ("dns_late_responses", s.late),
+            ("dns_pending_full", s.pending_full),
+            (
+                "dns_queue_overflow",
+                self.stats.dns_lost_slow_consumer.load(Ordering::Relaxed),
+            ),
+        ];
+        for why in dns::Unparsed::ALL {
+            out.push((why.name(), d.unparsed.get(&why).copied().unwrap_or(0)));
+        }
+        out
+    }
+
+    /// Takes the DNS messages of one ring-buffer event; fans out the exchanges they complete.
+    pub fn take_dns(&self, ev: &orb8_common::dns::DnsEvent) {
+        let (sightings, unparsed) = crate::convert::dns_sightings(ev);
+        let done: Vec<dns::Exchange> = {
+            let mut d = self.dns.lock().expect("dns lock");
+            d.messages += 1;
+            if let Some(why) = unparsed {
+                *d.unparsed.entry(why).or_default() += 1;
+            }
+            let done: Vec<dns::Exchange> = sightings
+                .into_iter()
+                .filter_map(|s| d.tracker.observe(s))
+                .collect();
+            for e in &done {
+                d.names.learn(e);
+            }
+            d.exchanges += done.len() as u64;
+            done
+        };
+        for e in done {
+            // No subscriber is not a loss: nobody asked for DNS.
+            let _ = self.dns_events.send(e);
+        }
+    }
+
+    /// Reports the DNS queries unanswered since the timeout.
+    pub fn expire_dns(&self) {
+        let done = {
+            let mut d = self.dns.lock().expect("dns lock");
+            let done = d.tracker.expire(BootClock::boot_now_ns());
+            d.exchanges += done.len() as u64;
+            done
+        };
+        for e in done {
+            let _ = self.dns_events.send(e);
+        }
     }
 
     /// Interfaces the probe is attached to now.
@@ -367,6 +489,41 @@ async fn read_ring(agent: Arc<Agent>, mut ring: AsyncFd<RingBuf<MapData>>) {
             let _ = agent.events.send(AgentEvent::NewFlow(ev));
         }
         guard.clear_ready();
+    }
+}
+
+/// Reads the DNS ring buffer whenever the kernel says it is readable.
+async fn read_dns_ring(agent: Arc<Agent>, mut ring: AsyncFd<RingBuf<MapData>>) {
+    use orb8_common::dns::DnsEvent;
+    loop {
+        let mut guard = match ring.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                log::error!("DNS ring buffer poll failed: {e}");
+                return;
+            }
+        };
+        let rb = guard.get_inner_mut();
+        while let Some(item) = rb.next() {
+            if item.len() < size_of::<DnsEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole `DnsEvent` (checked length); read unaligned.
+            let ev: DnsEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            agent.take_dns(&ev);
+        }
+        guard.clear_ready();
+    }
+}
+
+/// Reports unanswered DNS queries as timeouts, checking ten times per timeout.
+async fn expire_dns(agent: Arc<Agent>) {
+    let every = (agent.config.dns_timeout / 10).max(crate::defaults::DNS_EXPIRE_MIN);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        agent.expire_dns();
     }
 }
 

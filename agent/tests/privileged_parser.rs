@@ -19,6 +19,7 @@ fn load() -> (Probes, Maps) {
         flow_map_entries: 1024,
         ringbuf_bytes: 1 << 16,
         mode: AttachMode::detect(),
+        dns_ports: orb8_common::dns::DnsPorts::DEFAULT,
     })
     .expect("loading the probes")
 }

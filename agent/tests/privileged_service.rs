@@ -44,8 +44,10 @@ async fn start(idle: Duration) -> Running {
             flow_map_entries: 65536,
             ringbuf_bytes: 1 << 22,
             mode: AttachMode::detect(),
+            dns_ports: orb8_common::dns::DnsPorts::DEFAULT,
         },
         event_queue: 16384,
+        dns_timeout: std::time::Duration::from_secs(5),
     };
     let (agent, _tasks) = Agent::start(config).await.expect("starting the agent");
     let listener = Listener::bind(&"127.0.0.1:0".parse::<Listen>().unwrap())
@@ -252,7 +254,12 @@ async fn privileged_service_answers_every_rpc() {
             "ringbuf_full",
             "flow_insert_failed",
             "queue_overflow",
-            "slow_client"
+            "slow_client",
+            "dns_ringbuf_full",
+            "dns_load_failed",
+            "dns_queue_overflow",
+            "dns_pending_full",
+            "dns_slow_client"
         ]
     );
 

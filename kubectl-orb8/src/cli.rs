@@ -244,6 +244,9 @@ pub struct ClusterArgs {
     /// Set by the `gpu` command (not a flag): agent pods mount what GPU telemetry reads.
     #[arg(skip)]
     pub gpu: bool,
+    /// Set by `trace dns --dns-port` (not a flag here): ports agent pods parse as DNS besides 53.
+    #[arg(skip)]
+    pub dns_ports: Vec<u16>,
 }
 
 impl ClusterArgs {
@@ -275,6 +278,7 @@ impl GlobalArgs {
             session: c.session.clone(),
             mode: c.mode,
             gpu: c.gpu,
+            dns_ports: c.dns_ports.clone(),
         }
     }
 }
@@ -346,6 +350,10 @@ pub enum TraceCommand {
     /// when the trace ends (--duration, Ctrl-C or the target exiting), or one line per syscall
     /// with --stream.
     Syscall(TraceSyscallArgs),
+    /// DNS exchanges, one line each: client, server, name, type, response code, latency and
+    /// answers, or TIMEOUT (NDJSON with -o json); --summary counts them per client, name and
+    /// response code instead.
+    Dns(TraceDnsArgs),
     /// Packets the kernel dropped, with its reason by name (NO_SOCKET, NETFILTER_DROP, ...):
     /// one line per new (namespace, interface, reason, 5-tuple), aggregated in the kernel; in
     /// cluster mode only the selected pods' traffic. --summary prints counts by pod, reason
@@ -389,6 +397,24 @@ pub struct TraceDropsArgs {
     /// the selected pods' addresses in cluster mode.
     #[arg(long = "ip", value_name = "ADDR")]
     pub ips: Vec<IpAddr>,
+}
+
+/// `trace dns` flags.
+#[derive(Debug, Clone, Args)]
+pub struct TraceDnsArgs {
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Print per (client, name, response code) counts and latency percentiles at the end
+    /// instead of one line per exchange.
+    #[arg(long)]
+    pub summary: bool,
+
+    /// Also parse this port as DNS besides 53 (repeatable, at most 7): given to the agent
+    /// --local starts and to ephemeral agent pods; always-on agents keep their own ports.
+    #[arg(long = "dns-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub dns_ports: Vec<u16>,
 }
 
 /// `trace syscall` flags.
@@ -682,6 +708,7 @@ mod tests {
             session: Some("ci-42".into()),
             mode: Mode::Persistent,
             gpu: false,
+            dns_ports: Vec::new(),
         };
         assert_eq!(cli.global.cluster_options(), expected);
         let plain = Cli::try_parse_from(["kubectl-orb8", "-A", "status"]).expect("parses");

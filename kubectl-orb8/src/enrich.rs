@@ -159,11 +159,20 @@ impl Directory {
             .filter_map(|mut f| {
                 let at =
                     crate::flow::system_time(f.first_seen_nanos).unwrap_or_else(SystemTime::now);
-                f.src_name = f.src.map(|ip| self.name_of(ip, at));
-                f.dst_name = f.dst.map(|ip| self.name_of(ip, at));
+                f.src_name = f.src.map(|ip| with_dns(self.name_of(ip, at), &f.src_dns));
+                f.dst_name = f.dst.map(|ip| with_dns(self.name_of(ip, at), &f.dst_dns));
                 self.reports(&f).then_some(f)
             })
             .collect()
+    }
+}
+
+/// An end nobody in the cluster owns takes the DNS name the agent saw answered for it; a pod,
+/// service or node name always wins.
+fn with_dns(name: Endpoint, dns: &Option<String>) -> Endpoint {
+    match (name, dns) {
+        (Endpoint::World | Endpoint::Unknown, Some(n)) => Endpoint::Dns { name: n.clone() },
+        (name, _) => name,
     }
 }
 
@@ -238,6 +247,38 @@ mod tests {
             ..Default::default()
         };
         FlowRecord::from_proto("node-a", wire)
+    }
+
+    #[test]
+    fn a_dns_answer_names_world_but_never_a_pod() {
+        let mut d = dir();
+        d.upsert_pod(pod("shop", "web", "10.1.0.9", 100, false));
+        let mut f = seen(
+            "veth",
+            orb8_proto::Direction::Ingress,
+            "10.1.0.9",
+            "203.0.113.9",
+        );
+        f.dst_dns = Some("api.stripe.com".into());
+        f.src_dns = Some("spoofed.example".into());
+        let got = d.apply(vec![f]).pop().expect("web's flow is reported");
+        assert_eq!(
+            got.dst_name.as_ref().map(Endpoint::label).as_deref(),
+            Some("api.stripe.com")
+        );
+        assert_eq!(got.dst_name.unwrap().label_at(got.dst), "api.stripe.com");
+        assert_eq!(got.src_name.unwrap().label(), "shop/web", "a pod name wins");
+        // No answer seen: still world.
+        let plain = seen(
+            "veth",
+            orb8_proto::Direction::Ingress,
+            "10.1.0.9",
+            "203.0.113.9",
+        );
+        assert_eq!(
+            d.apply(vec![plain]).pop().unwrap().dst_name,
+            Some(Endpoint::World)
+        );
     }
 
     /// Two pods of one node, `shop/a` (10.1.0.7) sending to `pay/b` (10.1.0.8): every place the

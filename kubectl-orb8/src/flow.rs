@@ -11,9 +11,11 @@
 //! What filters, CIDRs, protocols, directions and sort keys mean is `orb8-flowspec`'s, shared
 //! with the agent; this module only maps the wire's types onto it.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 #[cfg(test)]
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use orb8_flowspec::{Direction, FlowFilterSpec, FlowKey, InterfaceRole, Protocol, SortKey, Totals};
@@ -45,6 +47,12 @@ pub enum Endpoint {
     World,
     /// A private address the cluster does not name.
     Unknown,
+    /// An address nobody in the cluster owns that a DNS answer the agent saw gave for `name`
+    /// (`api.stripe.com`); a pod, service or node name always wins over it.
+    Dns {
+        /// The name queried.
+        name: String,
+    },
 }
 
 impl Endpoint {
@@ -56,6 +64,7 @@ impl Endpoint {
             Endpoint::Host { node } => format!("host:{node}"),
             Endpoint::World => "world".into(),
             Endpoint::Unknown => "unknown".into(),
+            Endpoint::Dns { name } => name.clone(),
         }
     }
 
@@ -66,6 +75,23 @@ impl Endpoint {
             Endpoint::World | Endpoint::Unknown => format!("{}({})", self.label(), addr_text(addr)),
             _ => self.label(),
         }
+    }
+}
+
+/// Netns owners already seen, by PID, so that equal ones are stored once.
+#[derive(Debug, Default)]
+pub struct Owners(HashMap<u32, Vec<Arc<orb8_proto::NetnsOwner>>>);
+
+impl Owners {
+    /// The stored owner equal to `owner`, stored now if there is none.
+    pub fn share(&mut self, owner: orb8_proto::NetnsOwner) -> Arc<orb8_proto::NetnsOwner> {
+        let same_pid = self.0.entry(owner.pid).or_default();
+        if let Some(o) = same_pid.iter().find(|o| ***o == owner) {
+            return o.clone();
+        }
+        let o = Arc::new(owner);
+        same_pid.push(o.clone());
+        o
     }
 }
 
@@ -110,13 +136,24 @@ pub struct FlowRecord {
     /// What the destination address is.
     pub dst_name: Option<Endpoint>,
     /// For a flow on a host-side veth: the process (and container) in the namespace it leads
-    /// to, as the agent found it.
-    pub netns_owner: Option<Box<orb8_proto::NetnsOwner>>,
+    /// to, as the agent found it; shared by the flows of a table with the same owner.
+    pub netns_owner: Option<Arc<orb8_proto::NetnsOwner>>,
+    /// The DNS name the agent saw answered for the source address, if any.
+    pub src_dns: Option<String>,
+    /// The DNS name the agent saw answered for the destination address, if any.
+    pub dst_dns: Option<String>,
 }
 
 impl FlowRecord {
     /// Decodes a wire flow seen on `node`. An empty `node` falls back to the flow's own.
     pub fn from_proto(node: &str, flow: Flow) -> Self {
+        Self::from_proto_sharing(node, flow, &mut Owners::default())
+    }
+
+    /// [`FlowRecord::from_proto`], taking the netns owner from `owners` when an equal one is
+    /// there (a table's flows through one veth share it) and adding it otherwise.
+    pub fn from_proto_sharing(node: &str, mut flow: Flow, owners: &mut Owners) -> Self {
+        let netns_owner = flow.netns_owner.take().map(|o| owners.share(*o));
         let interface_direction = direction_from_wire(flow.direction());
         let interface_role = InterfaceRole::from_name(&flow.interface_role);
         let direction = match (interface_role, interface_direction) {
@@ -148,7 +185,9 @@ impl FlowRecord {
             last_seen_nanos: flow.last_seen_unix_nanos,
             src_name: None,
             dst_name: None,
-            netns_owner: flow.netns_owner,
+            netns_owner,
+            src_dns: Some(flow.src_dns_name).filter(|n| !n.is_empty()),
+            dst_dns: Some(flow.dst_dns_name).filter(|n| !n.is_empty()),
         }
     }
 
@@ -275,6 +314,8 @@ impl FlowRecord {
             src_name: None,
             dst_name: None,
             netns_owner: None,
+            src_dns: None,
+            dst_dns: None,
         }
     }
 }
@@ -433,6 +474,8 @@ mod tests {
             last_seen_unix_nanos: 2,
             netns_owner: None,
             interface_role: "veth".into(),
+            src_dns_name: String::new(),
+            dst_dns_name: String::new(),
         }
     }
 

@@ -120,6 +120,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Top(_) = &cli.command {
         commands::top::check()?;
     }
+    if let Command::Trace(TraceCommand::Dns(args)) = &cli.command {
+        commands::dns::prepare(args, &mut global)?;
+    }
     let mut gpu_filter = gpu::PodFilter::default();
     if let Command::Gpu(args) = &cli.command {
         gpu_filter = gpu_selection(args, &cli.global, &mut global, &interrupt).await?;
@@ -237,6 +240,9 @@ async fn run_command(
         Command::Trace(TraceCommand::Tcp(args)) => {
             commands::tcp::run(session, args, format, interrupt, &mut out).await?;
         }
+        Command::Trace(TraceCommand::Dns(args)) => {
+            commands::dns::run(session, args, format, interrupt, &mut out).await?;
+        }
         Command::Gpu(args) => {
             let names = tokio::select! {
                 n = gpu_pod_names(&cli.global, session) => n,
@@ -275,6 +281,9 @@ pub fn agent_deadline(cli: &Cli) -> std::time::Duration {
             a.duration.map_or(Duration::from_secs(3600), |d| d + margin)
         }
         Command::Trace(TraceCommand::Tcp(a)) => {
+            a.duration.map_or(Duration::from_secs(3600), |d| d + margin)
+        }
+        Command::Trace(TraceCommand::Dns(a)) => {
             a.duration.map_or(Duration::from_secs(3600), |d| d + margin)
         }
         Command::Top(_) => Duration::from_secs(3600),

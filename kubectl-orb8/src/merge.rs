@@ -7,20 +7,57 @@ use std::cmp::Ordering;
 
 use futures::stream::{self, BoxStream, Stream, StreamExt};
 use orb8_flowspec::{FlowFilterSpec, SortKey};
-use orb8_proto::{DropStage, Event, Flow, event};
+use orb8_proto::{DnsTraceEvent, DropStage, Event, Flow, Gap, dns_trace_event, event};
 use tonic::Status;
 
-use crate::flow::FlowRecord;
+use crate::flow::{FlowRecord, Owners};
 
-/// One item of the merged event stream.
+/// A message of a sequenced agent stream (`seq` per stream, losses in-band as `Gap`s): the
+/// flow stream's [`Event`] and the DNS stream's [`DnsTraceEvent`].
+pub trait StreamMessage: Send + 'static {
+    /// Its per-stream sequence number.
+    fn seq(&self) -> u64;
+    /// The message, or the loss it reports; `None` for a kind this client does not know.
+    fn into_item(self) -> Option<Result<Self, Gap>>
+    where
+        Self: Sized;
+}
+
+impl StreamMessage for Event {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn into_item(self) -> Option<Result<Self, Gap>> {
+        match self.kind {
+            Some(event::Kind::Gap(gap)) => Some(Err(gap)),
+            Some(_) => Some(Ok(self)),
+            None => None,
+        }
+    }
+}
+
+impl StreamMessage for DnsTraceEvent {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn into_item(self) -> Option<Result<Self, Gap>> {
+        match self.kind {
+            Some(dns_trace_event::Kind::Gap(gap)) => Some(Err(gap)),
+            Some(_) => Some(Ok(self)),
+            None => None,
+        }
+    }
+}
+
+/// One item of a merged stream (of flow events unless said otherwise).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Merged {
+pub enum Merged<E = Event> {
     /// An event from `node` (a new flow, an interface change), in that node's order.
     Event {
         /// Which agent it came from.
         node: String,
         /// The event as sent.
-        event: Event,
+        event: E,
     },
     /// Events from `node` were lost: the agent said so, or its sequence numbers jumped.
     Gap {
@@ -109,20 +146,22 @@ impl SeqTracker {
 }
 
 /// Turns one event into merged items for `node`, keeping track of its sequence numbers.
-pub fn classify(node: &str, tracker: &mut SeqTracker, event: Event) -> Vec<Merged> {
+pub fn classify<E: StreamMessage>(
+    node: &str,
+    tracker: &mut SeqTracker,
+    event: E,
+) -> Vec<Merged<E>> {
     let mut out = Vec::with_capacity(2);
-    if let Some((expected, lost)) = tracker.observe(event.seq) {
+    let seq = event.seq();
+    if let Some((expected, lost)) = tracker.observe(seq) {
         out.push(Merged::Gap {
             node: node.to_string(),
             lost,
-            cause: GapCause::SeqJump {
-                expected,
-                got: event.seq,
-            },
+            cause: GapCause::SeqJump { expected, got: seq },
         });
     }
-    match event.kind {
-        Some(event::Kind::Gap(gap)) => out.push(Merged::Gap {
+    match event.into_item() {
+        Some(Err(gap)) => out.push(Merged::Gap {
             node: node.to_string(),
             lost: gap.lost,
             cause: GapCause::Reported {
@@ -130,7 +169,7 @@ pub fn classify(node: &str, tracker: &mut SeqTracker, event: Event) -> Vec<Merge
                 reason: gap.reason,
             },
         }),
-        Some(_) => out.push(Merged::Event {
+        Some(Ok(event)) => out.push(Merged::Event {
             node: node.to_string(),
             event,
         }),
@@ -150,9 +189,10 @@ pub fn status_text(status: &Status) -> String {
     }
 }
 
-fn tag_stream<S>(node: String, events: S) -> BoxStream<'static, Merged>
+fn tag_stream<E, S>(node: String, events: S) -> BoxStream<'static, Merged<E>>
 where
-    S: Stream<Item = Result<Event, Status>> + Send + 'static,
+    E: StreamMessage,
+    S: Stream<Item = Result<E, Status>> + Send + 'static,
 {
     let state = Some((events.boxed(), SeqTracker::default()));
     stream::unfold(state, move |state| {
@@ -185,6 +225,17 @@ where
 pub fn merge_events<S>(streams: Vec<(String, S)>) -> impl Stream<Item = Merged> + Send + Unpin
 where
     S: Stream<Item = Result<Event, Status>> + Send + 'static,
+{
+    merge_streams(streams)
+}
+
+/// [`merge_events`] for any sequenced agent stream (the DNS stream's too).
+pub fn merge_streams<E, S>(
+    streams: Vec<(String, S)>,
+) -> impl Stream<Item = Merged<E>> + Send + Unpin
+where
+    E: StreamMessage,
+    S: Stream<Item = Result<E, Status>> + Send + 'static,
 {
     stream::select_all(
         streams
@@ -219,15 +270,23 @@ pub fn merge_flow_tables(
     sort: SortKey,
     limit: Option<usize>,
 ) -> Vec<FlowRecord> {
-    let mut flows: Vec<FlowRecord> = tables
-        .into_iter()
-        .flat_map(|(node, flows)| {
-            flows
-                .into_iter()
-                .map(move |f| FlowRecord::from_proto(&node, f))
-        })
-        .filter(|f| filter.matches(&f.key()))
-        .collect();
+    let mut flows = Vec::with_capacity(tables.iter().map(|(_, t)| t.len()).sum());
+    let mut owners = Owners::default();
+    for (node, mut table) in tables {
+        // Taken from the back, the wire table shrinking as it goes: the two copies of a large
+        // table are never whole at once.
+        let from = flows.len();
+        while let Some(f) = table.pop() {
+            let f = FlowRecord::from_proto_sharing(&node, f, &mut owners);
+            if filter.matches(&f.key()) {
+                flows.push(f);
+            }
+            if table.capacity() > 1024 && table.len() < table.capacity() / 2 {
+                table.shrink_to_fit();
+            }
+        }
+        flows[from..].reverse();
+    }
     sort_flows(&mut flows, sort);
     if let Some(limit) = limit.filter(|l| *l > 0) {
         flows.truncate(limit);
@@ -260,6 +319,8 @@ mod tests {
             last_seen_unix_nanos: last,
             netns_owner: None,
             interface_role: "uplink".into(),
+            src_dns_name: String::new(),
+            dst_dns_name: String::new(),
         }
     }
 

@@ -898,3 +898,77 @@ fn gpu_lists_nodes_without_gpus_asks_with_the_interval_and_refuses_a_pod_without
         "{line}"
     );
 }
+
+#[test]
+fn trace_dns_prints_each_exchange_once_and_summarises() {
+    // Two agents report the same canned exchanges (the client's node and the server's): shown once.
+    let (a, b) = (
+        serve_tcp(FakeAgent::new("node-a")),
+        serve_tcp(FakeAgent::new("node-a")),
+    );
+    let o = run(&[
+        "--agent",
+        &a.addr,
+        "--agent",
+        &b.addr,
+        "trace",
+        "dns",
+        "--duration",
+        "500ms",
+    ]);
+    assert_ok(&o);
+    // Whichever agent's copy came first names the node (`node-a@ADDR`: two agents say node-a).
+    let without_node: Vec<String> = stdout(&o)
+        .lines()
+        .map(|l| {
+            let mut w: Vec<&str> = l.split(' ').collect();
+            assert!(w[1].starts_with("node-a@"), "{l}");
+            w.remove(1);
+            w.join(" ")
+        })
+        .collect();
+    assert_eq!(
+        without_node,
+        vec![
+            "22:13:20.000Z udp 10.0.0.5:40000 -> 10.96.0.10:53 A api.example.com NOERROR 2.000ms 203.0.113.9",
+            "22:13:20.000Z udp 10.0.0.5:40001 -> 10.96.0.10:53 AAAA nope.example.com NXDOMAIN 1.000ms",
+            "22:13:20.000Z udp 10.0.0.5:40002 -> 10.96.0.10:53 A slow.example.com TIMEOUT",
+        ]
+    );
+    let o = run(&[
+        "--agent",
+        &a.addr,
+        "trace",
+        "dns",
+        "--duration",
+        "500ms",
+        "-o",
+        "json",
+    ]);
+    assert_ok(&o);
+    let lines: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["answers"][0]["data"], "203.0.113.9");
+    assert_eq!(lines[2]["timeout"], true);
+    let o = run(&[
+        "--agent",
+        &a.addr,
+        "trace",
+        "dns",
+        "--duration",
+        "500ms",
+        "--summary",
+    ]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(out.starts_with("CLIENT    NAME"), "{out}");
+    assert!(
+        out.contains("10.0.0.5  slow.example.com  TIMEOUT   1      -"),
+        "{out}"
+    );
+    let o = run(&["--agent", &a.addr, "trace", "dns", "--dns-port", "5353"]);
+    assert!(assert_one_line_error(&o).contains("--dns-port is given to the agents orb8 starts"));
+}

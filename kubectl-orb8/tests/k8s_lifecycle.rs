@@ -155,6 +155,7 @@ fn config(timeout: Duration) -> EphemeralConfig {
         deadline: Duration::from_secs(900),
         privileged: false,
         gpu: false,
+        dns_ports: Vec::new(),
     }
 }
 

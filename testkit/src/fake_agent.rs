@@ -135,6 +135,7 @@ pub fn status(node: &str) -> GetStatusResponse {
                 count: 3,
             }],
             packets_not_parsed: [("not_ip".to_string(), 5)].into_iter().collect(),
+            dns: Default::default(),
         }),
         uptime_ms: 61_000,
         gpu: Some(orb8_proto::GpuStatus {
@@ -165,6 +166,8 @@ pub fn flow(node: &str, bytes: u64, packets: u64, dst_port: u32) -> Flow {
         last_seen_unix_nanos: 1_700_000_001_000_000_000,
         netns_owner: None,
         interface_role: "uplink".into(),
+        src_dns_name: String::new(),
+        dst_dns_name: String::new(),
     }
 }
 
@@ -249,6 +252,9 @@ pub fn syscall_trace(node: &str) -> Vec<orb8_proto::SyscallTraceEvent> {
                 note: String::new(),
                 arch: "x86_64".into(),
                 cgroup_ids: vec![9],
+                probes: "raw_tracepoint".into(),
+                probes_note: String::new(),
+                fentry_functions: Vec::new(),
             }),
         ),
         ev(2, Kind::Syscall(call("getppid", 110, 1, ""))),
@@ -260,6 +266,56 @@ pub fn syscall_trace(node: &str) -> Vec<orb8_proto::SyscallTraceEvent> {
             }),
         ),
     ]
+}
+
+type DnsStream = Pin<Box<dyn Stream<Item = Result<orb8_proto::DnsTraceEvent, Status>> + Send>>;
+
+/// The canned DNS trace every fake agent plays, then holds the stream open: `10.0.0.5:40000`
+/// asks `10.96.0.10:53` over UDP for `api.example.com` A (NOERROR, 2 ms, `203.0.113.9`),
+/// `10.0.0.5:40001` for `nope.example.com` AAAA (NXDOMAIN, 1 ms), and `10.0.0.5:40002` for
+/// `slow.example.com` A, which times out.
+pub fn dns_trace(node: &str) -> Vec<orb8_proto::DnsTraceEvent> {
+    use orb8_proto::{DnsAnswer, DnsExchange, DnsTraceEvent, dns_trace_event::Kind};
+    let x = |port: u32, id: u32, name: &str, qtype: &str, rcode: &str, ms: u64| DnsExchange {
+        protocol: 17,
+        client_addr: vec![10, 0, 0, 5],
+        client_port: port,
+        server_addr: vec![10, 96, 0, 10],
+        server_port: 53,
+        id,
+        name: name.into(),
+        qtype: qtype.into(),
+        rcode: rcode.into(),
+        timeout: rcode.is_empty(),
+        latency_ns: ms * 1_000_000,
+        answers: Vec::new(),
+        interface: "eth0".into(),
+        interface_role: "uplink".into(),
+        query_unix_nanos: 1_700_000_000_000_000_000,
+        netns_owner: None,
+    };
+    let mut ok = x(40000, 1, "api.example.com", "A", "NOERROR", 2);
+    ok.answers.push(DnsAnswer {
+        name: "api.example.com".into(),
+        r#type: "A".into(),
+        ttl: 60,
+        data: "203.0.113.9".into(),
+        addr: vec![203, 0, 113, 9],
+    });
+    [
+        ok,
+        x(40001, 2, "nope.example.com", "AAAA", "NXDOMAIN", 1),
+        x(40002, 3, "slow.example.com", "A", "", 0),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, e)| DnsTraceEvent {
+        node: node.to_string(),
+        seq: i as u64 + 1,
+        time_unix_nanos: e.query_unix_nanos,
+        kind: Some(Kind::Exchange(e)),
+    })
+    .collect()
 }
 
 /// The canned summary of [`syscall_trace`].
@@ -415,6 +471,21 @@ impl AgentService for Service {
     ) -> Result<Response<orb8_proto::DropSummary>, Status> {
         self.0.check(request.metadata())?;
         Err(Status::unimplemented("the fake agent does not trace drops"))
+    }
+
+    type TraceDnsStream = DnsStream;
+
+    async fn trace_dns(
+        &self,
+        request: Request<orb8_proto::TraceDnsRequest>,
+    ) -> Result<Response<DnsStream>, Status> {
+        self.0.check(request.metadata())?;
+        let events = dns_trace(&self.0.status.node);
+        Ok(Response::new(
+            stream::iter(events.into_iter().map(Ok))
+                .chain(stream::pending())
+                .boxed(),
+        ))
     }
 
     async fn get_gpus(

@@ -35,8 +35,10 @@ async fn agent() -> (Arc<Agent>, Client) {
             flow_map_entries: 1024,
             ringbuf_bytes: 1 << 16,
             mode: AttachMode::detect(),
+            dns_ports: orb8_agent::probes::DnsPorts::DEFAULT,
         },
         event_queue: 1024,
+        dns_timeout: Duration::from_secs(5),
     };
     let (agent, _tasks) = Agent::start(config).await.expect("starting the agent");
     let listener = Listener::bind(&"127.0.0.1:0".parse::<Listen>().unwrap())

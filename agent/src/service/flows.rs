@@ -118,9 +118,16 @@ fn wire_flow(agent: &Agent, node: &str, f: &Flow) -> pb::Flow {
     w
 }
 
-/// Tags a wire flow with what the agent knows of its interface: why it is watched, and who
-/// lives behind it when it is a veth.
+/// Tags a wire flow with what the agent knows of its interface (why it is watched, who lives
+/// behind it when it is a veth) and of its ends (the DNS name an address was an answer for).
 fn describe_interface(agent: &Agent, ifindex: u32, w: &mut pb::Flow) {
+    let dns_name = |bytes: &[u8]| {
+        orb8_flowspec::ip_from_bytes(bytes)
+            .and_then(|a| agent.dns_name(&a))
+            .unwrap_or_default()
+    };
+    w.src_dns_name = dns_name(&w.src_addr);
+    w.dst_dns_name = dns_name(&w.dst_addr);
     w.interface_role = agent
         .interface_role(ifindex)
         .map(|r| r.as_str().to_string())

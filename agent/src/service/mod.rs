@@ -8,15 +8,17 @@
 //! - [`syscall_trace`]: `TraceSyscalls` and `GetSyscallSummary`;
 //! - [`drop_trace`]: `TraceDrops` and `GetDropSummary`;
 //! - [`tcp_trace`]: `TraceTcp` (connects, accepts, closes, resets, retransmits);
+//! - [`dns_trace`]: the DNS exchanges of `TraceDns`;
 //! - [`status`]: the `GetStatus` reply.
 //!
 //! `GetGpus` is answered by [`crate::gpu::Gpus`].
 //!
 //! The modules form a stack: `stream` and `auth` import no sibling, `listen` imports `auth`,
-//! `flows`, `syscall_trace`, `drop_trace` and `tcp_trace` import `stream`, `status` imports `flows`; only this one
-//! imports them all.
+//! `flows`, `syscall_trace`, `drop_trace`, `tcp_trace` and `dns_trace` import `stream`,
+//! `status` imports `flows`; only this one imports them all.
 
 pub mod auth;
+pub mod dns_trace;
 pub mod drop_trace;
 pub mod flows;
 pub mod listen;
@@ -46,7 +48,8 @@ pub struct Service {
     traces: syscall_trace::Traces,
     drop_traces: drop_trace::DropTraces,
     tcp_traces: tcp_trace::TcpTraces,
-    gpus: Gpus,
+    dns: dns_trace::DnsTraces,
+    gpus: Arc<Gpus>,
 }
 
 impl Service {
@@ -56,16 +59,18 @@ impl Service {
         let config = GpuConfig::default();
         let gpus = Gpus::detect(&config)
             .unwrap_or_else(|e| Gpus::none(e.to_string(), &config.pod_resources_socket));
-        Self::with_gpus(agent, node, gpus)
+        Self::with_gpus(agent, node, Arc::new(gpus))
     }
 
-    /// A service answering for `agent` as node `node`, with this GPU source.
-    pub fn with_gpus(agent: Arc<Agent>, node: String, gpus: Gpus) -> Self {
+    /// A service answering for `agent` as node `node`, with this GPU source (shared with the
+    /// metrics endpoint).
+    pub fn with_gpus(agent: Arc<Agent>, node: String, gpus: Arc<Gpus>) -> Self {
         Service {
             flows: flows::Flows::new(agent.clone(), node.clone()),
             traces: syscall_trace::Traces::new(agent.clone(), node.clone()),
             drop_traces: drop_trace::DropTraces::new(agent.clone(), node.clone()),
             tcp_traces: tcp_trace::TcpTraces::new(agent.clone(), node.clone()),
+            dns: dns_trace::DnsTraces::new(agent.clone(), node.clone()),
             agent,
             node,
             gpus,
@@ -160,6 +165,15 @@ impl pb::agent_service_server::AgentService for Service {
         req: Request<pb::TraceTcpRequest>,
     ) -> Result<Response<Self::TraceTcpStream>, Status> {
         self.tcp_traces.trace(req.get_ref()).map(Response::new)
+    }
+
+    type TraceDnsStream = dns_trace::DnsStream;
+
+    async fn trace_dns(
+        &self,
+        req: Request<pb::TraceDnsRequest>,
+    ) -> Result<Response<Self::TraceDnsStream>, Status> {
+        Ok(Response::new(self.dns.trace(req.get_ref())))
     }
 
     async fn get_gpus(

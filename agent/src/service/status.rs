@@ -35,6 +35,7 @@ pub fn status(agent: &Agent, node: &str, slow_client: u64) -> pb::GetStatusRespo
             flow_map_evictions: flows_evicted,
             drops,
             packets_not_parsed: not_parsed,
+            dns: dns_counters(agent, &c),
         }),
         uptime_ms: agent.uptime().as_millis() as u64,
         arch: orb8_syscalls::Arch::current()
@@ -74,6 +75,31 @@ pub fn drop_counters(
                 .load(Ordering::Relaxed),
         ),
         drop_counter(pb::DropStage::Client, "slow_client", slow_client),
+        drop_counter(
+            pb::DropStage::Kernel,
+            "dns_ringbuf_full",
+            c[counter::DNS_RINGBUF_FULL as usize],
+        ),
+        drop_counter(
+            pb::DropStage::Kernel,
+            "dns_load_failed",
+            c[counter::DNS_LOAD_FAILED as usize],
+        ),
+        drop_counter(
+            pb::DropStage::Agent,
+            "dns_queue_overflow",
+            agent.stats.dns_lost_slow_consumer.load(Ordering::Relaxed),
+        ),
+        drop_counter(
+            pb::DropStage::Agent,
+            "dns_pending_full",
+            dns_counter(agent, "dns_pending_full"),
+        ),
+        drop_counter(
+            pb::DropStage::Client,
+            "dns_slow_client",
+            agent.stats.dns_slow_client.load(Ordering::Relaxed),
+        ),
     ];
     if let Some(sc) = agent.syscalls.counters() {
         use orb8_common::sys::counter as sys;
@@ -116,6 +142,32 @@ pub fn drop_counters(
         ));
     }
     drops
+}
+
+/// Every DNS counter by name: the kernel's (messages handed over, cut, lost) and the agent's.
+pub fn dns_counters(
+    agent: &Agent,
+    c: &[u64; counter::COUNT as usize],
+) -> std::collections::HashMap<String, u64> {
+    [
+        counter::DNS_MESSAGES,
+        counter::DNS_TRUNCATED,
+        counter::DNS_RINGBUF_FULL,
+        counter::DNS_LOAD_FAILED,
+    ]
+    .into_iter()
+    .map(|i| (counter::NAMES[i as usize], c[i as usize]))
+    .chain(agent.dns_counters())
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+fn dns_counter(agent: &Agent, name: &str) -> u64 {
+    agent
+        .dns_counters()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map_or(0, |(_, v)| v)
 }
 
 /// Packets the probe saw but could not account to a flow, by reason (kernel counter name).

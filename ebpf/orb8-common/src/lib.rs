@@ -127,8 +127,16 @@ pub mod counter {
     pub const BYTES_INGRESS: u32 = 13;
     /// IP-layer bytes accounted to a flow on an egress hook; always `BYTES_INGRESS + 1`.
     pub const BYTES_EGRESS: u32 = 14;
+    /// DNS messages (UDP/TCP packets with a payload on a DNS port) sent through `DNS_EVENTS`.
+    pub const DNS_MESSAGES: u32 = 15;
+    /// Of [`DNS_MESSAGES`], those longer than [`crate::dns::MAX_PAYLOAD`]: sent cut.
+    pub const DNS_TRUNCATED: u32 = 16;
+    /// DNS messages lost because `DNS_EVENTS` was full.
+    pub const DNS_RINGBUF_FULL: u32 = 17;
+    /// DNS messages lost because their payload could not be copied (`bpf_skb_load_bytes`).
+    pub const DNS_LOAD_FAILED: u32 = 18;
     /// Number of counters.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 19;
 
     /// Stable names, indexed by counter, as shown by the agent.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -147,7 +155,58 @@ pub mod counter {
         "packets_egress",
         "bytes_ingress",
         "bytes_egress",
+        "dns_messages",
+        "dns_truncated",
+        "dns_ringbuf_full",
+        "dns_load_failed",
     ];
+}
+
+/// DNS messages the TC programs hand to the agent: UDP and TCP packets with a payload whose
+/// source or destination port is one of [`dns::DnsPorts`], their transport payload copied (at
+/// most [`dns::MAX_PAYLOAD`] bytes) into the ring buffer `DNS_EVENTS`.
+pub mod dns {
+    use super::FlowKey;
+
+    /// Payload bytes copied per message; longer ones are cut (`DNS_TRUNCATED`).
+    pub const MAX_PAYLOAD: usize = 1024;
+    /// Ports watched, the first slot always 53; unused slots are 0.
+    pub const MAX_PORTS: usize = 8;
+
+    /// The ports carrying DNS: the read-only global `DNS_PORTS`, set by the agent at load time
+    /// (the verifier then knows them).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct DnsPorts {
+        /// Ports in host order; the list ends at the first 0.
+        pub ports: [u16; MAX_PORTS],
+    }
+
+    impl DnsPorts {
+        /// Port 53 only.
+        pub const DEFAULT: DnsPorts = DnsPorts {
+            ports: [53, 0, 0, 0, 0, 0, 0, 0],
+        };
+    }
+
+    /// One DNS message as seen on one interface in one direction.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct DnsEvent {
+        /// `bpf_ktime_get_boot_ns` when the packet was seen.
+        pub ts_ns: u64,
+        /// The packet's interface, direction and 5-tuple.
+        pub key: FlowKey,
+        /// Transport payload length in the packet.
+        pub payload_len: u32,
+        /// Bytes of it in [`DnsEvent::payload`]: `min(payload_len, MAX_PAYLOAD)`.
+        pub captured: u32,
+        /// Explicit padding, always zero.
+        pub _pad: u32,
+        /// The start of the transport payload (UDP: the DNS message; TCP: length-prefixed
+        /// messages).
+        pub payload: [u8; MAX_PAYLOAD],
+    }
 }
 
 /// Map and program names, shared so the agent and the eBPF object cannot disagree.
@@ -158,6 +217,10 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     /// The per-CPU array of counters, indexed by [`super::counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// The ring buffer of [`super::dns::DnsEvent`].
+    pub const DNS_EVENTS: &str = "DNS_EVENTS";
+    /// The read-only global [`super::dns::DnsPorts`].
+    pub const DNS_PORTS: &str = "DNS_PORTS";
     /// TC program for the ingress hook.
     pub const TC_INGRESS: &str = "orb8_tc_ingress";
     /// TC program for the egress hook.
@@ -166,13 +229,17 @@ pub mod names {
     pub const BENCH_NOOP: &str = "orb8_bench_noop";
 }
 
-/// The syscall tracer's ABI (`orb8-syscalls` object: raw tracepoints `sys_enter`/`sys_exit`).
+/// The syscall tracer's ABI (`orb8-syscalls` object: raw tracepoints `sys_enter`/`sys_exit`,
+/// or fentry/fexit programs on the kernel functions of an allow-list's syscalls).
 pub mod sys {
     /// Syscall numbers are below this; the per-syscall maps have this many entries.
     pub const MAX_SYSCALLS: u32 = 512;
     /// Latency histogram buckets per syscall: bucket 0 holds 0 ns, bucket `b` holds
     /// `[2^(b-1), 2^b)` ns, the last one everything above.
     pub const HIST_BUCKETS: usize = 40;
+    /// fentry/fexit program pairs in the object: an allow-list of at most this many syscalls
+    /// can be traced on the syscalls' own kernel functions instead of the raw tracepoints.
+    pub const FENTRY_SLOTS: usize = 8;
 
     /// How [`SysConfig::filter`] selects the traced threads.
     pub mod filter {
@@ -346,6 +413,31 @@ pub mod sys {
         pub const ENTER: &str = "orb8_sys_enter";
         /// Raw tracepoint program on `sys_exit`.
         pub const EXIT: &str = "orb8_sys_exit";
+        /// The read-only global `[u32; FENTRY_SLOTS]`: the syscall number each fentry/fexit
+        /// slot counts, set by the agent at load time.
+        pub const SLOTS: &str = "SYS_SLOTS";
+        /// fentry programs, one per slot (attached to a syscall's kernel function at load).
+        pub const FENTRY: [&str; super::FENTRY_SLOTS] = [
+            "orb8_sys_fentry_0",
+            "orb8_sys_fentry_1",
+            "orb8_sys_fentry_2",
+            "orb8_sys_fentry_3",
+            "orb8_sys_fentry_4",
+            "orb8_sys_fentry_5",
+            "orb8_sys_fentry_6",
+            "orb8_sys_fentry_7",
+        ];
+        /// fexit programs, one per slot, on the same function as the slot's fentry program.
+        pub const FEXIT: [&str; super::FENTRY_SLOTS] = [
+            "orb8_sys_fexit_0",
+            "orb8_sys_fexit_1",
+            "orb8_sys_fexit_2",
+            "orb8_sys_fexit_3",
+            "orb8_sys_fexit_4",
+            "orb8_sys_fexit_5",
+            "orb8_sys_fexit_6",
+            "orb8_sys_fexit_7",
+        ];
     }
 }
 
@@ -709,6 +801,10 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Event {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::dns::DnsPorts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::dns::DnsEvent {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::sys::SysConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::sys::SysStats {}
@@ -745,6 +841,13 @@ mod tests {
         assert_eq!(size_of::<FlowStats>(), 8 * 4 + 8);
         assert_eq!(size_of::<Event>(), 4 + 4 + 8 + size_of::<FlowKey>() + 4);
         assert_eq!(size_of::<Event>() % 8, 0);
+        assert_eq!(size_of::<dns::DnsPorts>(), 2 * dns::MAX_PORTS);
+        assert_eq!(
+            size_of::<dns::DnsEvent>(),
+            8 + size_of::<FlowKey>() + 3 * 4 + dns::MAX_PAYLOAD
+        );
+        assert_eq!(size_of::<dns::DnsEvent>() % 8, 0);
+        assert_eq!(counter::NAMES.len(), counter::COUNT as usize);
         assert_eq!(size_of::<sys::SysConfig>(), 6 * 4 + 3 * 8);
         assert_eq!(size_of::<sys::SysStats>(), 8 * (3 + sys::HIST_BUCKETS));
         assert_eq!(size_of::<sys::ErrnoKey>(), 8);

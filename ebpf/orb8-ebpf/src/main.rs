@@ -4,7 +4,8 @@
 //! kernels before 6.6). They parse Ethernet (one 802.1Q/802.1ad tag), IPv4 (options) and IPv6
 //! (extension headers), then TCP, UDP, SCTP, ICMP and ICMPv6, and aggregate packets and IP-layer
 //! bytes per flow in the per-CPU LRU hash `FLOWS`. A flow's first packet also sends an [`Event`]
-//! through the ring buffer `EVENTS`. Every packet not accounted to a flow, and every event not
+//! through the ring buffer `EVENTS`; a DNS message's payload goes through `DNS_EVENTS` (see
+//! `dns`). Every packet not accounted to a flow, and every event not
 //! sent, is counted in the per-CPU array `COUNTERS`. The programs only observe: they always return
 //! `TC_ACT_UNSPEC`, which lets the next program (TCX) or filter (clsact) decide.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -14,6 +15,7 @@
     reason = "map keys and values are passed by reference to keep copies off the 512-byte BPF stack"
 )]
 
+mod dns;
 mod parse;
 
 use aya_ebpf::{
@@ -42,7 +44,7 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 
-type Counters = [u64; counter::COUNT as usize];
+pub(crate) type Counters = [u64; counter::COUNT as usize];
 
 #[classifier]
 pub fn orb8_tc_ingress(ctx: TcContext) -> i32 {
@@ -63,7 +65,7 @@ pub fn orb8_bench_noop(_ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn count(c: &mut Counters, index: u32) {
+pub(crate) fn count(c: &mut Counters, index: u32) {
     if let Some(v) = c.get_mut(index as usize) {
         *v += 1;
     }
@@ -98,6 +100,7 @@ fn observe(ctx: &TcContext, dir: u8) {
     add_to(c, counter::BYTES_INGRESS + d, pkt.bytes);
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
+    dns::observe(ctx, c, &pkt, now);
     if add(&pkt, now) {
         return;
     }

@@ -41,6 +41,10 @@ pub struct Packet {
     pub packets: u64,
     pub bytes: u64,
     pub tcp_flags: u8,
+    /// Where the transport payload starts in the frame (TCP/UDP; 0 otherwise).
+    pub payload_off: usize,
+    /// Transport payload bytes (TCP/UDP; 0 otherwise).
+    pub payload_len: usize,
 }
 
 /// Copies `N` bytes at `off` out of the packet, or `None` when they are not all inside it.
@@ -201,6 +205,8 @@ pub fn parse(ctx: &TcContext, dir: u8) -> Result<Packet, u32> {
         packets: 1,
         bytes: ip_bytes as u64,
         tcp_flags: 0,
+        payload_off: 0,
+        payload_len: 0,
     };
     if fragment {
         // Not the first fragment: no transport header. Counted against the addresses and
@@ -243,6 +249,8 @@ pub fn parse(ctx: &TcContext, dir: u8) -> Result<Packet, u32> {
     if l4 + l4_hlen > l3 + ip_bytes {
         return Err(counter::BAD_L4);
     }
+    pkt.payload_off = l4 + l4_hlen;
+    pkt.payload_len = l3 + ip_bytes - pkt.payload_off;
 
     // SAFETY: reading a field of the context the kernel passed to the program.
     let segs = unsafe { (*ctx.skb.skb).gso_segs };

@@ -3,6 +3,7 @@
 
 pub mod cleanup;
 pub mod completion;
+pub mod dns;
 pub mod drops;
 pub mod flows;
 pub mod gpu;

@@ -58,6 +58,8 @@ pub struct ClusterOptions {
     pub mode: Mode,
     /// The command reads GPUs: agent pods mount the kubelet's pod-resources directory.
     pub gpu: bool,
+    /// Ports ephemeral agent pods parse as DNS besides 53 (`trace dns --dns-port`).
+    pub dns_ports: Vec<u16>,
 }
 
 /// Agents started in the cluster for one command.
@@ -310,6 +312,7 @@ async fn start_and_connect(
         deadline,
         privileged: args.privileged,
         gpu: args.gpu,
+        dns_ports: args.dns_ports.clone(),
     };
     let bars = NodeProgress::new(nodes, "creating the agent pod");
     let mut agents = Vec::new();

@@ -34,6 +34,8 @@ pub struct EphemeralConfig {
     pub privileged: bool,
     /// Mount what GPU telemetry needs.
     pub gpu: bool,
+    /// Ports parsed as DNS besides 53.
+    pub dns_ports: Vec<u16>,
 }
 
 /// An agent pod that runs.
@@ -150,6 +152,7 @@ pub async fn start_one(
         deadline: config.deadline,
         privileged: config.privileged,
         gpu: config.gpu,
+        dns_ports: config.dns_ports.clone(),
     };
     pods.record(&params.name);
     let pod = pod_spec::agent_pod(&params);

@@ -68,6 +68,8 @@ pub struct AgentPodParams {
     /// GPU telemetry asked for (`kubectl orb8 gpu`): mount the kubelet's pod-resources
     /// directory read-only and ask the NVIDIA container runtime for NVML.
     pub gpu: bool,
+    /// Ports the agent parses as DNS besides 53 (`--dns-port`).
+    pub dns_ports: Vec<u16>,
 }
 
 /// The kubelet's pod-resources directory (its socket is `kubelet.sock` in it). The directory,
@@ -222,13 +224,18 @@ pub fn agent_pod(p: &AgentPodParams) -> Pod {
         image: Some(p.image.clone()),
         image_pull_policy: p.pull_policy.clone(),
         command: Some(vec![AGENT_PATH.into()]),
-        args: Some(vec![
-            "serve".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{}", p.port),
-            "--idle-timeout".into(),
-            format!("{}s", secs(p.idle_timeout)),
-        ]),
+        args: Some(
+            [
+                "serve".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{}", p.port),
+                "--idle-timeout".into(),
+                format!("{}s", secs(p.idle_timeout)),
+            ]
+            .into_iter()
+            .chain(p.dns_ports.iter().map(|port| format!("--dns-port={port}")))
+            .collect(),
+        ),
         env: Some(env),
         security_context: Some(security),
         resources: Some(ResourceRequirements {
@@ -294,6 +301,7 @@ mod tests {
             deadline: Duration::from_secs(600),
             privileged: false,
             gpu: false,
+            dns_ports: Vec::new(),
         }
     }
 
@@ -387,6 +395,17 @@ mod tests {
             c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
             "spec.nodeName"
         );
+    }
+
+    #[test]
+    fn dns_ports_become_agent_flags() {
+        let mut p = params();
+        p.dns_ports = vec![5353, 8053];
+        let v = serde_json::to_value(agent_pod(&p)).unwrap();
+        let args = &v["spec"]["containers"][0]["args"];
+        assert_eq!(args[5], "--dns-port=5353");
+        assert_eq!(args[6], "--dns-port=8053");
+        assert_eq!(args.as_array().unwrap().len(), 7);
     }
 
     #[test]

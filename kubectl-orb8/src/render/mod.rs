@@ -1,6 +1,7 @@
 //! Output: tables for people (`table`, `wide`), JSON and YAML for programs. Each function
 //! takes plain data and writes or returns text; nothing here talks to agents.
 
+pub mod dns;
 pub mod gpu;
 pub mod json;
 pub mod syscalls;
@@ -50,7 +51,7 @@ pub fn write_flows_with_tcp(
                 table::flows_with_tcp(flows, wide, now, None, tcp)
             )
         }
-        OutputFormat::Json => writeln!(out, "{}", json::flows(flows)?),
+        OutputFormat::Json => json::write_array(out, flows.iter().map(FlowView::from)),
         OutputFormat::Yaml => out.write_all(yaml::flows(flows)?.as_bytes()),
     }
 }
@@ -62,7 +63,6 @@ pub fn write_groups(
     groups: &[FlowGroup],
     now: SystemTime,
 ) -> io::Result<()> {
-    let views: Vec<FlowGroupView> = groups.iter().map(FlowGroupView::from).collect();
     match format {
         OutputFormat::Table | OutputFormat::Wide => {
             if groups.is_empty() {
@@ -71,8 +71,11 @@ pub fn write_groups(
             let wide = format == OutputFormat::Wide;
             writeln!(out, "{}", table::groups(groups, wide, now, None))
         }
-        OutputFormat::Json => writeln!(out, "{}", json::to_string(&views)?),
-        OutputFormat::Yaml => out.write_all(yaml::to_string(&views)?.as_bytes()),
+        OutputFormat::Json => json::write_array(out, groups.iter().map(FlowGroupView::from)),
+        OutputFormat::Yaml => {
+            let views: Vec<FlowGroupView> = groups.iter().map(FlowGroupView::from).collect();
+            out.write_all(yaml::to_string(&views)?.as_bytes())
+        }
     }
 }
 

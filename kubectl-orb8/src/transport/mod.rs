@@ -12,9 +12,9 @@ pub mod error;
 use std::time::Duration;
 
 use orb8_proto::{
-    Event, GetGpusRequest, GetGpusResponse, GetStatusRequest, GetStatusResponse,
+    DnsTraceEvent, Event, GetGpusRequest, GetGpusResponse, GetStatusRequest, GetStatusResponse,
     GetSyscallSummaryRequest, PROTOCOL_VERSION, QueryFlowsRequest, QueryFlowsResponse,
-    StreamEventsRequest, SyscallSummary, SyscallTraceEvent, TraceSyscallsRequest,
+    StreamEventsRequest, SyscallSummary, SyscallTraceEvent, TraceDnsRequest, TraceSyscallsRequest,
 };
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
@@ -186,6 +186,18 @@ impl Agent {
             "TraceSyscalls",
             RPC_TIMEOUT,
             client.trace_syscalls(request),
+        )
+        .await
+    }
+
+    /// Opens the agent's DNS exchange stream.
+    pub async fn trace_dns(&self) -> Result<Streaming<DnsTraceEvent>, AgentError> {
+        let mut client = self.client.clone();
+        within(
+            &self.addr,
+            "TraceDns",
+            RPC_TIMEOUT,
+            client.trace_dns(TraceDnsRequest {}),
         )
         .await
     }

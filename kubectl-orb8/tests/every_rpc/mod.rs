@@ -7,11 +7,13 @@ use futures::StreamExt;
 use orb8_proto::{
     QueryFlowsRequest, StreamEventsRequest, SyscallTarget, TraceSyscallsRequest, syscall_target,
 };
-use orb8_testkit::fake_agent::{Running, SYSCALL_TRACE_ID, syscall_summary, syscall_trace};
+use orb8_testkit::fake_agent::{
+    Running, SYSCALL_TRACE_ID, dns_trace, syscall_summary, syscall_trace,
+};
 
 /// Calls every RPC of `orb8.agent.v1` (GetStatus, QueryFlows, StreamEvents, TraceSyscalls,
-/// GetSyscallSummary; TraceDrops, GetDropSummary and TraceTcp, which the fake refuses) on
-/// `agent`, connected to `running` (an
+/// GetSyscallSummary, TraceDns; TraceDrops, GetDropSummary and TraceTcp, which the fake
+/// refuses) on `agent`, connected to `running` (an
 /// [`agent_with_data`](orb8_testkit::fake_agent::agent_with_data) with 4 events), and checks
 /// each answer against the fake's canned data, that each request arrived as sent, and that
 /// every call (connect's GetStatus included) carried
@@ -86,6 +88,17 @@ pub async fn check_every_rpc(agent: &kubectl_orb8::transport::Agent, running: &R
         &[SYSCALL_TRACE_ID]
     );
 
+    let dns = agent.trace_dns().await.expect("TraceDns");
+    // The canned exchanges; then the stream stays open, as a live one does.
+    let exchanges = tokio::time::timeout(Duration::from_secs(5), dns.take(3).collect::<Vec<_>>())
+        .await
+        .expect("the canned DNS trace arrives");
+    let exchanges: Vec<_> = exchanges
+        .into_iter()
+        .map(|e| e.expect("DNS event"))
+        .collect();
+    assert_eq!(exchanges, dns_trace(&status.node));
+
     // Drop and TCP traces are not faked: the fake refuses them (after checking the token), and
     // the client says which RPC failed.
     for err in [
@@ -106,7 +119,7 @@ pub async fn check_every_rpc(agent: &kubectl_orb8::transport::Agent, running: &R
     }
 
     let tokens = running.tokens();
-    assert_eq!(tokens.len(), 9, "connect's GetStatus plus eight calls");
+    assert_eq!(tokens.len(), 10, "connect's GetStatus plus nine calls");
     assert!(
         tokens
             .iter()
