@@ -311,11 +311,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("set {TOKEN_ENV} to the session token (at least 16 characters)");
     }
     let config = args.probe.config()?;
-    let gpus = Gpus::detect(&GpuConfig {
+    let gpus = Arc::new(Gpus::detect(&GpuConfig {
         recorded: args.gpu.gpu_samples.clone(),
         dcgm_exporter: args.gpu.dcgm_exporter.clone(),
         pod_resources_socket: args.gpu.pod_resources_socket.clone(),
-    })?;
+    })?);
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let listener = Listener::bind(&args.listen)
@@ -335,7 +335,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .filter(|n| !n.is_empty())
         .unwrap_or_else(host_name);
     let (mode, _) = agent.probe_info();
-    let service = Service::with_gpus(agent.clone(), node.clone(), gpus);
+    let service = Service::with_gpus(agent.clone(), node.clone(), gpus.clone());
     let metrics_address = match metrics_listener {
         Some(l) => {
             let address = l.local_addr()?.to_string();
@@ -352,6 +352,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 service.slow_client_counter(),
                 dirs,
                 args.metrics_pod_cap,
+                gpus,
             );
             tasks.push(tokio::spawn(metrics::http::serve(l, Arc::new(m))));
             Some(address)

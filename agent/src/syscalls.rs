@@ -1,6 +1,13 @@
 //! The syscall tracer: loads the `orb8-syscalls` object on the first trace, fills its filter
-//! maps, reads its counts and events, and unloads it (tracepoints detached, every filter map
+//! maps, reads its counts and events, and unloads it (programs detached, every filter map
 //! gone) when the last trace ends. The flow probes never pay for it.
+//!
+//! How the programs hook syscalls ([`Probes`]): an allow-list of at most [`FENTRY_SLOTS`]
+//! syscalls is traced with fentry/fexit programs on those syscalls' kernel functions, found in
+//! the kernel's BTF, so no other syscall or process pays anything; where that cannot be done
+//! (no allow-list, a longer one, no BTF, no such function, or the kernel refuses tracing
+//! programs, as some kernels do with EPERM) the raw `sys_enter`/`sys_exit` tracepoints are used,
+//! and the trace says which and why. The counting is the same kernel code either way.
 //!
 //! Traces share the kernel programs, so concurrent traces must ask for the same target and
 //! syscalls; each gets the counts since it started (a baseline is subtracted), and stream-mode
@@ -19,10 +26,12 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::RawTracePoint,
+    programs::{FEntry, FExit, RawTracePoint},
 };
+use aya_obj::btf::{Btf, BtfKind};
 use orb8_common::sys::{
-    ErrnoKey, HIST_BUCKETS, MAX_SYSCALLS, SysConfig, SysEvent, SysStats, counter, filter, names,
+    ErrnoKey, FENTRY_SLOTS, HIST_BUCKETS, MAX_SYSCALLS, SysConfig, SysEvent, SysStats, counter,
+    filter, names,
 };
 use orb8_syscalls::Arch;
 use tokio::{
@@ -84,6 +93,62 @@ impl ExitWatch {
                 .then(|| "every container of the pod is gone".to_string()),
         }
     }
+}
+
+/// How a trace's kernel programs hook syscalls.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probes {
+    /// fentry/fexit programs on these kernel functions, one per allow-listed syscall.
+    Fentry {
+        /// The kernel functions, in syscall-number order.
+        functions: Vec<String>,
+    },
+    /// The `raw_syscalls` tracepoints `sys_enter`/`sys_exit`.
+    RawTracepoints {
+        /// Why fentry was not used, for an allow-list (`None` without one).
+        why_not_fentry: Option<String>,
+    },
+}
+
+impl Probes {
+    /// `fentry` or `raw_tracepoint`: the stable name on the wire and in JSON.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Probes::Fentry { .. } => "fentry",
+            Probes::RawTracepoints { .. } => "raw_tracepoint",
+        }
+    }
+
+    /// Why fentry was not used, or an empty string.
+    pub fn note(&self) -> String {
+        match self {
+            Probes::RawTracepoints {
+                why_not_fentry: Some(why),
+            } => why.clone(),
+            _ => String::new(),
+        }
+    }
+
+    /// Names of the programs these probes load.
+    fn program_names(&self) -> Vec<&'static str> {
+        match self {
+            Probes::Fentry { functions } => (0..functions.len())
+                .flat_map(|i| [names::FENTRY[i], names::FEXIT[i]])
+                .collect(),
+            Probes::RawTracepoints { .. } => vec![names::ENTER, names::EXIT],
+        }
+    }
+}
+
+/// The kernel functions that may implement syscall `name` on `arch`, most likely first: the
+/// architecture's syscall-table entry (`__x64_sys_openat`, taking `pt_regs`), then the
+/// function behind it (`__do_sys_getppid`, which BTF keeps where the entry is an alias).
+pub fn kernel_functions(arch: Arch, name: &str) -> [String; 2] {
+    let entry = match arch {
+        Arch::X86_64 => "__x64_sys_",
+        Arch::Aarch64 => "__arm64_sys_",
+    };
+    [format!("{entry}{name}"), format!("__do_sys_{name}")]
 }
 
 /// A kernel snapshot of the tracer's counts, summed over CPUs.
@@ -183,6 +248,7 @@ struct Trace {
 
 struct Loaded {
     _ebpf: Ebpf,
+    probes: Probes,
     config_map: Array<MapData, SysConfig>,
     config: SysConfig,
     stats: PerCpuArray<MapData, SysStats>,
@@ -230,6 +296,8 @@ pub struct TraceHandle {
     pub id: u64,
     /// The target as resolved.
     pub description: String,
+    /// How the programs hook syscalls.
+    pub probes: Probes,
 }
 
 impl Drop for TraceHandle {
@@ -265,10 +333,9 @@ impl SyscallTracer {
 
     /// Names of the loaded programs (none while no trace runs).
     pub fn program_names(&self) -> Vec<&'static str> {
-        if self.loaded.lock().expect("tracer lock").is_some() {
-            vec![names::ENTER, names::EXIT]
-        } else {
-            Vec::new()
+        match self.loaded.lock().expect("tracer lock").as_ref() {
+            Some(l) => l.probes.program_names(),
+            None => Vec::new(),
         }
     }
 
@@ -328,6 +395,7 @@ impl SyscallTracer {
             tracer: self.clone(),
             id,
             description: loaded.description.clone(),
+            probes: loaded.probes.clone(),
         })
     }
 
@@ -374,19 +442,42 @@ impl SyscallTracer {
         description: String,
     ) -> Result<Loaded, SyscallError> {
         let (config, cgroup_ids) = fixed_config(arch, &key);
-        // No kernel BTF: raw tracepoint programs need no CO-RE relocation.
+        let mut slots = [0u32; FENTRY_SLOTS];
+        for (slot, nr) in slots.iter_mut().zip(&key.syscalls) {
+            *slot = *nr;
+        }
+        // No kernel BTF for the object: none of its programs needs a CO-RE relocation (the
+        // fentry path reads the kernel's BTF itself, only to find its functions).
         let mut ebpf = EbpfLoader::new()
             .btf(None)
             .map_max_entries(names::EVENTS, crate::defaults::SYSCALL_RINGBUF_BYTES)
             .override_global(names::FIXED, &config, true)
+            .override_global(names::SLOTS, &slots, true)
             .load(crate::ebpf::SYSCALLS_OBJECT)
             .map_err(|e| SyscallError::Load(format!("{e:#}")))?;
         // Loaded before any map is taken out (and maybe dropped), so every map fd is still
         // open when the kernel resolves the programs' map references.
-        for name in [names::EXIT, names::ENTER] {
-            program(&mut ebpf, name)?
-                .load()
-                .map_err(|e| SyscallError::Load(format!("{name}: {e:#}")))?;
+        let probes = if key.syscalls.is_empty() {
+            Probes::RawTracepoints {
+                why_not_fentry: None,
+            }
+        } else {
+            match load_fentry(&mut ebpf, arch, &key.syscalls) {
+                Ok(functions) => Probes::Fentry { functions },
+                Err(why) => {
+                    log::info!("syscall trace on raw tracepoints: {why}");
+                    Probes::RawTracepoints {
+                        why_not_fentry: Some(why),
+                    }
+                }
+            }
+        };
+        if let Probes::RawTracepoints { .. } = probes {
+            for name in [names::EXIT, names::ENTER] {
+                program(&mut ebpf, name)?
+                    .load()
+                    .map_err(|e| SyscallError::Load(format!("{name}: {e:#}")))?;
+            }
         }
         if !cgroup_ids.is_empty() {
             let mut m: HashMap<MapData, u64, u8> = take(&mut ebpf, names::CGROUPS)?;
@@ -417,14 +508,36 @@ impl SyscallTracer {
             .map_err(|e| SyscallError::Load(format!("polling the ring buffer: {e}")))?;
         let reader = tokio::spawn(read_ring(self.clone(), ring));
         // Exit first: an exit without its entry is ignored, an entry without its exit lingers.
-        for (name, tp) in [(names::EXIT, "sys_exit"), (names::ENTER, "sys_enter")] {
-            program(&mut ebpf, name)?
-                .attach(tp)
-                .map_err(|e| SyscallError::Load(format!("attaching {name} to {tp}: {e}")))?;
+        match &probes {
+            Probes::RawTracepoints { .. } => {
+                for (name, tp) in [(names::EXIT, "sys_exit"), (names::ENTER, "sys_enter")] {
+                    program(&mut ebpf, name)?.attach(tp).map_err(|e| {
+                        SyscallError::Load(format!("attaching {name} to {tp}: {e}"))
+                    })?;
+                }
+            }
+            Probes::Fentry { functions } => {
+                for (i, function) in functions.iter().enumerate() {
+                    typed::<FExit>(&mut ebpf, names::FEXIT[i])?
+                        .attach()
+                        .map_err(|e| {
+                            SyscallError::Load(format!("attaching fexit {function}: {e}"))
+                        })?;
+                    typed::<FEntry>(&mut ebpf, names::FENTRY[i])?
+                        .attach()
+                        .map_err(|e| {
+                            SyscallError::Load(format!("attaching fentry {function}: {e}"))
+                        })?;
+                }
+            }
         }
-        log::info!("syscall probes loaded, tracing {description}");
+        log::info!(
+            "syscall probes ({}) loaded, tracing {description}",
+            probes.kind()
+        );
         Ok(Loaded {
             _ebpf: ebpf,
+            probes,
             config_map,
             config,
             stats,
@@ -478,10 +591,75 @@ fn program<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut RawTracePoint, SyscallError> {
+    typed(ebpf, name)
+}
+
+fn typed<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, SyscallError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or_else(|| SyscallError::Load(format!("the object has no program {name}")))?
         .try_into()
         .map_err(|e| SyscallError::Load(format!("{name}: {e}")))
+}
+
+/// Loads one fentry/fexit slot per syscall of the allow-list `syscalls` on its kernel function
+/// (the slots' numbers are already in `SYS_SLOTS`), and returns the functions; or says why it
+/// cannot, with every slot it loaded unloaded again.
+fn load_fentry(ebpf: &mut Ebpf, arch: Arch, syscalls: &[u32]) -> Result<Vec<String>, String> {
+    if syscalls.len() > FENTRY_SLOTS {
+        return Err(format!(
+            "fentry takes at most {FENTRY_SLOTS} syscalls, {} were listed",
+            syscalls.len()
+        ));
+    }
+    let btf = Btf::from_sys_fs().map_err(|e| format!("fentry needs the kernel's BTF: {e}"))?;
+    let mut functions = Vec::new();
+    for nr in syscalls {
+        let name = arch
+            .name(*nr)
+            .ok_or_else(|| format!("syscall {nr} has no name on {}", arch.as_str()))?;
+        let function = kernel_functions(arch, name)
+            .into_iter()
+            .find(|f| btf.id_by_type_name_kind(f, BtfKind::Func).is_ok())
+            .ok_or_else(|| format!("no kernel function for {name} in the kernel's BTF"))?;
+        functions.push(function);
+    }
+    let loaded = (|| {
+        for (i, function) in functions.iter().enumerate() {
+            let fexit = typed::<FExit>(ebpf, names::FEXIT[i]).map_err(|e| e.to_string())?;
+            fexit
+                .load(function, &btf)
+                .map_err(|e| format!("the kernel refused fexit on {function}: {}", cause(&e)))?;
+            let fentry = typed::<FEntry>(ebpf, names::FENTRY[i]).map_err(|e| e.to_string())?;
+            fentry
+                .load(function, &btf)
+                .map_err(|e| format!("the kernel refused fentry on {function}: {}", cause(&e)))?;
+        }
+        Ok(())
+    })();
+    if let Err(why) = loaded {
+        for i in 0..functions.len() {
+            if let Ok(p) = typed::<FExit>(ebpf, names::FEXIT[i]) {
+                let _ = p.unload();
+            }
+            if let Ok(p) = typed::<FEntry>(ebpf, names::FENTRY[i]) {
+                let _ = p.unload();
+            }
+        }
+        return Err(why);
+    }
+    Ok(functions)
+}
+
+/// The innermost cause of an error, on one line ("Operation not permitted (os error 1)").
+fn cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = e;
+    while let Some(inner) = e.source() {
+        e = inner;
+    }
+    e.to_string()
 }
 
 fn set_stream(loaded: &mut Loaded) -> Result<(), SyscallError> {

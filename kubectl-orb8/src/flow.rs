@@ -11,9 +11,11 @@
 //! What filters, CIDRs, protocols, directions and sort keys mean is `orb8-flowspec`'s, shared
 //! with the agent; this module only maps the wire's types onto it.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 #[cfg(test)]
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use orb8_flowspec::{Direction, FlowFilterSpec, FlowKey, InterfaceRole, Protocol, SortKey, Totals};
@@ -76,6 +78,23 @@ impl Endpoint {
     }
 }
 
+/// Netns owners already seen, by PID, so that equal ones are stored once.
+#[derive(Debug, Default)]
+pub struct Owners(HashMap<u32, Vec<Arc<orb8_proto::NetnsOwner>>>);
+
+impl Owners {
+    /// The stored owner equal to `owner`, stored now if there is none.
+    pub fn share(&mut self, owner: orb8_proto::NetnsOwner) -> Arc<orb8_proto::NetnsOwner> {
+        let same_pid = self.0.entry(owner.pid).or_default();
+        if let Some(o) = same_pid.iter().find(|o| ***o == owner) {
+            return o.clone();
+        }
+        let o = Arc::new(owner);
+        same_pid.push(o.clone());
+        o
+    }
+}
+
 /// One flow from one node, decoded from the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowRecord {
@@ -117,8 +136,8 @@ pub struct FlowRecord {
     /// What the destination address is.
     pub dst_name: Option<Endpoint>,
     /// For a flow on a host-side veth: the process (and container) in the namespace it leads
-    /// to, as the agent found it.
-    pub netns_owner: Option<Box<orb8_proto::NetnsOwner>>,
+    /// to, as the agent found it; shared by the flows of a table with the same owner.
+    pub netns_owner: Option<Arc<orb8_proto::NetnsOwner>>,
     /// The DNS name the agent saw answered for the source address, if any.
     pub src_dns: Option<String>,
     /// The DNS name the agent saw answered for the destination address, if any.
@@ -128,6 +147,13 @@ pub struct FlowRecord {
 impl FlowRecord {
     /// Decodes a wire flow seen on `node`. An empty `node` falls back to the flow's own.
     pub fn from_proto(node: &str, flow: Flow) -> Self {
+        Self::from_proto_sharing(node, flow, &mut Owners::default())
+    }
+
+    /// [`FlowRecord::from_proto`], taking the netns owner from `owners` when an equal one is
+    /// there (a table's flows through one veth share it) and adding it otherwise.
+    pub fn from_proto_sharing(node: &str, mut flow: Flow, owners: &mut Owners) -> Self {
+        let netns_owner = flow.netns_owner.take().map(|o| owners.share(*o));
         let interface_direction = direction_from_wire(flow.direction());
         let interface_role = InterfaceRole::from_name(&flow.interface_role);
         let direction = match (interface_role, interface_direction) {
@@ -159,7 +185,7 @@ impl FlowRecord {
             last_seen_nanos: flow.last_seen_unix_nanos,
             src_name: None,
             dst_name: None,
-            netns_owner: flow.netns_owner,
+            netns_owner,
             src_dns: Some(flow.src_dns_name).filter(|n| !n.is_empty()),
             dst_dns: Some(flow.dst_dns_name).filter(|n| !n.is_empty()),
         }

@@ -116,26 +116,47 @@ pub fn key_of(f: &FlowRecord) -> GroupKey {
     }
 }
 
+/// A row's counts while it is being built (its key is the map's).
+#[derive(Clone, Debug, Default)]
+struct Sums {
+    named: bool,
+    connections: u64,
+    resets: u64,
+    packets: u64,
+    bytes: u64,
+    tcp_flags: u32,
+    first_seen_nanos: i64,
+    last_seen_nanos: i64,
+}
+
+impl Sums {
+    fn row(&self, key: GroupKey) -> FlowGroup {
+        FlowGroup {
+            key,
+            named: self.named,
+            connections: self.connections,
+            resets: self.resets,
+            packets: self.packets,
+            bytes: self.bytes,
+            tcp_flags: self.tcp_flags,
+            first_seen_nanos: self.first_seen_nanos,
+            last_seen_nanos: self.last_seen_nanos,
+        }
+    }
+}
+
 /// Rows being built, one flow at a time.
 #[derive(Clone, Debug, Default)]
 pub struct Groups {
-    rows: BTreeMap<GroupKey, FlowGroup>,
+    rows: BTreeMap<GroupKey, Sums>,
 }
 
 impl Groups {
     /// Folds one flow into its row.
     pub fn add(&mut self, f: &FlowRecord) {
-        let key = key_of(f);
-        let row = self.rows.entry(key.clone()).or_insert_with(|| FlowGroup {
-            key,
+        let row = self.rows.entry(key_of(f)).or_insert_with(|| Sums {
             named: f.observed_and_peer().0.is_some(),
-            connections: 0,
-            resets: 0,
-            packets: 0,
-            bytes: 0,
-            tcp_flags: 0,
-            first_seen_nanos: 0,
-            last_seen_nanos: 0,
+            ..Sums::default()
         });
         row.connections += 1;
         if f.protocol == Protocol::TCP && f.tcp_flags & TCP_RST != 0 {
@@ -165,23 +186,56 @@ impl Groups {
     /// The rows, sorted by `sort` (ties in key order), at most `limit` of them (0 or `None`:
     /// all).
     pub fn rows(&self, sort: SortKey, limit: Option<usize>) -> Vec<FlowGroup> {
-        let mut rows: Vec<FlowGroup> = self.rows.values().cloned().collect();
-        rows.sort_by(|a, b| {
-            sort.order(&a.totals(), &b.totals())
-                .then_with(|| a.key.cmp(&b.key))
-        });
-        if let Some(limit) = limit.filter(|l| *l > 0) {
-            rows.truncate(limit);
-        }
-        rows
+        sorted(
+            self.rows.iter().map(|(k, s)| s.row(k.clone())).collect(),
+            sort,
+            limit,
+        )
     }
+
+    /// [`Groups::rows`], taking the keys instead of copying them.
+    pub fn into_rows(self, sort: SortKey, limit: Option<usize>) -> Vec<FlowGroup> {
+        sorted(
+            self.rows.into_iter().map(|(k, s)| s.row(k)).collect(),
+            sort,
+            limit,
+        )
+    }
+}
+
+fn sorted(mut rows: Vec<FlowGroup>, sort: SortKey, limit: Option<usize>) -> Vec<FlowGroup> {
+    rows.sort_by(|a, b| {
+        sort.order(&a.totals(), &b.totals())
+            .then_with(|| a.key.cmp(&b.key))
+    });
+    if let Some(limit) = limit.filter(|l| *l > 0) {
+        rows.truncate(limit);
+    }
+    rows
 }
 
 /// The grouped view of `flows`: [`Groups`] over all of them, sorted and limited.
 pub fn group(flows: &[FlowRecord], sort: SortKey, limit: Option<usize>) -> Vec<FlowGroup> {
     let mut groups = Groups::default();
     flows.iter().for_each(|f| groups.add(f));
-    groups.rows(sort, limit)
+    groups.into_rows(sort, limit)
+}
+
+/// [`group`] of a table it consumes: each flow is freed once folded in, the table shrinking
+/// as it goes, so the flows and the rows are never both whole (100k flows are tens of MiB).
+pub fn group_owned(
+    mut flows: Vec<FlowRecord>,
+    sort: SortKey,
+    limit: Option<usize>,
+) -> Vec<FlowGroup> {
+    let mut groups = Groups::default();
+    while let Some(f) = flows.pop() {
+        groups.add(&f);
+        if flows.capacity() > 1024 && flows.len() < flows.capacity() / 2 {
+            flows.shrink_to_fit();
+        }
+    }
+    groups.into_rows(sort, limit)
 }
 
 #[cfg(test)]
@@ -230,6 +284,26 @@ mod tests {
         f.first_seen_nanos = first;
         f.last_seen_nanos = last;
         f
+    }
+
+    #[test]
+    fn a_consumed_table_groups_as_a_borrowed_one() {
+        let flows: Vec<FlowRecord> = (0..3000)
+            .map(|i| {
+                conn(
+                    40000 + i % 7,
+                    i % 2 == 0,
+                    1 + u64::from(i % 5),
+                    0x10,
+                    100,
+                    200,
+                )
+            })
+            .collect();
+        assert_eq!(
+            group_owned(flows.clone(), SortKey::Bytes, None),
+            group(&flows, SortKey::Bytes, None)
+        );
     }
 
     #[test]

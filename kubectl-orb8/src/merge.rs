@@ -10,7 +10,7 @@ use orb8_flowspec::{FlowFilterSpec, SortKey};
 use orb8_proto::{DnsTraceEvent, DropStage, Event, Flow, Gap, dns_trace_event, event};
 use tonic::Status;
 
-use crate::flow::FlowRecord;
+use crate::flow::{FlowRecord, Owners};
 
 /// A message of a sequenced agent stream (`seq` per stream, losses in-band as `Gap`s): the
 /// flow stream's [`Event`] and the DNS stream's [`DnsTraceEvent`].
@@ -270,15 +270,23 @@ pub fn merge_flow_tables(
     sort: SortKey,
     limit: Option<usize>,
 ) -> Vec<FlowRecord> {
-    let mut flows: Vec<FlowRecord> = tables
-        .into_iter()
-        .flat_map(|(node, flows)| {
-            flows
-                .into_iter()
-                .map(move |f| FlowRecord::from_proto(&node, f))
-        })
-        .filter(|f| filter.matches(&f.key()))
-        .collect();
+    let mut flows = Vec::with_capacity(tables.iter().map(|(_, t)| t.len()).sum());
+    let mut owners = Owners::default();
+    for (node, mut table) in tables {
+        // Taken from the back, the wire table shrinking as it goes: the two copies of a large
+        // table are never whole at once.
+        let from = flows.len();
+        while let Some(f) = table.pop() {
+            let f = FlowRecord::from_proto_sharing(&node, f, &mut owners);
+            if filter.matches(&f.key()) {
+                flows.push(f);
+            }
+            if table.capacity() > 1024 && table.len() < table.capacity() / 2 {
+                table.shrink_to_fit();
+            }
+        }
+        flows[from..].reverse();
+    }
     sort_flows(&mut flows, sort);
     if let Some(limit) = limit.filter(|l| *l > 0) {
         flows.truncate(limit);

@@ -218,6 +218,8 @@ fn check_base(docs: &[Value]) {
             .filter(|(p, _)| p.starts_with("/run"))
             .all(|(_, ro)| *ro)
     );
+    // GPU metrics name pods through the kubelet's pod-resources socket, read-only.
+    assert!(mounts.contains(&("/var/lib/kubelet/pod-resources", true)));
 
     let svc = one(docs, "Service");
     assert_eq!(svc["spec"]["clusterIP"], "None", "headless");

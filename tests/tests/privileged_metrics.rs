@@ -93,6 +93,16 @@ struct MetricsAgent {
 
 impl MetricsAgent {
     fn start(node: &NetNs, runtime: &RuntimeDir, pod_cap: usize) -> MetricsAgent {
+        MetricsAgent::start_with(node, runtime, pod_cap, &[])
+    }
+
+    /// [`MetricsAgent::start`] with more `serve` arguments.
+    fn start_with(
+        node: &NetNs,
+        runtime: &RuntimeDir,
+        pod_cap: usize,
+        extra: &[String],
+    ) -> MetricsAgent {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &node.name])
             .arg(workspace_bin("orb8-agent"))
@@ -111,6 +121,7 @@ impl MetricsAgent {
                 "--pod-metadata-dir",
             ])
             .arg(&runtime.0)
+            .args(extra)
             .env("ORB8_AGENT_TOKEN", "metrics-test-token-0123456789")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -197,8 +208,8 @@ fn value(s: &Sample) -> f64 {
     }
 }
 
-/// The value of `metric` with exactly these labels (0 when there is no such series).
-fn get_value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> u64 {
+/// The value of `metric` with exactly these labels, if there is such a series.
+fn sample(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let found: Vec<&Sample> = scrape
         .samples
         .iter()
@@ -213,7 +224,14 @@ fn get_value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> u64 {
         })
         .collect();
     assert!(found.len() <= 1, "{metric}{labels:?} twice");
-    found.first().map(|s| value(s) as u64).unwrap_or(0)
+    found.first().map(|s| value(s))
+}
+
+/// The value of `metric` with exactly these labels (0 when there is no such series).
+fn get_value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> u64 {
+    sample(scrape, metric, labels)
+        .map(|v| v as u64)
+        .unwrap_or(0)
 }
 
 fn delta(before: &Scrape, after: &Scrape, metric: &str, labels: &[(&str, &str)]) -> u64 {
@@ -479,4 +497,235 @@ fn dashboard_metrics(json: &str) -> BTreeSet<String> {
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// A process in a cgroup laid out as containerd's cgroupfs driver does
+/// (`kubepods/besteffort/pod<uid>/<id>`), killed (and its cgroup removed) on drop.
+struct GpuProcess {
+    child: Child,
+    _cgroup: Option<TestCgroup>,
+}
+
+impl GpuProcess {
+    fn start(pod: Option<(&str, &str)>) -> GpuProcess {
+        let child = Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("spawn sleep");
+        let cgroup = pod.map(|(uid, cid)| {
+            let cg = TestCgroup::nested(&format!("kubepods/besteffort/pod{uid}/{cid}"));
+            cg.add(child.id());
+            cg
+        });
+        GpuProcess {
+            child,
+            _cgroup: cgroup,
+        }
+    }
+}
+
+impl Drop for GpuProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn privileged_metrics_gpu_series_carry_the_kubelets_pods_and_the_processes_pods() {
+    use orb8_testkit::pod_resources::{self, GHOST, GPU0, GPU1, GPU2, MIG0};
+    require_root();
+    let node = NetNs::new("o8gm");
+    let runtime = RuntimeDir::new();
+    let kubelet = pod_resources::serve("metrics", pod_resources::gpu_fixture());
+    let uid_train = "7e57a11e-0000-4000-8000-00000000b000";
+    let uid_a = "7e57a11e-0000-4000-8000-00000000b001";
+    let (cid_train, cid_a) = (
+        format!("{:064x}", 0xfeed_0000u64),
+        format!("{:064x}", 0xfeed_0001u64),
+    );
+    // The training pod's container has containerd's files; infer-a's does not (named by UID).
+    runtime.sandbox(&cid_train, "ml", "train-0");
+    let procs = [
+        GpuProcess::start(Some((uid_train, &cid_train))),
+        GpuProcess::start(Some((uid_a, &cid_a))),
+        GpuProcess::start(None),
+        GpuProcess::start(None),
+    ];
+    let pids = [0, 1, 2, 3].map(|i| procs[i].child.id());
+    let samples = std::env::temp_dir().join(format!("{}.json", unique("o8gm")));
+    std::fs::write(&samples, pod_resources::gpu_readings_json(pids)).expect("samples");
+    let agent = MetricsAgent::start_with(
+        &node,
+        &runtime,
+        8,
+        &[
+            format!("--gpu-samples={}", samples.display()),
+            format!("--pod-resources-socket={}", kubelet.socket.display()),
+            "--interface=lo".to_string(),
+        ],
+    );
+    let scrape = scrape(&node, &agent);
+    std::fs::remove_file(&samples).expect("remove samples");
+    assert_eq!(kubelet.calls(), vec!["List", "GetAllocatableResources"]);
+
+    let src = [("source", "recorded")];
+    assert_eq!(sample(&scrape, "orb8_gpu_up", &src), Some(1.0));
+    assert_eq!(sample(&scrape, "orb8_gpus", &src), Some(3.0));
+    let held = |gpu: &'static str, uuid: &'static str, ns: &'static str, pod: &'static str| {
+        [
+            ("gpu", gpu),
+            ("uuid", uuid),
+            ("namespace", ns),
+            ("pod", pod),
+        ]
+    };
+    let gib = (1u64 << 30) as f64;
+    // GPU 0 is train-0's; GPU 1 is shared by infer-a and infer-b (one series each, the whole
+    // GPU's value); GPU 2's MIG instance is the notebook's.
+    for (metric, labels, want) in [
+        (
+            "orb8_gpu_utilization_ratio",
+            held("0", GPU0, "ml", "train-0"),
+            0.87,
+        ),
+        (
+            "orb8_gpu_utilization_ratio",
+            held("1", GPU1, "ml", "infer-a"),
+            0.3,
+        ),
+        (
+            "orb8_gpu_utilization_ratio",
+            held("1", GPU1, "ml", "infer-b"),
+            0.3,
+        ),
+        (
+            "orb8_gpu_memory_utilization_ratio",
+            held("0", GPU0, "ml", "train-0"),
+            0.41,
+        ),
+        (
+            "orb8_gpu_memory_used_bytes",
+            held("0", GPU0, "ml", "train-0"),
+            20.0 * gib,
+        ),
+        (
+            "orb8_gpu_memory_total_bytes",
+            held("1", GPU1, "ml", "infer-b"),
+            24.0 * gib,
+        ),
+        (
+            "orb8_gpu_memory_used_bytes",
+            held("2", GPU2, "ml", "notebook"),
+            5.0 * gib,
+        ),
+        (
+            "orb8_gpu_power_watts",
+            held("0", GPU0, "ml", "train-0"),
+            251.0,
+        ),
+        (
+            "orb8_gpu_power_limit_watts",
+            held("2", GPU2, "ml", "notebook"),
+            700.0,
+        ),
+        (
+            "orb8_gpu_temperature_celsius",
+            held("1", GPU1, "ml", "infer-a"),
+            50.0,
+        ),
+        (
+            "orb8_gpu_sm_clock_hertz",
+            held("0", GPU0, "ml", "train-0"),
+            1.41e9,
+        ),
+    ] {
+        assert_eq!(
+            sample(&scrape, metric, &labels),
+            Some(want),
+            "{metric}{labels:?}"
+        );
+    }
+    // What the source does not give is absent: GPU 2 reports no utilization.
+    assert!(
+        !scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "orb8_gpu_utilization_ratio"
+                && s.labels.get("uuid") == Some(GPU2)),
+        "GPU 2 has no utilization in the sample"
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "orb8_gpu_mig_memory_used_bytes",
+            &[
+                ("gpu", "2"),
+                ("uuid", GPU2),
+                ("mig_uuid", MIG0),
+                ("profile", "1g.10gb"),
+                ("namespace", "ml"),
+                ("pod", "notebook")
+            ]
+        ),
+        Some(5.0 * gib)
+    );
+    // Processes: named from containerd's files, by pod UID without them, none outside a pod.
+    let comm = "sleep";
+    let proc_labels = |gpu: &'static str,
+                       uuid: &'static str,
+                       mig: &'static str,
+                       pid: u32,
+                       ns: &'static str,
+                       pod: &str| {
+        vec![
+            ("gpu", gpu.to_string()),
+            ("uuid", uuid.to_string()),
+            ("mig_uuid", mig.to_string()),
+            ("pid", pid.to_string()),
+            ("comm", comm.to_string()),
+            ("namespace", ns.to_string()),
+            ("pod", pod.to_string()),
+        ]
+    };
+    for (labels, want) in [
+        (
+            proc_labels("0", GPU0, "", pids[0], "ml", "train-0"),
+            19.0 * gib,
+        ),
+        (proc_labels("1", GPU1, "", pids[1], "", uid_a), 4.0 * gib),
+        (proc_labels("1", GPU1, "", pids[3], "", ""), 2.0 * gib),
+        (proc_labels("2", GPU2, MIG0, pids[2], "", ""), 5.0 * gib),
+    ] {
+        let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(
+            sample(&scrape, "orb8_gpu_process_memory_bytes", &l),
+            Some(want),
+            "{l:?}"
+        );
+    }
+    assert_eq!(
+        sample(
+            &scrape,
+            "orb8_gpu_process_sm_utilization_ratio",
+            &proc_labels("0", GPU0, "", pids[0], "ml", "train-0")
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .collect::<Vec<_>>()
+        ),
+        Some(0.85)
+    );
+    // The kubelet's allocation of a GPU this node does not have is counted, not hidden.
+    assert_eq!(
+        sample(&scrape, "orb8_gpu_allocations_unmatched", &[]),
+        Some(1.0)
+    );
+    assert_eq!(sample(&scrape, "orb8_gpu_pod_resources_up", &[]), Some(1.0));
+    assert!(
+        !scrape
+            .samples
+            .iter()
+            .any(|s| s.labels.values().any(|v| v == GHOST)),
+        "the unmatched device names no series"
+    );
 }

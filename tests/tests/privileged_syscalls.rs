@@ -1,5 +1,5 @@
 //! Privileged end-to-end tests of syscall tracing: a real agent's kernel programs on
-//! `raw_syscalls`, targets that the tests create (a cgroup v2 group, a PID namespace, a lone
+//! `raw_syscalls` (or, for an allow-list where the kernel allows it, fentry/fexit), targets that the tests create (a cgroup v2 group, a PID namespace, a lone
 //! process) running `orb8-syscall-load`, which makes an exact number of syscalls on cue, and
 //! an identical process outside the target that must not be counted. Exact counts are asserted.
 
@@ -203,13 +203,25 @@ async fn privileged_cgroup_summary_counts_exactly_and_ignores_other_processes() 
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn privileged_syscall_filter_reports_only_the_listed_syscalls() {
-    let (_agent, mut client) = agent().await;
+/// Whether this kernel loads fentry/fexit (`BPF_PROG_TYPE_TRACING`) programs, asked by aya's
+/// own feature probe, not by the agent: some kernels refuse them with EPERM.
+fn kernel_loads_fentry() -> Result<(), String> {
+    match aya::sys::is_program_supported(aya::programs::ProgramType::Tracing) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("this kernel does not know tracing programs".into()),
+        Err(e) => Err(format!("this kernel refuses tracing programs: {e}")),
+    }
+}
+
+/// Traces `getppid,close` of a process in a cgroup making 200 getppid and 4 failing close
+/// calls (and 3 openat, which must not be counted) beside an outsider making the same calls;
+/// checks the exact counts and returns the `started` message.
+async fn allow_list_counts_exactly(client: &mut Client) -> pb::SyscallTraceStarted {
     let cg = TestCgroup::new();
     let load = SyscallLoad::start(false, Some(&cg), 200, 3, 4);
+    let outside = SyscallLoad::start(false, None, 211, 5, 7);
     let (mut stream, started) = trace(
-        &mut client,
+        client,
         request(
             pb::syscall_target::Kind::Pid(load.pid),
             &["getppid", "close"],
@@ -218,7 +230,9 @@ async fn privileged_syscall_filter_reports_only_the_listed_syscalls() {
     )
     .await;
     assert_eq!(started.filter, pb::SyscallFilterKind::Cgroup as i32);
+    let t = std::thread::spawn(move || outside.go_and_wait());
     load.go_and_wait();
+    t.join().unwrap();
     until_exit(&mut stream).await;
     let summary = client
         .get_syscall_summary(pb::GetSyscallSummaryRequest {
@@ -237,6 +251,81 @@ async fn privileged_syscall_filter_reports_only_the_listed_syscalls() {
     assert_eq!(got["getppid"], (200, 0, errnos(&[])));
     assert_eq!(got["close"], (4, 4, errnos(&[("EBADF", 4)])));
     no_losses(&summary);
+    started
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_allow_list_falls_back_to_raw_tracepoints_where_fentry_is_refused() {
+    let (_agent, mut client) = agent().await;
+    if kernel_loads_fentry().is_ok() {
+        preconditions::skipped(
+            "privileged_allow_list_falls_back_to_raw_tracepoints_where_fentry_is_refused",
+            "this kernel loads fentry programs, so the fallback is not taken (the fentry test runs)",
+        );
+        return;
+    }
+    let started = allow_list_counts_exactly(&mut client).await;
+    assert_eq!(started.probes, "raw_tracepoint", "{started:?}");
+    assert!(started.fentry_functions.is_empty(), "{started:?}");
+    // close (3) has the lowest number: its slot is loaded first and refused.
+    let close =
+        orb8_agent::syscalls::kernel_functions(orb8_syscalls::Arch::current().unwrap(), "close");
+    assert!(
+        started
+            .probes_note
+            .starts_with(&format!("the kernel refused fexit on {}: ", close[0])),
+        "{started:?}"
+    );
+    assert!(
+        started.probes_note.contains("Operation not permitted"),
+        "{started:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_allow_list_on_fentry_counts_exactly() {
+    if let Err(why) = kernel_loads_fentry() {
+        preconditions::skipped("privileged_allow_list_on_fentry_counts_exactly", &why);
+        return;
+    }
+    let (agent, mut client) = agent().await;
+    let started = allow_list_counts_exactly(&mut client).await;
+    assert_eq!(started.probes, "fentry", "{started:?}");
+    assert!(started.probes_note.is_empty(), "{started:?}");
+    assert_eq!(started.fentry_functions.len(), 2, "{started:?}");
+    assert!(
+        started.fentry_functions[0].ends_with("_sys_close")
+            && started.fentry_functions[1].ends_with("_sys_getppid"),
+        "{started:?}"
+    );
+    // Stream mode on the same path: one event per call, nothing from the outsider.
+    let cg = TestCgroup::new();
+    let load = SyscallLoad::start(false, Some(&cg), 50, 2, 3);
+    let outside = SyscallLoad::start(false, None, 61, 5, 7);
+    let pid = load.pid;
+    let (mut stream, started) = trace(
+        &mut client,
+        request(
+            pb::syscall_target::Kind::Pid(pid),
+            &["getppid", "openat", "close"],
+            true,
+        ),
+    )
+    .await;
+    assert_eq!(started.probes, "fentry", "{started:?}");
+    let (_, programs) = agent.probe_info();
+    assert!(
+        programs.contains(&"orb8_sys_fentry_2") && !programs.contains(&"orb8_sys_enter"),
+        "{programs:?}"
+    );
+    let t = std::thread::spawn(move || outside.go_and_wait());
+    load.go_and_wait();
+    t.join().unwrap();
+    let calls = until_exit(&mut stream).await;
+    assert!(calls.iter().all(|e| e.pid == pid), "only the target");
+    let n = |name: &str| calls.iter().filter(|e| e.name == name).count();
+    assert_eq!((n("getppid"), n("openat"), n("close")), (50, 2, 3));
+    assert_eq!(calls.len(), 55);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,6 +514,9 @@ fn privileged_cli_summary_json_counts_exactly() {
     );
     let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(v["filter"], "cgroup");
+    // Without an allow-list every syscall is traced: raw tracepoints, with no note.
+    assert_eq!(v["probes"], "raw_tracepoint");
+    assert!(v.get("probes_note").is_none(), "{out}");
     assert_eq!(v["target_exited"], true);
     let row = |name: &str| -> Value {
         v["syscalls"]
@@ -454,10 +546,19 @@ fn privileged_cli_summary_json_counts_exactly() {
 fn privileged_cli_table_and_stream() {
     require_root();
     let cg = TestCgroup::new();
-    let (out, _) = cli(
+    let (out, err) = cli(
         SyscallLoad::start(false, Some(&cg), 20, 2, 1),
         &["--syscall", "openat,close"],
     );
+    let header = err
+        .lines()
+        .find(|l| l.starts_with("orb8: tracing "))
+        .unwrap();
+    let hooked = match kernel_loads_fentry() {
+        Ok(()) => "; fentry/fexit on ",
+        Err(_) => "; raw tracepoints, not fentry: the kernel refused fexit on ",
+    };
+    assert!(header.contains(hooked), "{header}");
     assert!(
         out.starts_with("% time     seconds  usecs/call     calls    errors syscall\n"),
         "{out}"

@@ -23,18 +23,25 @@ pub const METRICS_PATH: &str = "/metrics";
 /// The health endpoint (liveness and readiness probes).
 pub const HEALTH_PATH: &str = "/healthz";
 
-/// The answer to one request, as plain data: status, content type, body.
+/// Whether answering `method` on `path` needs this scrape's GPU reading.
+pub fn wants_gpus(method: &Method, path: &str) -> bool {
+    path == METRICS_PATH && (method == Method::GET || method == Method::HEAD)
+}
+
+/// The answer to one request, as plain data: status, content type, body. `gpu` is the
+/// scrape's GPU reading ([`Metrics::read_gpus`]), read only when [`wants_gpus`].
 pub fn respond(
     metrics: &Metrics,
     method: &Method,
     path: &str,
+    gpu: Option<orb8_proto::GetGpusResponse>,
 ) -> (StatusCode, &'static str, String) {
     let text = "text/plain; charset=utf-8";
     match path {
         METRICS_PATH | HEALTH_PATH if method != Method::GET && method != Method::HEAD => {
             (StatusCode::METHOD_NOT_ALLOWED, text, "only GET\n".into())
         }
-        METRICS_PATH => (StatusCode::OK, METRICS_TYPE, metrics.render()),
+        METRICS_PATH => (StatusCode::OK, METRICS_TYPE, metrics.render(gpu)),
         HEALTH_PATH => (StatusCode::OK, text, metrics.health()),
         _ => (StatusCode::NOT_FOUND, text, "not found\n".into()),
     }
@@ -61,10 +68,14 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let metrics = metrics.clone();
                 async move {
-                    // Reading the flow table is blocking work (one syscall per flow).
                     let (method, path) = (req.method().clone(), req.uri().path().to_string());
+                    let gpu = match wants_gpus(&method, &path) {
+                        true => metrics.read_gpus().await,
+                        false => None,
+                    };
+                    // Reading the flow table is blocking work (one syscall per flow).
                     let (status, kind, body) =
-                        tokio::task::spawn_blocking(move || respond(&metrics, &method, &path))
+                        tokio::task::spawn_blocking(move || respond(&metrics, &method, &path, gpu))
                             .await
                             .unwrap_or_else(|e| {
                                 (

@@ -15,10 +15,13 @@
 //! | `pod_bytes_total` | counter | `namespace`, `pod`, `direction` | flow table, at most `cap` pods, the rest in `_other` |
 //! | `pods_over_cap` | gauge | | pods whose bytes are in the `_other` series |
 //! | `build_info` | gauge (1) | `version`, `kernel` | |
+//! | `gpu_*` | gauge, counter | `gpu`, `uuid`, `namespace`, `pod`, ... | the GPU source and the kubelet, as `GetGpus` ([`gpu_metrics`]) |
 //!
-//! Module stack: [`pods`] and [`podnames`] import no sibling; this module imports both;
-//! [`http`] imports this one.
+//! Module stack: [`family`] and [`pods`] import no sibling, [`podnames`] and [`gpu_metrics`]
+//! import only those; this module imports them all; [`http`] imports this one.
 
+pub mod family;
+pub mod gpu_metrics;
 pub mod http;
 pub mod podnames;
 pub mod pods;
@@ -34,21 +37,14 @@ use std::{
 
 use orb8_common::counter;
 use orb8_proto as pb;
-use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, NoLabelSet},
-    metrics::MetricType,
-    registry::Registry,
-};
+use prometheus_client::metrics::MetricType;
 
-use crate::{runtime::Agent, service::status};
+use crate::{gpu::Gpus, runtime::Agent, service::status};
+use family::{Family, Sample, Value};
 use pods::{OTHER, PodId, PodTraffic};
 
 /// `Content-Type` of what [`Metrics::render`] returns.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
-
-/// One labelled value.
-pub type Sample = (Vec<(&'static str, String)>, u64);
 
 /// Everything one scrape reports, as plain data.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -77,6 +73,13 @@ pub struct Exposition {
     pub version: String,
     /// The kernel release.
     pub kernel: String,
+    /// This scrape's GPU reading joined with the kubelet's allocations; `None` on a node
+    /// without a GPU source.
+    pub gpu: Option<pb::GetGpusResponse>,
+    /// The GPU source's kind (`nvml`, `dcgm-exporter`, `recorded`; empty without one).
+    pub gpu_source: String,
+    /// The pod of each GPU process, by PID, where its container names one.
+    pub gpu_process_pods: HashMap<u32, PodId>,
 }
 
 const DIRECTIONS: [&str; 2] = ["ingress", "egress"];
@@ -85,22 +88,13 @@ fn by_direction(v: [u64; 2]) -> Vec<Sample> {
     DIRECTIONS
         .iter()
         .zip(v)
-        .map(|(d, n)| (vec![("direction", d.to_string())], n))
+        .map(|(d, n)| (vec![("direction", d.to_string())], Value::Int(n)))
         .collect()
-}
-
-/// One metric family: name (without `_total`, which the encoder adds to counters), help, type,
-/// samples.
-struct Family {
-    name: &'static str,
-    help: &'static str,
-    kind: MetricType,
-    samples: Vec<Sample>,
 }
 
 impl Exposition {
     fn families(&self) -> Vec<Family> {
-        let one = |n: u64| vec![(Vec::new(), n)];
+        let one = |n: u64| vec![(Vec::new(), Value::Int(n))];
         let counter = MetricType::Counter;
         let gauge = MetricType::Gauge;
         vec![
@@ -141,7 +135,12 @@ impl Exposition {
                 samples: self
                     .dropped
                     .iter()
-                    .map(|(s, r, n)| (vec![("stage", s.clone()), ("reason", r.clone())], *n))
+                    .map(|(s, r, n)| {
+                        (
+                            vec![("stage", s.clone()), ("reason", r.clone())],
+                            Value::Int(*n),
+                        )
+                    })
                     .collect(),
             },
             Family {
@@ -151,7 +150,7 @@ impl Exposition {
                 samples: self
                     .unparsed
                     .iter()
-                    .map(|(r, n)| (vec![("reason", r.clone())], *n))
+                    .map(|(r, n)| (vec![("reason", r.clone())], Value::Int(*n)))
                     .collect(),
             },
             Family {
@@ -175,7 +174,7 @@ impl Exposition {
                                     ("pod", p.pod.clone()),
                                     ("direction", d.to_string()),
                                 ],
-                                *n,
+                                Value::Int(*n),
                             )
                         })
                     })
@@ -196,7 +195,7 @@ impl Exposition {
                         ("version", self.version.clone()),
                         ("kernel", self.kernel.clone()),
                     ],
-                    1,
+                    Value::Int(1),
                 )],
             },
         ]
@@ -204,36 +203,13 @@ impl Exposition {
 
     /// The Prometheus text exposition (format 0.0.4).
     pub fn encode(&self) -> String {
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(Encoded(self.families())));
-        let mut out = String::new();
-        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
-            .expect("writing to a String cannot fail");
-        out
-    }
-}
-
-struct Encoded(Vec<Family>);
-
-impl std::fmt::Debug for Encoded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Encoded")
-    }
-}
-
-impl Collector for Encoded {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for fam in &self.0 {
-            let mut m = encoder.encode_descriptor(fam.name, fam.help, None, fam.kind)?;
-            for (labels, v) in &fam.samples {
-                let mut s = m.encode_family(labels)?;
-                match fam.kind {
-                    MetricType::Counter => s.encode_counter::<NoLabelSet, _, u64>(v, None)?,
-                    _ => s.encode_gauge(v)?,
-                }
-            }
-        }
-        Ok(())
+        let mut families = self.families();
+        families.extend(gpu_metrics::families(
+            self.gpu.as_ref(),
+            &self.gpu_source,
+            &self.gpu_process_pods,
+        ));
+        family::encode(families)
     }
 }
 
@@ -244,17 +220,20 @@ pub struct Metrics {
     pod_dirs: Vec<PathBuf>,
     pods: Mutex<PodTraffic>,
     names: Mutex<HashMap<String, PodId>>,
+    gpus: Arc<Gpus>,
 }
 
 impl Metrics {
     /// Metrics of `agent`; `slow_client` is the service's slow-client loss count, `pod_dirs`
     /// where the runtime's container files are ([`podnames`]), `pod_cap` the most pods with
-    /// their own `orb8_pod_bytes_total` series.
+    /// their own `orb8_pod_bytes_total` series, `gpus` the node's GPU source (the one
+    /// `GetGpus` answers from).
     pub fn new(
         agent: Arc<Agent>,
         slow_client: Arc<AtomicU64>,
         pod_dirs: Vec<PathBuf>,
         pod_cap: usize,
+        gpus: Arc<Gpus>,
     ) -> Self {
         Metrics {
             agent,
@@ -262,7 +241,35 @@ impl Metrics {
             pod_dirs,
             pods: Mutex::new(PodTraffic::new(pod_cap)),
             names: Mutex::default(),
+            gpus,
         }
+    }
+
+    /// Reads the GPUs and the kubelet's allocations for one scrape (`None` on a node without
+    /// a GPU source). Blocking reads run off the async threads.
+    pub async fn read_gpus(&self) -> Option<pb::GetGpusResponse> {
+        if self.gpus.status().source.is_empty() {
+            return None;
+        }
+        Some(self.gpus.get("", crate::defaults::GPU_SAMPLE_WINDOW).await)
+    }
+
+    /// The pod of every GPU process whose cgroup names a container: from the runtime's files
+    /// (as for flows), else by pod UID.
+    fn gpu_process_pods(&self, reading: &pb::GetGpusResponse) -> HashMap<u32, PodId> {
+        reading
+            .gpus
+            .iter()
+            .flat_map(|g| &g.processes)
+            .filter(|p| !p.pod_uid.is_empty())
+            .map(|p| {
+                let pod = Some(p.container_id.as_str())
+                    .filter(|c| !c.is_empty())
+                    .and_then(|c| podnames::lookup(&self.pod_dirs, c))
+                    .unwrap_or_else(|| podnames::by_uid(&p.pod_uid));
+                (p.pid, pod)
+            })
+            .collect()
     }
 
     /// The pod behind each attached veth whose peer is a pod's container.
@@ -290,8 +297,8 @@ impl Metrics {
         out
     }
 
-    /// Collects everything now.
-    pub fn collect(&self) -> Exposition {
+    /// Collects everything now, with `gpu` as [`Metrics::read_gpus`] returned it.
+    pub fn collect(&self, gpu: Option<pb::GetGpusResponse>) -> Exposition {
         let snap = self.agent.snapshot();
         let c = &snap.counters;
         let by_iface = self.pods_by_interface();
@@ -335,6 +342,12 @@ impl Metrics {
             pods_over_cap: pods.over_cap() as u64,
             version: env!("CARGO_PKG_VERSION").to_string(),
             kernel: status::kernel_release(),
+            gpu_process_pods: gpu
+                .as_ref()
+                .map(|g| self.gpu_process_pods(g))
+                .unwrap_or_default(),
+            gpu_source: self.gpus.status().source,
+            gpu,
         }
     }
 
@@ -348,8 +361,8 @@ impl Metrics {
     }
 
     /// The text exposition of [`Metrics::collect`].
-    pub fn render(&self) -> String {
-        self.collect().encode()
+    pub fn render(&self, gpu: Option<pb::GetGpusResponse>) -> String {
+        self.collect(gpu).encode()
     }
 }
 
@@ -401,6 +414,6 @@ mod tests {
         }
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!((helps, types), (11, 11));
+        assert_eq!((helps, types), (31, 31));
     }
 }

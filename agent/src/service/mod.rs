@@ -43,7 +43,7 @@ pub struct Service {
     flows: flows::Flows,
     traces: syscall_trace::Traces,
     dns: dns_trace::DnsTraces,
-    gpus: Gpus,
+    gpus: Arc<Gpus>,
 }
 
 impl Service {
@@ -53,11 +53,12 @@ impl Service {
         let config = GpuConfig::default();
         let gpus = Gpus::detect(&config)
             .unwrap_or_else(|e| Gpus::none(e.to_string(), &config.pod_resources_socket));
-        Self::with_gpus(agent, node, gpus)
+        Self::with_gpus(agent, node, Arc::new(gpus))
     }
 
-    /// A service answering for `agent` as node `node`, with this GPU source.
-    pub fn with_gpus(agent: Arc<Agent>, node: String, gpus: Gpus) -> Self {
+    /// A service answering for `agent` as node `node`, with this GPU source (shared with the
+    /// metrics endpoint).
+    pub fn with_gpus(agent: Arc<Agent>, node: String, gpus: Arc<Gpus>) -> Self {
         Service {
             flows: flows::Flows::new(agent.clone(), node.clone()),
             traces: syscall_trace::Traces::new(agent.clone(), node.clone()),

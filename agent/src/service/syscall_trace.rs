@@ -24,7 +24,7 @@ use crate::{
     cgroups::{self, Resolved, Target, TargetError},
     convert, defaults,
     runtime::Agent,
-    syscalls::{ExitWatch, Summary, SyscallError, TraceHandle},
+    syscalls::{ExitWatch, Probes, Summary, SyscallError, TraceHandle},
 };
 
 /// A client's syscall trace stream.
@@ -187,6 +187,12 @@ fn started(
             Resolved::Cgroup { id, .. } => vec![*id],
             Resolved::Cgroups { groups } => groups.iter().map(|(_, id)| *id).collect(),
             _ => Vec::new(),
+        },
+        probes: handle.probes.kind().to_string(),
+        probes_note: handle.probes.note(),
+        fentry_functions: match &handle.probes {
+            Probes::Fentry { functions } => functions.clone(),
+            Probes::RawTracepoints { .. } => Vec::new(),
         },
     }
 }

@@ -229,13 +229,17 @@ pub mod names {
     pub const BENCH_NOOP: &str = "orb8_bench_noop";
 }
 
-/// The syscall tracer's ABI (`orb8-syscalls` object: raw tracepoints `sys_enter`/`sys_exit`).
+/// The syscall tracer's ABI (`orb8-syscalls` object: raw tracepoints `sys_enter`/`sys_exit`,
+/// or fentry/fexit programs on the kernel functions of an allow-list's syscalls).
 pub mod sys {
     /// Syscall numbers are below this; the per-syscall maps have this many entries.
     pub const MAX_SYSCALLS: u32 = 512;
     /// Latency histogram buckets per syscall: bucket 0 holds 0 ns, bucket `b` holds
     /// `[2^(b-1), 2^b)` ns, the last one everything above.
     pub const HIST_BUCKETS: usize = 40;
+    /// fentry/fexit program pairs in the object: an allow-list of at most this many syscalls
+    /// can be traced on the syscalls' own kernel functions instead of the raw tracepoints.
+    pub const FENTRY_SLOTS: usize = 8;
 
     /// How [`SysConfig::filter`] selects the traced threads.
     pub mod filter {
@@ -409,6 +413,31 @@ pub mod sys {
         pub const ENTER: &str = "orb8_sys_enter";
         /// Raw tracepoint program on `sys_exit`.
         pub const EXIT: &str = "orb8_sys_exit";
+        /// The read-only global `[u32; FENTRY_SLOTS]`: the syscall number each fentry/fexit
+        /// slot counts, set by the agent at load time.
+        pub const SLOTS: &str = "SYS_SLOTS";
+        /// fentry programs, one per slot (attached to a syscall's kernel function at load).
+        pub const FENTRY: [&str; super::FENTRY_SLOTS] = [
+            "orb8_sys_fentry_0",
+            "orb8_sys_fentry_1",
+            "orb8_sys_fentry_2",
+            "orb8_sys_fentry_3",
+            "orb8_sys_fentry_4",
+            "orb8_sys_fentry_5",
+            "orb8_sys_fentry_6",
+            "orb8_sys_fentry_7",
+        ];
+        /// fexit programs, one per slot, on the same function as the slot's fentry program.
+        pub const FEXIT: [&str; super::FENTRY_SLOTS] = [
+            "orb8_sys_fexit_0",
+            "orb8_sys_fexit_1",
+            "orb8_sys_fexit_2",
+            "orb8_sys_fexit_3",
+            "orb8_sys_fexit_4",
+            "orb8_sys_fexit_5",
+            "orb8_sys_fexit_6",
+            "orb8_sys_fexit_7",
+        ];
     }
 }
 

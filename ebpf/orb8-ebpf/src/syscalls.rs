@@ -1,16 +1,21 @@
 //! orb8's syscall tracer, a separate object (`orb8-syscalls`) that the agent loads only when a
 //! client asks for a syscall trace, so the flow-only agent pays nothing for it.
 //!
-//! `orb8_sys_enter` / `orb8_sys_exit` run on the `raw_syscalls` raw tracepoints, which every
-//! thread of the node passes through, so the first thing each does is the target check, and for
-//! a single target it is one helper call and one compare against the read-only global
-//! `SYS_FIXED` (the thread's cgroup v2 id or its process), with no map lookup; several cgroups
-//! (a pod's containers) are a lookup in `SYS_CGROUPS`, a PID namespace a helper call. Any other
-//! thread leaves at once, so nothing about other processes leaves the kernel. A traced entry
-//! passing the syscall allow-list (`SYS_ALLOW`) writes its start time into the thread's slot in
-//! `SYS_INFLIGHT` (in place; a slot is created on a thread's first traced call and removed when
-//! it calls `exit`); its exit clears the slot and adds the call, its errno and its duration to
-//! the per-CPU `SYS_STATS` / `SYS_ERRNOS`, and in stream mode sends a [`SysEvent`] through
+//! Two ways in, one aggregation. `orb8_sys_enter` / `orb8_sys_exit` run on the `raw_syscalls`
+//! raw tracepoints, which every thread of the node passes through. For an allow-list of at most
+//! [`FENTRY_SLOTS`] syscalls, where the kernel allows tracing programs, the agent instead loads
+//! the fentry/fexit pair of one slot per syscall (`orb8_sys_fentry_N` / `orb8_sys_fexit_N`) on
+//! that syscall's kernel function, so every other syscall and every other process pays nothing;
+//! the slot's syscall number is the read-only global `SYS_SLOTS[N]`. Both ways then run the same
+//! code: the target check first, and for a single target it is one helper call and one compare
+//! against the read-only global `SYS_FIXED` (the thread's cgroup v2 id or its process), with no
+//! map lookup; several cgroups (a pod's containers) are a lookup in `SYS_CGROUPS`, a PID
+//! namespace a helper call. Any other thread leaves at once, so nothing about other processes
+//! leaves the kernel. A traced entry passing the syscall allow-list (`SYS_ALLOW`; the fentry
+//! slots are the allow-list) writes its start time into the thread's slot in `SYS_INFLIGHT`
+//! (in place; a slot is created on a thread's first traced call and removed when it calls
+//! `exit`); its exit clears the slot and adds the call, its errno and its duration to the
+//! per-CPU `SYS_STATS` / `SYS_ERRNOS`, and in stream mode sends a [`SysEvent`] through
 //! `SYS_EVENTS`. Every loss is counted in `SYS_COUNTERS`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -27,12 +32,13 @@ use aya_ebpf::{
             bpf_get_current_cgroup_id, bpf_get_ns_current_pid_tgid, bpf_ktime_get_boot_ns,
         },
     },
-    macros::{map, raw_tracepoint},
+    macros::{fentry, fexit, map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::RawTracePointContext,
+    programs::{FEntryContext, FExitContext, RawTracePointContext},
 };
 use orb8_common::sys::{
-    ErrnoKey, HIST_BUCKETS, Inflight, MAX_SYSCALLS, SysConfig, SysEvent, SysStats, counter, filter,
+    ErrnoKey, FENTRY_SLOTS, HIST_BUCKETS, Inflight, MAX_SYSCALLS, SysConfig, SysEvent, SysStats,
+    counter, filter,
 };
 
 const EEXIST: i64 = 17;
@@ -41,6 +47,10 @@ const EEXIST: i64 = 17;
 /// the read-only data section, so the verifier knows every field.
 #[unsafe(no_mangle)]
 static SYS_FIXED: SysConfig = SysConfig::OFF;
+
+/// The syscall number each fentry/fexit slot counts, set by the agent at load time.
+#[unsafe(no_mangle)]
+static SYS_SLOTS: [u32; FENTRY_SLOTS] = [0; FENTRY_SLOTS];
 
 /// The settings that change while the programs run (only `stream` is read), written by the agent.
 #[map(name = "SYS_CONFIG")]
@@ -94,6 +104,13 @@ fn fixed() -> SysConfig {
     // SAFETY: a plain read of a global; the volatile read keeps the compiler from assuming the
     // zero value it was compiled with (the agent sets it at load time).
     unsafe { core::ptr::read_volatile(&SYS_FIXED) }
+}
+
+/// The syscall number of fentry/fexit slot `i`.
+#[inline(always)]
+fn slot_nr(i: usize) -> u32 {
+    // SAFETY: a plain read of a global, volatile for the reason given in [`fixed`].
+    unsafe { core::ptr::read_volatile(&SYS_SLOTS[i]) }
 }
 
 /// Whether the current thread belongs to the target.
@@ -203,13 +220,31 @@ pub fn orb8_sys_enter(ctx: RawTracePointContext) -> i32 {
     if cfg.allow_list != 0 && !allowed(nr) {
         return 0;
     }
+    on_enter(&cfg, nr);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn orb8_sys_exit(ctx: RawTracePointContext) -> i32 {
+    let cfg = fixed();
+    if !traced(&cfg) {
+        return 0;
+    }
+    on_exit(ctx.arg(1));
+    0
+}
+
+/// A traced thread entered syscall `nr`, which passed the allow-list: its start time goes into
+/// the thread's slot; `exit`/`exit_group` are counted now.
+#[inline(always)]
+fn on_enter(cfg: &SysConfig, nr: u32) {
     count(counter::ENTERED);
     let pid_tgid = bpf_get_current_pid_tgid();
     if nr == cfg.nr_exit || nr == cfg.nr_exit_group {
         // Never returns: counted now, with no duration; the thread's slot goes with it.
         record(nr, 0, 0);
         let _ = SYS_INFLIGHT.remove(&pid_tgid);
-        return 0;
+        return;
     }
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
@@ -218,7 +253,7 @@ pub fn orb8_sys_enter(ctx: RawTracePointContext) -> i32 {
         let slot = unsafe { &mut *slot };
         slot.enter_ns = now;
         slot.nr = nr as u64;
-        return 0;
+        return;
     }
     let slot = Inflight {
         enter_ns: now,
@@ -230,38 +265,66 @@ pub fn orb8_sys_enter(ctx: RawTracePointContext) -> i32 {
     {
         count(counter::INFLIGHT_FULL);
     }
-    0
 }
 
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn orb8_sys_exit(ctx: RawTracePointContext) -> i32 {
-    let cfg = fixed();
-    if !traced(&cfg) {
-        return 0;
-    }
+/// A traced thread returned `ret` from a syscall: the call in its slot, if any, is recorded.
+#[inline(always)]
+fn on_exit(ret: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(slot) = SYS_INFLIGHT.get_ptr_mut(&pid_tgid) else {
-        return 0;
+        return;
     };
     // SAFETY: this thread's own slot; no other thread writes it.
     let slot = unsafe { &mut *slot };
     let enter_ns = slot.enter_ns;
     if enter_ns == 0 {
         // No traced call in flight (its entry was filtered out, or came before the trace).
-        return 0;
+        return;
     }
     let nr = slot.nr as u32;
     slot.enter_ns = 0;
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let ns = now.saturating_sub(enter_ns);
-    let ret: i64 = ctx.arg(1);
     record(nr, ret, ns);
     if SYS_CONFIG.get(0).is_some_and(|c| c.stream != 0) {
         emit(pid_tgid, nr, ret, ns, now);
     }
-    0
 }
+
+/// One fentry/fexit pair: slot `$i` counts syscall `SYS_SLOTS[$i]`, on the kernel function the
+/// agent names when it loads the pair.
+macro_rules! fentry_slot {
+    ($i:literal, $enter:ident, $exit:ident) => {
+        #[fentry]
+        pub fn $enter(_ctx: FEntryContext) -> i32 {
+            let cfg = fixed();
+            if traced(&cfg) {
+                on_enter(&cfg, slot_nr($i));
+            }
+            0
+        }
+
+        #[fexit]
+        pub fn $exit(ctx: FExitContext) -> i32 {
+            let cfg = fixed();
+            if traced(&cfg) {
+                // The helper behind `ret` exists wherever fexit programs load (Linux >= 5.17).
+                on_exit(ctx.ret::<i64>().unwrap_or(0));
+            }
+            0
+        }
+    };
+}
+
+fentry_slot!(0, orb8_sys_fentry_0, orb8_sys_fexit_0);
+fentry_slot!(1, orb8_sys_fentry_1, orb8_sys_fexit_1);
+fentry_slot!(2, orb8_sys_fentry_2, orb8_sys_fexit_2);
+fentry_slot!(3, orb8_sys_fentry_3, orb8_sys_fexit_3);
+fentry_slot!(4, orb8_sys_fentry_4, orb8_sys_fexit_4);
+fentry_slot!(5, orb8_sys_fentry_5, orb8_sys_fexit_5);
+fentry_slot!(6, orb8_sys_fentry_6, orb8_sys_fexit_6);
+fentry_slot!(7, orb8_sys_fentry_7, orb8_sys_fexit_7);
 
 #[inline(always)]
 fn emit(pid_tgid: u64, nr: u32, ret: i64, ns: u64, now: u64) {

@@ -10,7 +10,7 @@ use tokio::time::{Duration, Instant};
 
 use crate::cli::{FlowsArgs, FlowsBy};
 use crate::flow::{filter_to_wire, sort_to_wire};
-use crate::group::group;
+use crate::group::group_owned;
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::merge::merge_flow_tables;
 use crate::progress::{Progress, countdown_message, warn};
@@ -112,7 +112,7 @@ pub async fn run(
             render::write_flows(out, format, &flows, now)?;
         }
         FlowsBy::Peer => {
-            let groups = group(&flows, args.sort, limit);
+            let groups = group_owned(flows, args.sort, limit);
             if groups.is_empty() && matches!(format, OutputFormat::Table | OutputFormat::Wide) {
                 let _ = writeln!(std::io::stderr(), "No flows found.");
             }

@@ -7,8 +7,8 @@ use std::io::Write;
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use orb8_proto::{
-    DropStage, PodTarget, SyscallFilterKind, SyscallSummary, SyscallTarget, TraceSyscallsRequest,
-    syscall_target, syscall_trace_event,
+    DropStage, PodTarget, SyscallFilterKind, SyscallSummary, SyscallTarget, SyscallTraceStarted,
+    TraceSyscallsRequest, syscall_target, syscall_trace_event,
 };
 
 use crate::cli::{GlobalArgs, TraceSyscallArgs};
@@ -64,6 +64,18 @@ fn filter_name(kind: i32) -> &'static str {
         Ok(SyscallFilterKind::Pidns) => "pidns",
         Ok(SyscallFilterKind::Process) => "process",
         _ => "unknown",
+    }
+}
+
+/// How the agent's kernel programs hook syscalls, for the header line: fentry/fexit on named
+/// kernel functions, or raw tracepoints and (for an allow-list) why not fentry.
+pub fn probes_text(started: &SyscallTraceStarted) -> String {
+    match started.probes.as_str() {
+        "fentry" => format!("fentry/fexit on {}", started.fentry_functions.join(", ")),
+        "raw_tracepoint" if started.probes_note.is_empty() => "raw tracepoints".to_string(),
+        "raw_tracepoint" => format!("raw tracepoints, not fentry: {}", started.probes_note),
+        "" => "probes not reported by the agent".to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -128,7 +140,7 @@ pub async fn run(
     }
     let _ = writeln!(
         std::io::stderr(),
-        "orb8: tracing {} on {node} ({} filter{}){}",
+        "orb8: tracing {} on {node} ({} filter{}; {}){}",
         started.description,
         filter_name(started.filter),
         if args.syscalls.is_empty() {
@@ -136,6 +148,7 @@ pub async fn run(
         } else {
             format!(", syscalls {}", args.syscalls.join(","))
         },
+        probes_text(&started),
         if args.stream {
             ""
         } else {
@@ -216,6 +229,8 @@ pub async fn run(
                 arch: &summary.arch,
                 target: &started.description,
                 filter: filter_name(started.filter),
+                probes: &started.probes,
+                probes_note: &started.probes_note,
                 duration_seconds: summary.elapsed_ns as f64 / 1e9,
                 target_exited: summary.target_exited,
                 calls: rows.iter().map(|r| r.calls).sum(),
@@ -271,6 +286,27 @@ mod tests {
         assert_eq!(
             r.target.and_then(|t| t.kind),
             Some(syscall_target::Kind::Pid(42))
+        );
+    }
+
+    #[test]
+    fn the_header_says_how_syscalls_are_hooked_and_why_not_fentry() {
+        let mut s = SyscallTraceStarted {
+            probes: "fentry".into(),
+            fentry_functions: vec!["__x64_sys_openat".into(), "__do_sys_getppid".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            probes_text(&s),
+            "fentry/fexit on __x64_sys_openat, __do_sys_getppid"
+        );
+        s.probes = "raw_tracepoint".into();
+        s.fentry_functions.clear();
+        assert_eq!(probes_text(&s), "raw tracepoints");
+        s.probes_note = "the kernel refused fexit on __x64_sys_openat: EPERM".into();
+        assert_eq!(
+            probes_text(&s),
+            "raw tracepoints, not fentry: the kernel refused fexit on __x64_sys_openat: EPERM"
         );
     }
 

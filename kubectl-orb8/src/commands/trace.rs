@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 
-use futures::StreamExt as _;
+use futures::{FutureExt as _, Stream, StreamExt as _};
 use orb8_proto::{Event, StreamEventsRequest, event};
 
 use orb8_flowspec::FlowFilterSpec;
@@ -180,6 +180,41 @@ fn write_event(
     write_record(out, format, &line)
 }
 
+/// At most this many already-received items are counted when a trace stops.
+const UNPRINTED_SCAN: usize = 1 << 20;
+
+/// Flow events (and events the agents reported lost) already received but not printed when a
+/// trace stops, taken from `merged` without waiting: what a slow stdout left behind.
+fn unprinted<S: Stream<Item = Merged> + Unpin>(merged: &mut S) -> u64 {
+    let mut n = 0u64;
+    for _ in 0..UNPRINTED_SCAN {
+        match merged.next().now_or_never() {
+            Some(Some(Merged::Event { event, .. })) => {
+                if matches!(
+                    event.kind,
+                    Some(event::Kind::NewFlow(_) | event::Kind::ActiveFlow(_))
+                ) {
+                    n += 1;
+                }
+            }
+            Some(Some(Merged::Gap { lost, .. })) => n = n.saturating_add(lost),
+            Some(Some(Merged::AgentLost { .. })) => {}
+            Some(None) | None => break,
+        }
+    }
+    n
+}
+
+/// Says on stderr how many received events the stopping trace leaves unprinted, if any.
+fn report_unprinted<S: Stream<Item = Merged> + Unpin>(merged: &mut S) {
+    let n = unprinted(merged);
+    if n > 0 {
+        warn(&format!(
+            "{n} flow events received but not printed: the trace stopped while output was behind"
+        ));
+    }
+}
+
 /// Runs `trace network` until `--duration`, Ctrl-C, or every agent is gone (an error).
 pub async fn network(
     session: &Session,
@@ -219,8 +254,14 @@ pub async fn network(
     loop {
         let item = tokio::select! {
             item = merged.next() => item,
-            () = &mut until_deadline => break,
-            () = interrupt.wait() => break,
+            () = &mut until_deadline => {
+                report_unprinted(&mut merged);
+                break;
+            }
+            () = interrupt.wait() => {
+                report_unprinted(&mut merged);
+                break;
+            }
         };
         match item {
             Some(Merged::Event { node, event }) => {
@@ -276,6 +317,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn what_a_stopping_trace_leaves_unprinted_is_counted() {
+        let flow = |seq| Merged::Event {
+            node: "a".into(),
+            event: Event {
+                seq,
+                kind: Some(event::Kind::NewFlow(Default::default())),
+                ..Default::default()
+            },
+        };
+        let items = vec![
+            flow(1),
+            Merged::Gap {
+                node: "a".into(),
+                lost: 5,
+                cause: GapCause::SeqJump {
+                    expected: 2,
+                    got: 7,
+                },
+            },
+            flow(7),
+            Merged::Event {
+                node: "a".into(),
+                event: Event::default(),
+            },
+        ];
+        let mut ready = futures::stream::iter(items);
+        assert_eq!(unprinted(&mut ready), 7);
+        // Nothing ready: nothing counted, and no waiting.
+        let mut idle = futures::stream::pending::<Merged>();
+        assert_eq!(unprinted(&mut idle), 0);
+    }
+
+    #[test]
     fn text_lines_show_the_flow() {
         let flow = FlowRecord::test_flow();
         assert_eq!(
@@ -308,7 +382,7 @@ mod tests {
         f.src_name = pod("shop", "checkout");
         f.dst_name = pod("pay", "server");
         // A process behind the veth is left out when the ends have names.
-        f.netns_owner = Some(Box::new(orb8_proto::NetnsOwner {
+        f.netns_owner = Some(std::sync::Arc::new(orb8_proto::NetnsOwner {
             pid: 42,
             comm: "pause".into(),
             ..Default::default()
@@ -353,7 +427,7 @@ mod tests {
     #[test]
     fn local_text_lines_keep_addresses_and_name_the_process_behind_a_veth() {
         let mut f = FlowRecord::test_flow();
-        f.netns_owner = Some(Box::new(orb8_proto::NetnsOwner {
+        f.netns_owner = Some(std::sync::Arc::new(orb8_proto::NetnsOwner {
             pid: 1234,
             comm: "curl".into(),
             ..Default::default()

@@ -1,8 +1,9 @@
 //! JSON: pretty documents for tables, compact lines for live events.
 
-use std::io;
+use std::cell::RefCell;
+use std::io::{self, Write};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer, ser::Error as _};
 
 use super::view::FlowView;
 use crate::flow::FlowRecord;
@@ -17,6 +18,35 @@ pub fn to_line<T: Serialize + ?Sized>(value: &T) -> io::Result<String> {
     serde_json::to_string(value).map_err(io::Error::other)
 }
 
+/// Writes `items` as one pretty-printed JSON array and a newline, byte for byte what
+/// [`to_string`] of a `Vec` of them and `writeln!` would write, but one item at a time: neither
+/// the items nor the text of the whole table are ever held (100k flows are tens of MiB of each).
+pub fn write_array<T, I>(out: &mut dyn Write, items: I) -> io::Result<()>
+where
+    T: Serialize,
+    I: IntoIterator<Item = T>,
+{
+    let mut w = io::BufWriter::with_capacity(1 << 16, out);
+    serde_json::to_writer_pretty(&mut w, &Lazy(RefCell::new(Some(items.into_iter()))))
+        .map_err(io::Error::from)?;
+    writeln!(w)?;
+    w.flush()
+}
+
+/// A sequence serialised from an iterator, once.
+struct Lazy<I>(RefCell<Option<I>>);
+
+impl<T: Serialize, I: Iterator<Item = T>> Serialize for Lazy<I> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let items = self
+            .0
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| S::Error::custom("a lazy sequence is serialised once"))?;
+        s.collect_seq(items)
+    }
+}
+
 /// A flow table as one JSON array of flow objects.
 pub fn flows(flows: &[FlowRecord]) -> io::Result<String> {
     let views: Vec<FlowView> = flows.iter().map(FlowView::from).collect();
@@ -27,6 +57,17 @@ pub fn flows(flows: &[FlowRecord]) -> io::Result<String> {
 mod tests {
     use super::*;
     use crate::render::view::{GapLine, NewFlowLine};
+
+    #[test]
+    fn written_arrays_are_the_documents_to_string_makes() {
+        let rows = [FlowRecord::test_flow(), FlowRecord::test_flow()];
+        for n in 0..=2 {
+            let mut out = Vec::new();
+            write_array(&mut out, rows[..n].iter().map(FlowView::from)).expect("writes");
+            let want = format!("{}\n", flows(&rows[..n]).expect("serialises"));
+            assert_eq!(String::from_utf8(out).unwrap(), want, "{n} rows");
+        }
+    }
 
     #[test]
     fn a_known_flow_as_json() {

@@ -75,7 +75,7 @@ pub fn write_flows(
             }
             writeln!(out, "{}", table::flows(flows, wide, now, None))
         }
-        OutputFormat::Json => writeln!(out, "{}", json::flows(flows)?),
+        OutputFormat::Json => json::write_array(out, flows.iter().map(FlowView::from)),
         OutputFormat::Yaml => out.write_all(yaml::flows(flows)?.as_bytes()),
     }
 }
@@ -87,7 +87,6 @@ pub fn write_groups(
     groups: &[FlowGroup],
     now: SystemTime,
 ) -> io::Result<()> {
-    let views: Vec<FlowGroupView> = groups.iter().map(FlowGroupView::from).collect();
     match format {
         OutputFormat::Table | OutputFormat::Wide => {
             if groups.is_empty() {
@@ -96,8 +95,11 @@ pub fn write_groups(
             let wide = format == OutputFormat::Wide;
             writeln!(out, "{}", table::groups(groups, wide, now, None))
         }
-        OutputFormat::Json => writeln!(out, "{}", json::to_string(&views)?),
-        OutputFormat::Yaml => out.write_all(yaml::to_string(&views)?.as_bytes()),
+        OutputFormat::Json => json::write_array(out, groups.iter().map(FlowGroupView::from)),
+        OutputFormat::Yaml => {
+            let views: Vec<FlowGroupView> = groups.iter().map(FlowGroupView::from).collect();
+            out.write_all(yaml::to_string(&views)?.as_bytes())
+        }
     }
 }
 

@@ -146,6 +146,11 @@ pub struct SummaryView<'a> {
     pub target: &'a str,
     /// `cgroup`, `pidns` or `process`.
     pub filter: &'a str,
+    /// How the kernel programs hooked syscalls: `fentry` or `raw_tracepoint`.
+    pub probes: &'a str,
+    /// Why an allow-list was traced on raw tracepoints rather than fentry (absent otherwise).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub probes_note: &'a str,
     /// How long the trace ran, seconds.
     pub duration_seconds: f64,
     /// Whether the target exited during the trace.

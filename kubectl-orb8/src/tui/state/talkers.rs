@@ -469,7 +469,7 @@ mod tests {
     #[test]
     fn a_veth_process_is_the_pod_end_in_local_mode() {
         let mut f = flow(40000, 10, 1);
-        f.netns_owner = Some(Box::new(orb8_proto::NetnsOwner {
+        f.netns_owner = Some(std::sync::Arc::new(orb8_proto::NetnsOwner {
             pid: 42,
             comm: "curl".into(),
             ..Default::default()
