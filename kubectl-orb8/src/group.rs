@@ -95,20 +95,10 @@ impl FlowGroup {
     }
 }
 
-fn addr_text(addr: Option<IpAddr>) -> String {
-    addr.map_or_else(|| "?".to_string(), |a| a.to_string())
-}
-
-/// An end as a row shows it: its name, with the address for ends nobody owns; the address
-/// when there are no names.
+/// An end as a row shows it: its name ([`Endpoint::label_at`]: with the address for ends
+/// nobody owns); the address when there are no names.
 fn end_label(name: Option<&Endpoint>, addr: Option<IpAddr>) -> String {
-    match name {
-        Some(e @ (Endpoint::World | Endpoint::Unknown)) => {
-            format!("{}({})", e.label(), addr_text(addr))
-        }
-        Some(e) => e.label(),
-        None => addr_text(addr),
-    }
+    name.map_or_else(|| crate::flow::addr_text(addr), |e| e.label_at(addr))
 }
 
 /// The row a flow belongs to.

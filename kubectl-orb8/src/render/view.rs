@@ -324,6 +324,9 @@ pub struct StatusView {
     pub drops: Vec<DropView>,
     /// Packets not attributed to a flow, by reason.
     pub packets_not_parsed: BTreeMap<String, u64>,
+    /// DNS counters (messages, exchanges, timeouts, duplicates, unparsed by reason, ...);
+    /// empty from agents that predate them.
+    pub dns: BTreeMap<String, u64>,
     /// Uptime in milliseconds.
     pub uptime_ms: u64,
     /// Uptime in words (`1h 2m 3s`).
@@ -397,6 +400,7 @@ impl From<&AgentStatus> for StatusView {
             drops_total: drops.iter().map(|d| d.count).sum(),
             drops,
             packets_not_parsed: counters.packets_not_parsed.into_iter().collect(),
+            dns: counters.dns.into_iter().collect(),
             uptime_ms: s.uptime_ms,
             uptime: uptime_text(s.uptime_ms),
             gpu: s.gpu.as_ref().map(|g| GpuStatusView {
