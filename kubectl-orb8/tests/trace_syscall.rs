@@ -73,7 +73,9 @@ fn the_summary_table_shows_the_agents_counts() {
     // What was traced and why the trace ended, as the agent said it.
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("tracing cgroup /sys/fs/cgroup/app (id 9) on node-a (cgroup filter)"),
+        err.contains(
+            "tracing cgroup /sys/fs/cgroup/app (id 9) on node-a (cgroup filter; raw tracepoints)"
+        ),
         "{err}"
     );
     assert!(err.contains("process 7 exited"), "{err}");
@@ -96,6 +98,7 @@ fn the_json_summary_has_every_count() {
             "arch": "x86_64",
             "target": "cgroup /sys/fs/cgroup/app (id 9)",
             "filter": "cgroup",
+            "probes": "raw_tracepoint",
             "duration_seconds": 2.0,
             "target_exited": true,
             "syscalls": [
