@@ -5,7 +5,8 @@ set -euo pipefail
 
 NIGHTLY="$(grep -Po '^channel\s*=\s*"\K[^"]+' "$(dirname "${BASH_SOURCE[0]}")/../ebpf/orb8-ebpf/rust-toolchain.toml")" || { echo "orb8 setup: no channel in ebpf/orb8-ebpf/rust-toolchain.toml" >&2; exit 1; }  # LLVM 22, matching bpf-linker's llvm-22 feature
 BPF_LINKER_VERSION="0.13.0"
-APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev iproute2 iputils-ping procps util-linux busybox tmux)
+# nftables: the drop tests' rules (NETFILTER_DROP) inside their own network namespaces.
+APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev iproute2 iputils-ping procps util-linux busybox tmux nftables)
 
 log() { printf 'orb8 setup: %s\n' "$*" >&2; }
 

@@ -219,6 +219,108 @@ pub fn syscall_summary(
     }
 }
 
+/// Converts a key of the drop table and its counts to the wire type (reason named; the
+/// interface name and namespace owner are the caller's to add).
+pub fn packet_drop(
+    k: &orb8_common::drops::DropKey,
+    s: &orb8_common::drops::DropStats,
+    reasons: &crate::drops::Reasons,
+    clock: &BootClock,
+) -> pb::PacketDrop {
+    pb::PacketDrop {
+        reason: reasons.name(k.reason),
+        reason_code: k.reason,
+        protocol: k.protocol as u32,
+        src_addr: ip_to_bytes(addr(k.family, &k.src_addr)),
+        dst_addr: ip_to_bytes(addr(k.family, &k.dst_addr)),
+        src_port: k.src_port as u32,
+        dst_port: k.dst_port as u32,
+        fragment: k.flags & orb8_common::key_flags::FRAGMENT != 0,
+        ifindex: k.ifindex,
+        netns: k.netns as u64,
+        packets: s.packets,
+        bytes: s.bytes,
+        first_seen_unix_nanos: unix_nanos(clock, s.first_seen_ns),
+        last_seen_unix_nanos: unix_nanos(clock, s.last_seen_ns),
+        ..Default::default()
+    }
+}
+
+/// A TCP state's kernel name without `TCP_` (`SYN_SENT`), or its number.
+pub fn tcp_state_name(s: u8) -> String {
+    const NAMES: [&str; 13] = [
+        "",
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "LISTEN",
+        "CLOSING",
+        "NEW_SYN_RECV",
+    ];
+    match NAMES.get(s as usize) {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => format!("state {s}"),
+    }
+}
+
+/// Converts a TCP tracer event to the wire type (the namespace owner is the caller's to add).
+pub fn tcp_event(e: &orb8_common::tcp::TcpEvent, clock: &BootClock) -> pb::TcpConnEvent {
+    use orb8_common::tcp::{fin, kind, role};
+    let c = &e.conn;
+    let kind = match e.kind {
+        kind::CONNECT => pb::TcpEventKind::Connect,
+        kind::ACCEPT => pb::TcpEventKind::Accept,
+        kind::CLOSE => pb::TcpEventKind::Close,
+        kind::RESET_SENT => pb::TcpEventKind::ResetSent,
+        kind::RESET_RECEIVED => pb::TcpEventKind::ResetReceived,
+        kind::RETRANSMIT => pb::TcpEventKind::Retransmit,
+        kind::STATE => pb::TcpEventKind::State,
+        _ => pb::TcpEventKind::Unspecified,
+    };
+    let at = |ns: u64| if ns == 0 { 0 } else { unix_nanos(clock, ns) };
+    pb::TcpConnEvent {
+        kind: kind as i32,
+        old_state: tcp_state_name(e.old_state),
+        new_state: tcp_state_name(e.new_state),
+        local_addr: ip_to_bytes(addr(c.family, &c.saddr)),
+        local_port: c.sport as u32,
+        remote_addr: ip_to_bytes(addr(c.family, &c.daddr)),
+        remote_port: c.dport as u32,
+        netns: c.netns as u64,
+        netns_owner: None,
+        role: match c.role {
+            role::CONNECT => "connect",
+            role::ACCEPT => "accept",
+            _ => "",
+        }
+        .to_string(),
+        start_unix_nanos: at(c.start_ns),
+        established_unix_nanos: at(c.established_ns),
+        handshake_ns: if c.established_ns != 0 && c.role != role::UNKNOWN {
+            c.established_ns.saturating_sub(c.start_ns)
+        } else {
+            0
+        },
+        srtt_us: c.srtt_us,
+        retransmits: c.retransmits,
+        fin_first: match c.fin {
+            fin::LOCAL => "local",
+            fin::PEER => "peer",
+            _ => "",
+        }
+        .to_string(),
+        resets_sent: c.rst_sent as u32,
+        resets_received: c.rst_received as u32,
+        duration_ns: e.ts_ns.saturating_sub(c.start_ns),
+    }
+}
+
 /// Nanoseconds since the Unix epoch of a kernel boot-time timestamp.
 pub fn unix_nanos(clock: &BootClock, boot_ns: u64) -> i64 {
     clock

@@ -57,6 +57,16 @@ pub const DNS_EXTRA_PORTS: usize = orb8_common::dns::MAX_PORTS - 1;
 pub const SYSCALL_RINGBUF_BYTES: u32 = 4 << 20;
 /// Syscall events queued for stream consumers in the agent; one further behind loses the oldest.
 pub const SYSCALL_EVENT_QUEUE: usize = 65536;
+/// Bytes of the drop tracer's new-key ring buffer.
+pub const DROP_RINGBUF_BYTES: u32 = 1 << 20;
+/// New-key drop events queued for stream consumers in the agent.
+pub const DROP_EVENT_QUEUE: usize = 16384;
+/// How often a drop trace reports the kernel's losses (and flushes its gaps).
+pub const DROP_TICK: Duration = Duration::from_millis(200);
+/// Bytes of the TCP tracer's event ring buffer.
+pub const TCP_RINGBUF_BYTES: u32 = 1 << 20;
+/// TCP events queued for stream consumers in the agent.
+pub const TCP_EVENT_QUEUE: usize = 16384;
 /// How often a syscall trace checks that its target is still there (and flushes its gaps).
 pub const TRACE_EXIT_CHECK: Duration = Duration::from_millis(20);
 /// How long a trace whose target exited waits for the target's last events to be read.
@@ -86,6 +96,8 @@ mod tests {
         );
         assert!(RINGBUF_BYTES.is_power_of_two() && RINGBUF_BYTES >= MIN_RINGBUF_BYTES);
         assert!(SYSCALL_RINGBUF_BYTES.is_power_of_two());
+        assert!(DROP_RINGBUF_BYTES.is_power_of_two());
+        assert!(TCP_RINGBUF_BYTES.is_power_of_two());
         assert!(DNS_RINGBUF_BYTES.is_power_of_two());
         assert_eq!(
             humantime::parse_duration(DNS_TIMEOUT).unwrap(),

@@ -150,6 +150,17 @@ fn veth_links_in(pid: u32) -> Vec<u32> {
     .unwrap_or_default()
 }
 
+/// The inode of this process's own network namespace.
+pub fn own_netns() -> Option<u64> {
+    netns_inode("self")
+}
+
+/// Who lives in the network namespace with inode `ino` (its oldest process); `None` for this
+/// process's own namespace or one without processes.
+pub fn owner_of(ino: u64) -> Option<Peer> {
+    namespaces().get(&ino).map(|pid| describe(*pid))
+}
+
 fn describe(pid: u32) -> Peer {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .unwrap_or_default()

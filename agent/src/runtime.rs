@@ -130,6 +130,10 @@ pub struct Agent {
     pub clock: BootClock,
     /// The syscall tracer, loaded only while a client traces syscalls.
     pub syscalls: Arc<crate::syscalls::SyscallTracer>,
+    /// The packet drop tracer, loaded only while a client traces drops.
+    pub drops: Arc<crate::drops::DropTracer>,
+    /// The TCP lifecycle tracer, loaded only while a client traces TCP.
+    pub tcp: Arc<crate::tcp::TcpTracer>,
     started: Instant,
     config: AgentConfig,
 }
@@ -175,6 +179,8 @@ impl Agent {
             stats: AgentStats::default(),
             clock: BootClock::now(),
             syscalls: Arc::default(),
+            drops: Arc::default(),
+            tcp: Arc::default(),
             started: Instant::now(),
             config,
         });
@@ -300,11 +306,13 @@ impl Agent {
         self.interfaces.lock().expect("interfaces lock").clone()
     }
 
-    /// Attach mode and the names of the loaded programs (the syscall tracer's while it runs).
+    /// Attach mode and the names of the loaded programs (the tracers' while they run).
     pub fn probe_info(&self) -> (&'static str, Vec<&'static str>) {
         let p = self.probes.lock().expect("probes lock");
         let mut programs = p.program_names();
         programs.extend(self.syscalls.program_names());
+        programs.extend(self.drops.program_names());
+        programs.extend(self.tcp.program_names());
         (p.mode().as_str(), programs)
     }
 
@@ -400,6 +408,8 @@ impl Agent {
     /// Detaches every probe. Called on shutdown; dropping the agent does the same.
     pub fn shutdown(&self) {
         self.syscalls.shutdown();
+        self.drops.shutdown();
+        self.tcp.shutdown();
         self.probes.lock().expect("probes lock").detach_all();
         self.interfaces.lock().expect("interfaces lock").clear();
     }

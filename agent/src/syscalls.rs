@@ -793,6 +793,38 @@ mod tests {
     }
 
     #[test]
+    fn fentry_looks_for_the_table_entry_then_the_function_behind_it() {
+        assert_eq!(
+            kernel_functions(Arch::X86_64, "openat"),
+            ["__x64_sys_openat".to_string(), "__do_sys_openat".into()]
+        );
+        assert_eq!(
+            kernel_functions(Arch::Aarch64, "getppid")[0],
+            "__arm64_sys_getppid"
+        );
+        let fentry = Probes::Fentry {
+            functions: vec!["__x64_sys_close".into(), "__do_sys_getppid".into()],
+        };
+        assert_eq!(
+            fentry.program_names(),
+            vec![
+                "orb8_sys_fentry_0",
+                "orb8_sys_fexit_0",
+                "orb8_sys_fentry_1",
+                "orb8_sys_fexit_1"
+            ]
+        );
+        assert_eq!((fentry.kind(), fentry.note()), ("fentry", String::new()));
+        let raw = Probes::RawTracepoints {
+            why_not_fentry: Some("refused".into()),
+        };
+        assert_eq!(
+            (raw.kind(), raw.note()),
+            ("raw_tracepoint", "refused".into())
+        );
+    }
+
+    #[test]
     fn per_cpu_copies_are_summed() {
         let s = sum_stats(&[stats(2, 1, 10, 3), stats(3, 0, 5, 3)]);
         assert_eq!((s.calls, s.errors, s.total_ns, s.hist[3]), (5, 1, 15, 5));

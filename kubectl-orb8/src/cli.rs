@@ -354,6 +354,49 @@ pub enum TraceCommand {
     /// answers, or TIMEOUT (NDJSON with -o json); --summary counts them per client, name and
     /// response code instead.
     Dns(TraceDnsArgs),
+    /// Packets the kernel dropped, with its reason by name (NO_SOCKET, NETFILTER_DROP, ...):
+    /// one line per new (namespace, interface, reason, 5-tuple), aggregated in the kernel; in
+    /// cluster mode only the selected pods' traffic. --summary prints counts by pod, reason
+    /// and peer at the end instead.
+    Drops(TraceDropsArgs),
+    /// TCP connections as the kernel changes their state: connects and accepts with the
+    /// handshake time, closes with how they ended (who sent the first FIN, refused, reset),
+    /// resets and retransmits, client first; --states adds every state change.
+    Tcp(TraceTcpArgs),
+}
+
+/// `trace tcp` flags.
+#[derive(Debug, Clone, Args)]
+pub struct TraceTcpArgs {
+    /// Also print every state change (SYN_SENT -> ESTABLISHED, ...).
+    #[arg(long)]
+    pub states: bool,
+
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Only connections from or to this address (repeatable; filtered in the kernel). Added
+    /// to the selected pods' addresses in cluster mode.
+    #[arg(long = "ip", value_name = "ADDR")]
+    pub ips: Vec<IpAddr>,
+}
+
+/// `trace drops` flags.
+#[derive(Debug, Clone, Args)]
+pub struct TraceDropsArgs {
+    /// Print counts by (pod, reason, peer) when the trace ends instead of a line per new drop.
+    #[arg(long)]
+    pub summary: bool,
+
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Only packets from or to this address (repeatable; filtered in the kernel). Added to
+    /// the selected pods' addresses in cluster mode.
+    #[arg(long = "ip", value_name = "ADDR")]
+    pub ips: Vec<IpAddr>,
 }
 
 /// `trace dns` flags.

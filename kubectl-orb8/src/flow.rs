@@ -325,7 +325,9 @@ pub fn addr_text(addr: Option<IpAddr>) -> String {
     addr.map_or_else(|| "?".to_string(), |a| a.to_string())
 }
 
-fn endpoint(addr: Option<IpAddr>, port: u32, with_port: bool) -> String {
+/// An address with its port (`10.0.0.1:53`, `[fd00::1]:53`), or alone when `with_port` is
+/// false; `?` for an unknown address.
+pub fn endpoint(addr: Option<IpAddr>, port: u32, with_port: bool) -> String {
     match (addr, with_port) {
         (Some(IpAddr::V6(a)), true) => format!("[{a}]:{port}"),
         (Some(a), true) => format!("{a}:{port}"),

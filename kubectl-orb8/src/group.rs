@@ -14,7 +14,10 @@
 //!   `None` for protocols without ports and for fragments.
 //! - `direction`: the observed end's (`egress`: it sent).
 //! - `connections`: the flows (five-tuples, one per direction) folded in; `resets`: how many of
-//!   them carried a TCP RST; `tcp_flags`: every flag any of them carried.
+//!   them carried a TCP RST; `failed`: how many were failed connects (a TCP flow with a SYN and
+//!   never an ACK: the opening side's packets of a connection that was never established; the
+//!   answering side's SYN-ACK always carries an ACK); `tcp_flags`: every flag any of them
+//!   carried.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -25,6 +28,10 @@ use crate::flow::{Endpoint, FlowRecord};
 
 /// The TCP RST bit of a flow's flags.
 const TCP_RST: u32 = 0x04;
+/// The TCP SYN bit.
+const TCP_SYN: u32 = 0x02;
+/// The TCP ACK bit.
+const TCP_ACK: u32 = 0x10;
 
 /// What rows are made of: the module's key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,6 +61,8 @@ pub struct FlowGroup {
     pub connections: u64,
     /// Flows among them with a TCP RST.
     pub resets: u64,
+    /// Flows among them that were failed connects (SYN, never ACK).
+    pub failed: u64,
     /// Packets, summed.
     pub packets: u64,
     /// IP-layer bytes, summed.
@@ -86,20 +95,10 @@ impl FlowGroup {
     }
 }
 
-fn addr_text(addr: Option<IpAddr>) -> String {
-    addr.map_or_else(|| "?".to_string(), |a| a.to_string())
-}
-
-/// An end as a row shows it: its name, with the address for ends nobody owns; the address
-/// when there are no names.
+/// An end as a row shows it: its name ([`Endpoint::label_at`]: with the address for ends
+/// nobody owns); the address when there are no names.
 fn end_label(name: Option<&Endpoint>, addr: Option<IpAddr>) -> String {
-    match name {
-        Some(e @ (Endpoint::World | Endpoint::Unknown)) => {
-            format!("{}({})", e.label(), addr_text(addr))
-        }
-        Some(e) => e.label(),
-        None => addr_text(addr),
-    }
+    name.map_or_else(|| crate::flow::addr_text(addr), |e| e.label_at(addr))
 }
 
 /// The row a flow belongs to.
@@ -122,6 +121,7 @@ struct Sums {
     named: bool,
     connections: u64,
     resets: u64,
+    failed: u64,
     packets: u64,
     bytes: u64,
     tcp_flags: u32,
@@ -136,6 +136,7 @@ impl Sums {
             named: self.named,
             connections: self.connections,
             resets: self.resets,
+            failed: self.failed,
             packets: self.packets,
             bytes: self.bytes,
             tcp_flags: self.tcp_flags,
@@ -161,6 +162,9 @@ impl Groups {
         row.connections += 1;
         if f.protocol == Protocol::TCP && f.tcp_flags & TCP_RST != 0 {
             row.resets += 1;
+        }
+        if f.protocol == Protocol::TCP && f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            row.failed += 1;
         }
         row.packets = row.packets.saturating_add(f.packets);
         row.bytes = row.bytes.saturating_add(f.bytes);
@@ -344,6 +348,9 @@ mod tests {
         );
         assert_eq!((back.connections, back.resets, back.packets), (2, 1, 5));
         assert_eq!((back.first_seen_nanos, back.last_seen_nanos), (101, 350));
+        // 40003 only ever sent its SYN: a failed connect, on the opening side only (a reply
+        // with RST alone, or a SYN-ACK, is not one).
+        assert_eq!((out.failed, back.failed), (1, 0));
     }
 
     #[test]

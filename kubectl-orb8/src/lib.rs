@@ -8,6 +8,8 @@
 //! The modules form a stack; each imports only modules below it (`tests/module_stack.rs`
 //! checks): [`defaults`], [`image`], [`interrupt`], [`progress`], [`timing`] (on `progress`) and the
 //! model [`flow`] (on `orb8-flowspec`) at the bottom, the grouped view [`group`] on the model;
+//! [`drops`] and [`tcp`] (the models of `trace drops` and `trace tcp`) on the model and
+//! [`enrich`], [`tcpconn`] (TCP records joined to flow rows) on `tcp`;
 //! [`enrich`], [`merge`], [`render`] and [`transport`] on them; [`local`] and [`k8s`] (which
 //! implements transport's pod connector) above; [`tui`] (the model and view of `top`) on the
 //! model; then [`cli`] (the
@@ -19,6 +21,7 @@
 pub mod cli;
 pub mod commands;
 pub mod defaults;
+pub mod drops;
 pub mod enrich;
 pub mod flow;
 pub mod gpu;
@@ -31,6 +34,8 @@ pub mod merge;
 pub mod progress;
 pub mod render;
 pub mod session;
+pub mod tcp;
+pub mod tcpconn;
 pub mod timing;
 pub mod transport;
 pub mod tui;
@@ -229,6 +234,12 @@ async fn run_command(
         Command::Trace(TraceCommand::Syscall(args)) => {
             commands::syscall::run(session, args, pod, format, interrupt, &mut out).await?;
         }
+        Command::Trace(TraceCommand::Drops(args)) => {
+            commands::drops::run(session, args, format, interrupt, &mut out).await?;
+        }
+        Command::Trace(TraceCommand::Tcp(args)) => {
+            commands::tcp::run(session, args, format, interrupt, &mut out).await?;
+        }
         Command::Trace(TraceCommand::Dns(args)) => {
             commands::dns::run(session, args, format, interrupt, &mut out).await?;
         }
@@ -264,6 +275,12 @@ pub fn agent_deadline(cli: &Cli) -> std::time::Duration {
     match &cli.command {
         Command::Flows(a) => a.duration + margin,
         Command::Trace(TraceCommand::Network(a)) => {
+            a.duration.map_or(Duration::from_secs(3600), |d| d + margin)
+        }
+        Command::Trace(TraceCommand::Drops(a)) => {
+            a.duration.map_or(Duration::from_secs(3600), |d| d + margin)
+        }
+        Command::Trace(TraceCommand::Tcp(a)) => {
             a.duration.map_or(Duration::from_secs(3600), |d| d + margin)
         }
         Command::Trace(TraceCommand::Dns(a)) => {

@@ -194,6 +194,7 @@ fn flows_are_grouped_by_peer_and_port_unless_asked_for_connections() {
             "bytes": 400,
             "tcp_flags": "",
             "resets": 0,
+            "failed": 0,
             "first_seen": "2023-11-14T22:13:20.123456789Z",
             "last_seen": "2023-11-14T22:13:21.000000000Z"
         })
@@ -330,6 +331,7 @@ fn flows_as_yaml_and_as_tables() {
         "BYTES",
         "FLAGS",
         "RESETS",
+        "FAILED",
     ] {
         assert!(header.contains(col), "{header}");
     }

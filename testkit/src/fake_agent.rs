@@ -440,6 +440,39 @@ impl AgentService for Service {
         Ok(Response::new(syscall_summary(&self.0.status.node)))
     }
 
+    type TraceDropsStream =
+        futures::stream::BoxStream<'static, Result<orb8_proto::DropTraceEvent, Status>>;
+
+    /// Not faked: drop traces are tested against the real agent.
+    async fn trace_drops(
+        &self,
+        request: Request<orb8_proto::TraceDropsRequest>,
+    ) -> Result<Response<Self::TraceDropsStream>, Status> {
+        self.0.check(request.metadata())?;
+        Err(Status::unimplemented("the fake agent does not trace drops"))
+    }
+
+    type TraceTcpStream =
+        futures::stream::BoxStream<'static, Result<orb8_proto::TcpTraceEvent, Status>>;
+
+    /// Not faked: TCP traces are tested against the real agent.
+    async fn trace_tcp(
+        &self,
+        request: Request<orb8_proto::TraceTcpRequest>,
+    ) -> Result<Response<Self::TraceTcpStream>, Status> {
+        self.0.check(request.metadata())?;
+        Err(Status::unimplemented("the fake agent does not trace TCP"))
+    }
+
+    /// Not faked: see `trace_drops`.
+    async fn get_drop_summary(
+        &self,
+        request: Request<orb8_proto::GetDropSummaryRequest>,
+    ) -> Result<Response<orb8_proto::DropSummary>, Status> {
+        self.0.check(request.metadata())?;
+        Err(Status::unimplemented("the fake agent does not trace drops"))
+    }
+
     type TraceDnsStream = DnsStream;
 
     async fn trace_dns(

@@ -43,7 +43,7 @@ pub use capture::{CapturedTcp, capture_tcp, flags};
 #[cfg(target_os = "linux")]
 pub use cgroup::{TestCgroup, cgroup2_mount};
 #[cfg(target_os = "linux")]
-pub use netns::{NetNs, Pod, Topology, run, spawn_in, unique};
+pub use netns::{NetNs, Pod, Topology, Wire, run, spawn_in, unique};
 #[cfg(target_os = "linux")]
 pub use preconditions::{require_root, workspace_bin};
 #[cfg(target_os = "linux")]

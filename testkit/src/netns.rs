@@ -92,6 +92,15 @@ impl NetNs {
         .unwrap_or_else(|e| std::panic::resume_unwind(e))
     }
 
+    /// The inode of this namespace (what the kernel's `net->ns.inum` says).
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        let path = format!("/var/run/netns/{}", self.name);
+        std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("stat {path}: {e}"))
+            .ino()
+    }
+
     /// Waits (up to 10 s) until `dev` is up with its carrier (`LOWER_UP`) and its IPv6 setup is
     /// done (the `ff00::/8` local multicast route exists): before that, a fresh veth end drops
     /// IPv6 sends (neighbour solicitations find no route) and loses a SYN or two.
@@ -144,6 +153,77 @@ impl Drop for NetNs {
             Err(e) => format!("running `ip netns del`: {e}"),
         };
         cleanup_failed(&format!("network namespace {}", self.name), &why);
+    }
+}
+
+static NEXT_WIRE: AtomicU32 = AtomicU32::new(1);
+
+/// Two namespaces joined by one veth pair (`eth0` in each), both ends ready (see
+/// [`NetNs::wait_link_ready`]): the left owns 10.78.n.1/24 and fd78:n::1/64, the right .2 / ::2,
+/// `n` unique to this process's wires.
+pub struct Wire {
+    /// The left namespace.
+    pub left: NetNs,
+    /// The right namespace.
+    pub right: NetNs,
+    /// The left end's IPv4 address.
+    pub left4: String,
+    /// The right end's IPv4 address.
+    pub right4: String,
+    /// The left end's IPv6 address.
+    pub left6: String,
+    /// The right end's IPv6 address.
+    pub right6: String,
+}
+
+impl Wire {
+    /// Creates both namespaces and the pair, addresses without duplicate detection.
+    pub fn new() -> Wire {
+        let n = NEXT_WIRE.fetch_add(1, Ordering::Relaxed) % 250;
+        let left = NetNs::new("o8l");
+        let right = NetNs::new("o8r");
+        let tmp = unique("o8w");
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &tmp,
+            "netns",
+            &left.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &right.name,
+        ]);
+        left.ip(&["link", "set", &tmp, "name", "eth0"]);
+        let w = Wire {
+            left4: format!("10.78.{n}.1"),
+            right4: format!("10.78.{n}.2"),
+            left6: format!("fd78:{n}::1"),
+            right6: format!("fd78:{n}::2"),
+            left,
+            right,
+        };
+        for (ns, a4, a6) in [
+            (&w.left, &w.left4, &w.left6),
+            (&w.right, &w.right4, &w.right6),
+        ] {
+            ns.ip(&["addr", "add", &format!("{a4}/24"), "dev", "eth0"]);
+            ns.ip(&["addr", "add", &format!("{a6}/64"), "dev", "eth0", "nodad"]);
+            ns.ip(&["link", "set", "eth0", "up"]);
+        }
+        w.left.wait_link_ready("eth0");
+        w.right.wait_link_ready("eth0");
+        w
+    }
+}
+
+impl Default for Wire {
+    fn default() -> Self {
+        Wire::new()
     }
 }
 

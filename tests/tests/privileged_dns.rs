@@ -233,6 +233,51 @@ fn warm_up(trace: &mut Trace, ns: &NetNs, server: &str, show: impl Fn(&[Value]) 
     }
 }
 
+/// The agent's DNS counters (`status -o json`) once it has read every message the kernel
+/// handed over, checked against the conservation laws of this test's traffic: every message
+/// crosses two watched veths, so an answered exchange is 4 messages (2 duplicates), a timed-out
+/// one 2 (1 duplicate); nothing unparsed, lost, cut, late or unmatched; one timeout.
+fn check_dns_counters(agent: &ServeAgent) {
+    let end = Instant::now() + Duration::from_secs(10);
+    let dns = loop {
+        let out = Command::new(workspace_bin("kubectl-orb8"))
+            .args(["--agent", &format!("unix:{}", agent.socket)])
+            .args(["--token", TOKEN, "status", "-o", "json"])
+            .output()
+            .expect("status");
+        let st: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+        let dns = st[0]["dns"].clone();
+        if dns["dns_messages"] == dns["dns_messages_read"] {
+            break dns;
+        }
+        assert!(
+            Instant::now() < end,
+            "the agent never read every message: {dns}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    let n = |k: &str| dns[k].as_u64().unwrap_or_else(|| panic!("no {k} in {dns}"));
+    for k in [
+        "dns_truncated",
+        "dns_ringbuf_full",
+        "dns_load_failed",
+        "dns_unparsed_truncated",
+        "dns_unparsed_partial",
+        "dns_unparsed_malformed",
+        "dns_unparsed_no_question",
+        "dns_late_responses",
+        "dns_unmatched",
+        "dns_pending_full",
+    ] {
+        assert_eq!(n(k), 0, "{k}: {dns}");
+    }
+    let (exchanges, timeouts) = (n("dns_exchanges"), n("dns_timeouts"));
+    assert_eq!(timeouts, 1, "{dns}");
+    let answered = exchanges - timeouts;
+    assert_eq!(n("dns_messages_read"), 4 * answered + 2 * timeouts, "{dns}");
+    assert_eq!(n("dns_duplicates"), 2 * answered + timeouts, "{dns}");
+}
+
 fn by_name<'a>(lines: &'a [Value], name: &str) -> Vec<&'a Value> {
     lines.iter().filter(|l| l["name"] == name).collect()
 }
@@ -326,21 +371,13 @@ fn privileged_trace_dns_pairs_each_exchange_once() {
     });
     // A second copy of any exchange would come within the agent's next read: give it time.
     thread::sleep(Duration::from_millis(500));
-    let status = Command::new(workspace_bin("kubectl-orb8"))
-        .args(["--agent", &format!("unix:{}", agent.socket)])
-        .args(["--token", TOKEN, "status", "-o", "json"])
-        .output()
-        .expect("status");
-    eprintln!("{}", String::from_utf8_lossy(&status.stdout));
+    check_dns_counters(&agent);
     let lines: Vec<Value> = trace
         .stop()
         .iter()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
 
-    for l in &lines {
-        eprintln!("{l}");
-    }
     let one = |name: &str| {
         let got = by_name(&lines, name);
         assert_eq!(got.len(), 1, "{name} once: {got:#?}");

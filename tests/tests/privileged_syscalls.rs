@@ -209,7 +209,15 @@ fn kernel_loads_fentry() -> Result<(), String> {
     match aya::sys::is_program_supported(aya::programs::ProgramType::Tracing) {
         Ok(true) => Ok(()),
         Ok(false) => Err("this kernel does not know tracing programs".into()),
-        Err(e) => Err(format!("this kernel refuses tracing programs: {e}")),
+        Err(e) => {
+            let mut why = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                why = format!("{why}: {c}");
+                cause = c.source();
+            }
+            Err(format!("this kernel refuses tracing programs: {why}"))
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use xtask::{cross, dist, elf, krew, oci};
 
+#[cfg(all(feature = "bench", target_os = "linux"))]
 mod bench;
 
 /// orb8's project tasks: the agent image, the client's release archives, the krew manifest.
@@ -102,7 +103,7 @@ fn main() -> ExitCode {
             Some(file) => krew_check(&file, all),
             None => krew_task(dist, version, all).map(|_| ()),
         },
-        Task::Bench { args } => bench::main(&args),
+        Task::Bench { args } => bench_task(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -111,6 +112,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[cfg(all(feature = "bench", target_os = "linux"))]
+fn bench_task(args: &[String]) -> anyhow::Result<()> {
+    bench::main(args)
+}
+
+#[cfg(not(all(feature = "bench", target_os = "linux")))]
+fn bench_task(_args: &[String]) -> anyhow::Result<()> {
+    bail!(
+        "this xtask has no benchmarks: they run on Linux, with xtask's default feature `bench` \
+         (not --no-default-features)"
+    )
 }
 
 fn default_image_path() -> PathBuf {

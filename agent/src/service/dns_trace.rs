@@ -1,6 +1,6 @@
 //! `TraceDns`: the agent's DNS exchanges (see [`crate::dns`]) from now on, one sequenced stream
-//! per client (see [`super::stream`]). DNS messages the kernel could not hand over (ring
-//! buffer full, copy failed) are reported on the stream's tick as a `kernel` Gap.
+//! per client (see [`super::stream`]). DNS messages the kernel could not hand over are reported
+//! on the stream's tick as `kernel` Gaps, by reason (`dns_ringbuf_full`, `dns_load_failed`).
 
 use std::{ops::ControlFlow, pin::Pin, sync::Arc, time::Duration};
 
@@ -62,17 +62,20 @@ impl DnsTraces {
     }
 }
 
-/// DNS messages the kernel lost: ring buffer full, or the payload could not be copied.
-fn kernel_lost(agent: &Agent) -> u64 {
+/// The kernel counters of lost DNS messages, reported by their names.
+const KERNEL_LOSSES: [u32; 2] = [counter::DNS_RINGBUF_FULL, counter::DNS_LOAD_FAILED];
+
+/// DNS messages the kernel lost so far, per [`KERNEL_LOSSES`] entry.
+fn kernel_lost(agent: &Agent) -> [u64; 2] {
     let c = agent.counters();
-    c[counter::DNS_RINGBUF_FULL as usize] + c[counter::DNS_LOAD_FAILED as usize]
+    KERNEL_LOSSES.map(|i| c[i as usize])
 }
 
 /// Turns the agent's DNS exchanges into one client's stream.
 struct DnsFeed {
     agent: Arc<Agent>,
     /// The kernel's DNS losses as far as this stream has reported them.
-    kernel_lost_seen: u64,
+    kernel_lost_seen: [u64; 2],
 }
 
 impl Feed for DnsFeed {
@@ -106,19 +109,21 @@ impl Feed for DnsFeed {
 
     fn tick(&mut self, out: &mut Sequenced<pb::DnsTraceEvent>) -> ControlFlow<()> {
         let now = kernel_lost(&self.agent);
-        let lost = now.saturating_sub(self.kernel_lost_seen);
-        if lost == 0 {
-            return ControlFlow::Continue(());
-        }
-        let gap = pb::dns_trace_event::Kind::Gap(pb::Gap {
-            lost,
-            stage: pb::DropStage::Kernel as i32,
-            reason: "dns_ringbuf_full".into(),
-        });
-        match out.offer(gap, now_nanos()) {
-            Offer::Sent => self.kernel_lost_seen = now,
-            Offer::Full => {}
-            Offer::Closed => return ControlFlow::Break(()),
+        for (k, index) in KERNEL_LOSSES.into_iter().enumerate() {
+            let lost = now[k].saturating_sub(self.kernel_lost_seen[k]);
+            if lost == 0 {
+                continue;
+            }
+            let gap = pb::dns_trace_event::Kind::Gap(pb::Gap {
+                lost,
+                stage: pb::DropStage::Kernel as i32,
+                reason: counter::NAMES[index as usize].into(),
+            });
+            match out.offer(gap, now_nanos()) {
+                Offer::Sent => self.kernel_lost_seen[k] = now[k],
+                Offer::Full => {}
+                Offer::Closed => return ControlFlow::Break(()),
+            }
         }
         ControlFlow::Continue(())
     }

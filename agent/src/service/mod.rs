@@ -6,22 +6,26 @@
 //! - [`stream`]: the one sequenced, loss-counting client stream both streaming RPCs use;
 //! - [`flows`]: `QueryFlows` and `StreamEvents`;
 //! - [`syscall_trace`]: `TraceSyscalls` and `GetSyscallSummary`;
+//! - [`drop_trace`]: `TraceDrops` and `GetDropSummary`;
+//! - [`tcp_trace`]: `TraceTcp` (connects, accepts, closes, resets, retransmits);
 //! - [`dns_trace`]: the DNS exchanges of `TraceDns`;
 //! - [`status`]: the `GetStatus` reply.
 //!
 //! `GetGpus` is answered by [`crate::gpu::Gpus`].
 //!
 //! The modules form a stack: `stream` and `auth` import no sibling, `listen` imports `auth`,
-//! `flows`, `syscall_trace` and `dns_trace` import `stream`, `status` imports `flows`; only this one
-//! imports them all.
+//! `flows`, `syscall_trace`, `drop_trace`, `tcp_trace` and `dns_trace` import `stream`,
+//! `status` imports `flows`; only this one imports them all.
 
 pub mod auth;
 pub mod dns_trace;
+pub mod drop_trace;
 pub mod flows;
 pub mod listen;
 pub mod status;
 pub mod stream;
 pub mod syscall_trace;
+pub mod tcp_trace;
 
 use std::sync::Arc;
 
@@ -42,6 +46,8 @@ pub struct Service {
     node: String,
     flows: flows::Flows,
     traces: syscall_trace::Traces,
+    drop_traces: drop_trace::DropTraces,
+    tcp_traces: tcp_trace::TcpTraces,
     dns: dns_trace::DnsTraces,
     gpus: Arc<Gpus>,
 }
@@ -62,6 +68,8 @@ impl Service {
         Service {
             flows: flows::Flows::new(agent.clone(), node.clone()),
             traces: syscall_trace::Traces::new(agent.clone(), node.clone()),
+            drop_traces: drop_trace::DropTraces::new(agent.clone(), node.clone()),
+            tcp_traces: tcp_trace::TcpTraces::new(agent.clone(), node.clone()),
             dns: dns_trace::DnsTraces::new(agent.clone(), node.clone()),
             agent,
             node,
@@ -130,6 +138,33 @@ impl pb::agent_service_server::AgentService for Service {
         self.traces
             .summary(req.get_ref().trace_id)
             .map(Response::new)
+    }
+
+    type TraceDropsStream = drop_trace::DropStream;
+
+    async fn trace_drops(
+        &self,
+        req: Request<pb::TraceDropsRequest>,
+    ) -> Result<Response<Self::TraceDropsStream>, Status> {
+        self.drop_traces.trace(req.get_ref()).map(Response::new)
+    }
+
+    async fn get_drop_summary(
+        &self,
+        req: Request<pb::GetDropSummaryRequest>,
+    ) -> Result<Response<pb::DropSummary>, Status> {
+        self.drop_traces
+            .summary(req.get_ref().trace_id)
+            .map(Response::new)
+    }
+
+    type TraceTcpStream = tcp_trace::TcpStream;
+
+    async fn trace_tcp(
+        &self,
+        req: Request<pb::TraceTcpRequest>,
+    ) -> Result<Response<Self::TraceTcpStream>, Status> {
+        self.tcp_traces.trace(req.get_ref()).map(Response::new)
     }
 
     type TraceDnsStream = dns_trace::DnsStream;

@@ -111,6 +111,36 @@ pub fn drop_counters(
             ));
         }
     }
+    if let Some(dc) = agent.drops.counters() {
+        use orb8_common::drops::counter as d;
+        for i in [d::RINGBUF_FULL, d::INSERT_FAILED, d::READ_FAILED] {
+            drops.push(drop_counter(
+                pb::DropStage::Kernel,
+                &format!("drops_{}", d::NAMES[i as usize]),
+                dc[i as usize],
+            ));
+        }
+        drops.push(drop_counter(
+            pb::DropStage::Agent,
+            "drops_queue_overflow",
+            agent.drops.lost_agent.load(Ordering::Relaxed),
+        ));
+    }
+    if let Some(tc) = agent.tcp.counters() {
+        use orb8_common::tcp::counter as t;
+        for i in [t::RINGBUF_FULL, t::CONN_MAP_FULL] {
+            drops.push(drop_counter(
+                pb::DropStage::Kernel,
+                &format!("tcp_{}", t::NAMES[i as usize]),
+                tc[i as usize],
+            ));
+        }
+        drops.push(drop_counter(
+            pb::DropStage::Agent,
+            "tcp_queue_overflow",
+            agent.tcp.lost_agent.load(Ordering::Relaxed),
+        ));
+    }
     drops
 }
 

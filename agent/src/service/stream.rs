@@ -1,6 +1,7 @@
 //! One sequenced, loss-counting stream to one gRPC client, generic over the message kind: the
-//! flow stream (`StreamEvents`, [`pb::Event`]) and the syscall trace stream (`TraceSyscalls`,
-//! [`pb::SyscallTraceEvent`]) are both this stream.
+//! flow stream (`StreamEvents`, [`pb::Event`]), the syscall trace stream (`TraceSyscalls`,
+//! [`pb::SyscallTraceEvent`]), the drop trace stream (`TraceDrops`, [`pb::DropTraceEvent`]) and
+//! the TCP trace stream (`TraceTcp`, [`pb::TcpTraceEvent`]) are all this stream.
 //!
 //! The rule, the same for both kinds (the client's merge relies on it, see `agent.proto`):
 //! - Every message carries the stream's `node` and a `seq`: 1 for the first message, +1 for
@@ -79,6 +80,36 @@ impl Message for pb::SyscallTraceEvent {
     }
     fn gap(gap: pb::Gap) -> Self::Kind {
         pb::syscall_trace_event::Kind::Gap(gap)
+    }
+}
+
+impl Message for pb::DropTraceEvent {
+    type Kind = pb::drop_trace_event::Kind;
+    fn new(node: &str, seq: u64, time_unix_nanos: i64, kind: Self::Kind) -> Self {
+        pb::DropTraceEvent {
+            node: node.to_string(),
+            seq,
+            time_unix_nanos,
+            kind: Some(kind),
+        }
+    }
+    fn gap(gap: pb::Gap) -> Self::Kind {
+        pb::drop_trace_event::Kind::Gap(gap)
+    }
+}
+
+impl Message for pb::TcpTraceEvent {
+    type Kind = pb::tcp_trace_event::Kind;
+    fn new(node: &str, seq: u64, time_unix_nanos: i64, kind: Self::Kind) -> Self {
+        pb::TcpTraceEvent {
+            node: node.to_string(),
+            seq,
+            time_unix_nanos,
+            kind: Some(kind),
+        }
+    }
+    fn gap(gap: pb::Gap) -> Self::Kind {
+        pb::tcp_trace_event::Kind::Gap(gap)
     }
 }
 

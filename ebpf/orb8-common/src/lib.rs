@@ -441,6 +441,356 @@ pub mod sys {
     }
 }
 
+/// The drop tracer's ABI (`orb8-drops` object: raw tracepoint `kfree_skb`).
+///
+/// The kernel side aggregates dropped packets per [`DropKey`] (network namespace, interface,
+/// drop reason, 5-tuple) in a per-CPU LRU hash and sends one [`DropEvent`] per new key; reason
+/// numbers are the running kernel's `enum skb_drop_reason`, named by the agent from BTF.
+pub mod drops {
+    /// The tracer's settings: member offsets of the kernel structs it reads (from the running
+    /// kernel's BTF), the reason to skip, and whether the address filter is on. Set by the agent
+    /// as the read-only global `DROP_FIXED` when it loads the program.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct DropConfig {
+        /// `sk_buff.head` (pointer).
+        pub skb_head: u32,
+        /// `sk_buff.network_header` (u16, offset from `head`; `0xffff` when unset).
+        pub skb_network_header: u32,
+        /// `sk_buff.len` (u32); not read by the program (lengths come from the IP header),
+        /// kept so the agent checks the layout it expects.
+        pub skb_len: u32,
+        /// `sk_buff.dev` (pointer).
+        pub skb_dev: u32,
+        /// `sk_buff.protocol` (big-endian u16 EtherType).
+        pub skb_protocol: u32,
+        /// `sk_buff.sk` (pointer).
+        pub skb_sk: u32,
+        /// `net_device.ifindex` (i32).
+        pub dev_ifindex: u32,
+        /// `net_device.nd_net.net` (pointer).
+        pub dev_net: u32,
+        /// `sock.__sk_common.skc_net.net` (pointer).
+        pub sk_net: u32,
+        /// `net.ns.inum` (u32): the namespace's inode number.
+        pub net_inum: u32,
+        /// `SKB_CONSUMED` in this kernel's `enum skb_drop_reason`: not a drop, skipped.
+        pub reason_consumed: u32,
+        /// Non-zero: only packets whose source or destination is a key of `DROP_ADDRS`.
+        pub filter_addrs: u32,
+    }
+
+    /// Key of the drop table: one entry per namespace, interface, reason and 5-tuple.
+    /// Addresses and ports as in [`super::FlowKey`] (IPv4-mapped, host order, ICMP type/code).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct DropKey {
+        /// Inode of the network namespace of the packet's device (else of its socket), 0 if
+        /// neither is known.
+        pub netns: u32,
+        /// The device's interface index in that namespace, 0 when the packet had none.
+        pub ifindex: u32,
+        /// The kernel's drop reason number.
+        pub reason: u32,
+        /// IP protocol number.
+        pub protocol: u8,
+        /// [`super::family::IPV4`] or [`super::family::IPV6`].
+        pub family: u8,
+        /// Bit set of [`super::key_flags`].
+        pub flags: u8,
+        /// Explicit padding, always zero.
+        pub _pad: u8,
+        /// Source address (IPv4-mapped for IPv4).
+        pub src_addr: [u8; 16],
+        /// Destination address.
+        pub dst_addr: [u8; 16],
+        /// Source port (host order), 0 when none.
+        pub src_port: u16,
+        /// Destination port, ICMP `type << 8 | code`, or 0.
+        pub dst_port: u16,
+    }
+
+    /// Per-CPU value of the drop table.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct DropStats {
+        /// Packets dropped.
+        pub packets: u64,
+        /// Their IP-layer bytes (IPv4 total length; IPv6 40 + payload length).
+        pub bytes: u64,
+        /// `bpf_ktime_get_boot_ns` of the first drop on this CPU.
+        pub first_seen_ns: u64,
+        /// `bpf_ktime_get_boot_ns` of the last drop on this CPU.
+        pub last_seen_ns: u64,
+    }
+
+    /// A new key in the drop table (its first packet), sent through `DROP_EVENTS`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct DropEvent {
+        /// `bpf_ktime_get_boot_ns` of the drop.
+        pub ts_ns: u64,
+        /// The key.
+        pub key: DropKey,
+        /// IP-layer bytes of the dropped packet.
+        pub len: u32,
+    }
+
+    /// Indexes into the per-CPU `DROP_COUNTERS` entry. Conservation:
+    /// `seen = consumed + not_ip + read_failed + filtered + accounted + insert_failed`.
+    pub mod counter {
+        /// Calls of the tracepoint.
+        pub const SEEN: u32 = 0;
+        /// Skipped: reason `SKB_CONSUMED` (not a drop).
+        pub const CONSUMED: u32 = 1;
+        /// Dropped packets that are not IPv4/IPv6, or whose network header is not set.
+        pub const NOT_IP: u32 = 2;
+        /// The packet's headers or device could not be read.
+        pub const READ_FAILED: u32 = 3;
+        /// Left out by the address filter.
+        pub const FILTERED: u32 = 4;
+        /// Added to the drop table.
+        pub const ACCOUNTED: u32 = 5;
+        /// Not added: the table insert failed (a loss).
+        pub const INSERT_FAILED: u32 = 6;
+        /// Keys created (each sends one event).
+        pub const KEYS_CREATED: u32 = 7;
+        /// New-key events lost because the ring buffer was full.
+        pub const RINGBUF_FULL: u32 = 8;
+        /// Number of counters.
+        pub const COUNT: u32 = 9;
+        /// Stable names, indexed by counter.
+        pub const NAMES: [&str; COUNT as usize] = [
+            "seen",
+            "consumed",
+            "not_ip",
+            "read_failed",
+            "filtered",
+            "accounted",
+            "insert_failed",
+            "keys_created",
+            "ringbuf_full",
+        ];
+    }
+
+    /// Map, global and program names of the drop object.
+    pub mod names {
+        /// The read-only global [`super::DropConfig`].
+        pub const FIXED: &str = "DROP_FIXED";
+        /// Hash of watched addresses (16 bytes, IPv4-mapped).
+        pub const ADDRS: &str = "DROP_ADDRS";
+        /// Per-CPU LRU hash of [`super::DropKey`] to [`super::DropStats`].
+        pub const DROPS: &str = "DROPS";
+        /// Ring buffer of [`super::DropEvent`].
+        pub const EVENTS: &str = "DROP_EVENTS";
+        /// Per-CPU counters, indexed by [`super::counter`].
+        pub const COUNTERS: &str = "DROP_COUNTERS";
+        /// Raw tracepoint program on `kfree_skb`.
+        pub const KFREE_SKB: &str = "orb8_kfree_skb";
+    }
+}
+
+/// The TCP lifecycle tracer's ABI (`orb8-tcp` object: raw tracepoints `inet_sock_set_state`,
+/// `tcp_retransmit_skb`, `tcp_receive_reset`, `tcp_send_reset`).
+///
+/// The kernel side keeps one [`TcpConn`] per traced socket (keyed by the socket's address) from
+/// its first state change to `TCP_CLOSE`, and sends a [`TcpEvent`] for each connect, accept,
+/// close, reset and retransmit (and, when asked, every state change).
+pub mod tcp {
+    /// The tracer's settings: member offsets of the kernel structs it reads (from the running
+    /// kernel's BTF) and the filters. Set by the agent as the read-only global `TCP_FIXED`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct TcpConfig {
+        /// `sock.__sk_common.skc_family` (u16).
+        pub family: u32,
+        /// `sock.__sk_common.skc_daddr` (IPv4, network order).
+        pub daddr: u32,
+        /// `sock.__sk_common.skc_rcv_saddr`.
+        pub saddr: u32,
+        /// `sock.__sk_common.skc_dport` (network order).
+        pub dport: u32,
+        /// `sock.__sk_common.skc_num` (host order; 0 once the port is released).
+        pub num: u32,
+        /// `sock.__sk_common.skc_v6_daddr` (16 bytes).
+        pub v6_daddr: u32,
+        /// `sock.__sk_common.skc_v6_rcv_saddr`.
+        pub v6_saddr: u32,
+        /// `sock.__sk_common.skc_net.net` (pointer).
+        pub net: u32,
+        /// `net.ns.inum`.
+        pub net_inum: u32,
+        /// `sock.sk_protocol` (u16).
+        pub protocol: u32,
+        /// `tcp_sock.srtt_us` (u32, smoothed RTT in 1/8 µs).
+        pub srtt_us: u32,
+        /// Non-zero: only sockets one of whose addresses is a key of `TCP_ADDRS`.
+        pub filter_addrs: u32,
+    }
+
+    /// TCP states as the kernel numbers them.
+    pub mod state {
+        /// `TCP_ESTABLISHED`.
+        pub const ESTABLISHED: u8 = 1;
+        /// `TCP_SYN_SENT`.
+        pub const SYN_SENT: u8 = 2;
+        /// `TCP_SYN_RECV`.
+        pub const SYN_RECV: u8 = 3;
+        /// `TCP_FIN_WAIT1`: this side closed first.
+        pub const FIN_WAIT1: u8 = 4;
+        /// `TCP_CLOSE`.
+        pub const CLOSE: u8 = 7;
+        /// `TCP_CLOSE_WAIT`: the peer closed first.
+        pub const CLOSE_WAIT: u8 = 8;
+        /// `TCP_LISTEN`.
+        pub const LISTEN: u8 = 10;
+    }
+
+    /// Who opened a connection.
+    pub mod role {
+        /// Not seen opening.
+        pub const UNKNOWN: u8 = 0;
+        /// This side connected (SYN_SENT).
+        pub const CONNECT: u8 = 1;
+        /// This side accepted (SYN_RECV).
+        pub const ACCEPT: u8 = 2;
+    }
+
+    /// Which side sent the first FIN.
+    pub mod fin {
+        /// No FIN seen.
+        pub const NONE: u8 = 0;
+        /// This side (ESTABLISHED → FIN_WAIT1).
+        pub const LOCAL: u8 = 1;
+        /// The peer (ESTABLISHED → CLOSE_WAIT).
+        pub const PEER: u8 = 2;
+    }
+
+    /// One traced socket (value of `TCP_CONNS`, keyed by the socket's kernel address).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct TcpConn {
+        /// `bpf_ktime_get_boot_ns` of the first state change seen (SYN_SENT / SYN_RECV).
+        pub start_ns: u64,
+        /// When it became ESTABLISHED (0 if never).
+        pub established_ns: u64,
+        /// Local address (IPv4-mapped for IPv4).
+        pub saddr: [u8; 16],
+        /// Remote address.
+        pub daddr: [u8; 16],
+        /// Network namespace inode.
+        pub netns: u32,
+        /// Smoothed RTT, µs, when last read (at ESTABLISHED and at close).
+        pub srtt_us: u32,
+        /// Retransmitted segments.
+        pub retransmits: u32,
+        /// Local port (kept once known: the kernel clears it before `TCP_CLOSE`).
+        pub sport: u16,
+        /// Remote port.
+        pub dport: u16,
+        /// [`super::family::IPV4`] or [`super::family::IPV6`].
+        pub family: u8,
+        /// One of [`role`].
+        pub role: u8,
+        /// One of [`fin`].
+        pub fin: u8,
+        /// Resets this side sent.
+        pub rst_sent: u8,
+        /// Resets this side received.
+        pub rst_received: u8,
+        /// The last state.
+        pub state: u8,
+        /// Explicit padding, always zero.
+        pub _pad: [u8; 2],
+    }
+
+    /// Kinds of [`TcpEvent`].
+    pub mod kind {
+        /// SYN_SENT → ESTABLISHED.
+        pub const CONNECT: u32 = 1;
+        /// SYN_RECV → ESTABLISHED.
+        pub const ACCEPT: u32 = 2;
+        /// → CLOSE: the connection's final record.
+        pub const CLOSE: u32 = 3;
+        /// This side sent a reset.
+        pub const RESET_SENT: u32 = 4;
+        /// This side received a reset.
+        pub const RESET_RECEIVED: u32 = 5;
+        /// A segment was retransmitted.
+        pub const RETRANSMIT: u32 = 6;
+        /// Any other state change (sent only when asked).
+        pub const STATE: u32 = 7;
+    }
+
+    /// An event, sent through `TCP_EVENTS`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct TcpEvent {
+        /// `bpf_ktime_get_boot_ns`.
+        pub ts_ns: u64,
+        /// One of [`kind`].
+        pub kind: u32,
+        /// State before (state changes).
+        pub old_state: u8,
+        /// State after.
+        pub new_state: u8,
+        /// Explicit padding, always zero.
+        pub _pad: [u8; 2],
+        /// The connection as it is now.
+        pub conn: TcpConn,
+    }
+
+    /// Indexes into the per-CPU `TCP_COUNTERS` entry.
+    pub mod counter {
+        /// Tracepoint calls for TCP sockets.
+        pub const SEEN: u32 = 0;
+        /// Sockets left out by the address filter.
+        pub const FILTERED: u32 = 1;
+        /// Sockets not tracked: the table was full (a loss).
+        pub const CONN_MAP_FULL: u32 = 2;
+        /// Events lost because the ring buffer was full.
+        pub const RINGBUF_FULL: u32 = 3;
+        /// Events sent.
+        pub const EVENTS: u32 = 4;
+        /// Number of counters.
+        pub const COUNT: u32 = 5;
+        /// Stable names, indexed by counter.
+        pub const NAMES: [&str; COUNT as usize] = [
+            "seen",
+            "filtered",
+            "conn_map_full",
+            "ringbuf_full",
+            "events",
+        ];
+    }
+
+    /// Map, global and program names of the TCP object.
+    pub mod names {
+        /// The read-only global [`super::TcpConfig`].
+        pub const FIXED: &str = "TCP_FIXED";
+        /// Array (one u32): non-zero to send every state change.
+        pub const STATES: &str = "TCP_STATES";
+        /// Hash of watched addresses.
+        pub const ADDRS: &str = "TCP_ADDRS";
+        /// Hash of socket address to [`super::TcpConn`].
+        pub const CONNS: &str = "TCP_CONNS";
+        /// Ring buffer of [`super::TcpEvent`].
+        pub const EVENTS: &str = "TCP_EVENTS";
+        /// Per-CPU scratch [`super::TcpEvent`].
+        pub const SCRATCH: &str = "TCP_SCRATCH";
+        /// Per-CPU counters.
+        pub const COUNTERS: &str = "TCP_COUNTERS";
+        /// On `inet_sock_set_state`.
+        pub const SET_STATE: &str = "orb8_tcp_set_state";
+        /// On `tcp_retransmit_skb`.
+        pub const RETRANSMIT: &str = "orb8_tcp_retransmit";
+        /// On `tcp_receive_reset`.
+        pub const RECEIVE_RESET: &str = "orb8_tcp_receive_reset";
+        /// On `tcp_send_reset`.
+        pub const SEND_RESET: &str = "orb8_tcp_send_reset";
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain `#[repr(C)]` integers and byte arrays with explicit padding; every bit
@@ -464,6 +814,20 @@ mod user {
     unsafe impl aya::Pod for super::sys::Inflight {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::sys::SysEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::drops::DropConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::drops::DropKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::drops::DropStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::drops::DropEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::tcp::TcpConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::tcp::TcpConn {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::tcp::TcpEvent {}
 }
 
 #[cfg(test)]
@@ -489,5 +853,18 @@ mod tests {
         assert_eq!(size_of::<sys::ErrnoKey>(), 8);
         assert_eq!(size_of::<sys::Inflight>(), 16);
         assert_eq!(size_of::<sys::SysEvent>(), 4 * 8 + 8 + 16);
+        assert_eq!(size_of::<drops::DropConfig>(), 12 * 4);
+        assert_eq!(size_of::<drops::DropKey>(), 3 * 4 + 4 + 32 + 4);
+        assert_eq!(size_of::<drops::DropStats>(), 4 * 8);
+        assert_eq!(
+            size_of::<drops::DropEvent>(),
+            8 + size_of::<drops::DropKey>() + 4
+        );
+        assert_eq!(size_of::<tcp::TcpConfig>(), 12 * 4);
+        assert_eq!(size_of::<tcp::TcpConn>(), 2 * 8 + 32 + 3 * 4 + 2 * 2 + 8);
+        assert_eq!(
+            size_of::<tcp::TcpEvent>(),
+            8 + 4 + 4 + size_of::<tcp::TcpConn>()
+        );
     }
 }

@@ -20,7 +20,7 @@ use crate::interrupt::Interrupt;
 use crate::merge::{GapCause, Merged, merge_streams};
 use crate::progress::warn;
 use crate::render::dns::{DnsLine, DnsRecord, Summary, summary_table, text_line};
-use crate::render::{GapLine, OutputFormat, json, yaml};
+use crate::render::{GapLine, LineFormat, OutputFormat, json, serialise, write_record, yaml};
 use crate::session::Session;
 use crate::timing::Step;
 
@@ -112,21 +112,6 @@ pub fn name(mut r: DnsRecord, dir: &Directory) -> Option<DnsRecord> {
     Some(r)
 }
 
-fn write_line(out: &mut dyn Write, format: OutputFormat, line: &str) -> std::io::Result<()> {
-    match format {
-        OutputFormat::Yaml => write!(out, "---\n{line}")?,
-        _ => writeln!(out, "{line}")?,
-    }
-    out.flush()
-}
-
-fn serialise<T: serde::Serialize>(format: OutputFormat, v: &T) -> std::io::Result<String> {
-    match format {
-        OutputFormat::Yaml => yaml::to_string(v),
-        _ => json::to_line(v),
-    }
-}
-
 /// Runs `trace dns` until `--duration`, Ctrl-C, or every agent is gone (an error).
 pub async fn run(
     session: &Session,
@@ -155,6 +140,7 @@ pub async fn run(
             "always-on agents keep their own DNS ports: --dns-port reaches only the agents this command starts",
         );
     }
+    let lines = LineFormat::from(format);
     let mut dedup = Dedup::default();
     let mut summary = Summary::default();
     let mut lost_agents = 0;
@@ -190,17 +176,17 @@ pub async fn run(
                     summary.add(&record);
                     continue;
                 }
-                let line = match format {
-                    OutputFormat::Table | OutputFormat::Wide => text_line(&record),
-                    _ => serialise(format, &DnsLine::from(&record))?,
+                let line = match lines {
+                    LineFormat::Text => text_line(&record),
+                    _ => serialise(lines, &DnsLine::from(&record))?,
                 };
-                write_line(out, format, &line)?;
+                write_record(out, lines, &line)?;
             }
             Some(Merged::Gap { node, lost, cause }) => {
                 warn(&gap_text(&node, lost, &cause));
-                if !args.summary && matches!(format, OutputFormat::Json | OutputFormat::Yaml) {
-                    let line = serialise(format, &GapLine::new(&node, lost, &cause))?;
-                    write_line(out, format, &line)?;
+                if !args.summary && lines != LineFormat::Text {
+                    let line = serialise(lines, &GapLine::new(&node, lost, &cause))?;
+                    write_record(out, lines, &line)?;
                 }
             }
             Some(Merged::AgentLost { node, mut error }) => {

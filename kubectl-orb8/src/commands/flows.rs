@@ -1,5 +1,7 @@
 //! `kubectl orb8 flows`: wait while the agents collect, then print their merged flow table,
-//! grouped by peer (`group`) unless `--by connection` asks for the flows themselves.
+//! grouped by peer (`group`) unless `--by connection` asks for the flows themselves. With
+//! `--by connection -o wide`, each agent's TCP trace runs during the collection, and the TCP
+//! rows get the state, RTT, retransmits and resets of their sockets (`tcpconn`).
 
 use std::io::Write;
 use std::time::SystemTime;
@@ -16,6 +18,52 @@ use crate::merge::merge_flow_tables;
 use crate::progress::{Progress, countdown_message, warn};
 use crate::render::{self, OutputFormat};
 use crate::session::Session;
+use crate::tcp::TcpRecord;
+use crate::tcpconn::TcpConnTable;
+
+/// Opens a TCP trace on every agent that has one and folds its events into a table until the
+/// returned tasks are stopped. An agent without TCP tracing leaves its rows' columns empty.
+async fn start_tcp(
+    session: &Session,
+) -> (
+    std::sync::Arc<std::sync::Mutex<TcpConnTable>>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    use futures::StreamExt as _;
+    let table = std::sync::Arc::new(std::sync::Mutex::new(TcpConnTable::default()));
+    let addrs = session
+        .directory
+        .as_ref()
+        .map(|d| crate::drops::selected_addrs(&d.snapshot()).unwrap_or_default())
+        .unwrap_or_default();
+    let request = orb8_proto::TraceTcpRequest {
+        addrs: addrs
+            .iter()
+            .map(|a| orb8_flowspec::ip_to_bytes(*a))
+            .collect(),
+        states: false,
+    };
+    let mut tasks = Vec::new();
+    for (name, agent) in session.names.iter().zip(&session.agents) {
+        let mut stream = match agent.trace_tcp(request.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn(&format!("{name}: no TCP connection columns: {e}"));
+                continue;
+            }
+        };
+        let (node, table) = (name.clone(), table.clone());
+        tasks.push(tokio::spawn(async move {
+            while let Some(Ok(ev)) = stream.next().await {
+                if let Some(orb8_proto::tcp_trace_event::Kind::Tcp(e)) = ev.kind {
+                    let r = TcpRecord::from_proto(&node, e);
+                    table.lock().expect("tcp table lock").add(&r);
+                }
+            }
+        }));
+    }
+    (table, tasks)
+}
 
 /// Waits `duration` (or until Ctrl-C) with a countdown on stderr.
 async fn collect(session: &Session, duration: Duration, interrupt: &Interrupt) {
@@ -54,7 +102,17 @@ pub async fn run(
     interrupt: &Interrupt,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
+    let tcp = if format == OutputFormat::Wide && args.by == FlowsBy::Connection {
+        Some(start_tcp(session).await)
+    } else {
+        None
+    };
     collect(session, args.duration, interrupt).await;
+    // The traces end (and the agents unload their TCP probes) when their streams go.
+    let tcp_table = tcp.map(|(table, tasks)| {
+        tasks.iter().for_each(|t| t.abort());
+        std::mem::take(&mut *table.lock().expect("tcp table lock"))
+    });
 
     let filter = args.filter.spec();
     let limit = args.limit.and_then(|l| usize::try_from(l).ok());
@@ -109,7 +167,7 @@ pub async fn run(
             if flows.is_empty() && matches!(format, OutputFormat::Table | OutputFormat::Wide) {
                 let _ = writeln!(std::io::stderr(), "No flows found.");
             }
-            render::write_flows(out, format, &flows, now)?;
+            render::write_flows_with_tcp(out, format, &flows, now, tcp_table.as_ref())?;
         }
         FlowsBy::Peer => {
             let groups = group_owned(flows, args.sort, limit);

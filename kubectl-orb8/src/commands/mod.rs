@@ -4,10 +4,12 @@
 pub mod cleanup;
 pub mod completion;
 pub mod dns;
+pub mod drops;
 pub mod flows;
 pub mod gpu;
 pub mod status;
 pub mod syscall;
+pub mod tcp;
 pub mod top;
 pub mod trace;
 pub mod version;

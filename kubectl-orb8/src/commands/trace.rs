@@ -23,27 +23,12 @@ use crate::interrupt::Interrupt;
 use crate::k8s::directory::LiveDirectory;
 use crate::merge::{GapCause, Merged, merge_events};
 use crate::progress::warn;
-use crate::render::{AgentLostLine, FlowView, GapLine, NewFlowLine, OutputFormat, json, yaml};
+use crate::render::{
+    AgentLostLine, FlowView, GapLine, LineFormat, NewFlowLine, OutputFormat, serialise,
+    write_record,
+};
 use crate::session::Session;
 use crate::timing::Step;
-
-/// How one event is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LineFormat {
-    Text,
-    Json,
-    Yaml,
-}
-
-impl From<OutputFormat> for LineFormat {
-    fn from(f: OutputFormat) -> Self {
-        match f {
-            OutputFormat::Table | OutputFormat::Wide => LineFormat::Text,
-            OutputFormat::Json => LineFormat::Json,
-            OutputFormat::Yaml => LineFormat::Yaml,
-        }
-    }
-}
 
 /// Whether a flow was already active when the trace started or is new.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,21 +124,6 @@ fn gap_text(node: &str, lost: u64, cause: &GapCause) -> String {
         GapCause::SeqJump { expected, got } => {
             format!("{node}: {lost} events missing (sequence jumped from {expected} to {got})")
         }
-    }
-}
-
-fn write_record(out: &mut dyn Write, format: LineFormat, line: &str) -> std::io::Result<()> {
-    match format {
-        LineFormat::Yaml => write!(out, "---\n{line}")?,
-        _ => writeln!(out, "{line}")?,
-    }
-    out.flush()
-}
-
-fn serialise<T: serde::Serialize>(format: LineFormat, value: &T) -> std::io::Result<String> {
-    match format {
-        LineFormat::Yaml => yaml::to_string(value),
-        _ => json::to_line(value),
     }
 }
 

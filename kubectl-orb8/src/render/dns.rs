@@ -8,7 +8,7 @@ use orb8_flowspec::ip_from_bytes;
 use orb8_proto::DnsExchange;
 use serde::Serialize;
 
-use crate::flow::{Endpoint, rfc3339_nanos, time_of_day};
+use crate::flow::{Endpoint, endpoint, rfc3339_nanos, time_of_day};
 
 /// What a timed-out exchange shows where a response code would be.
 pub const TIMEOUT: &str = "TIMEOUT";
@@ -55,19 +55,17 @@ impl DnsRecord {
     }
 }
 
+/// The protocol's name (`udp`, `tcp`) as flows show it.
 fn protocol_name(p: u32) -> String {
-    match p {
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        n => n.to_string(),
-    }
+    orb8_flowspec::Protocol::try_from(p)
+        .map(|p| p.to_string())
+        .unwrap_or_else(|_| p.to_string())
 }
 
 fn end(name: Option<&Endpoint>, addr: Option<IpAddr>, port: u32) -> String {
-    match (name, addr) {
-        (Some(n), a) => format!("{}:{port}", n.label_at(a)),
-        (None, Some(IpAddr::V6(a))) => format!("[{a}]:{port}"),
-        (None, a) => format!("{}:{port}", crate::flow::addr_text(a)),
+    match name {
+        Some(n) => format!("{}:{port}", n.label_at(addr)),
+        None => endpoint(addr, port, true),
     }
 }
 

@@ -119,6 +119,7 @@ mod tests {
     "bytes": 300,
     "tcp_flags": "",
     "resets": 0,
+    "failed": 0,
     "first_seen": "2023-11-14T22:13:20.123456789Z",
     "last_seen": "2023-11-14T22:13:21.000000000Z"
   }

@@ -21,6 +21,45 @@ pub use view::{
     stage_name, uptime_text,
 };
 
+/// How one record of a live trace is written: a text line, an NDJSON line or a YAML document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineFormat {
+    /// A line of text (`-o table`, `-o wide`).
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// One YAML document per record.
+    Yaml,
+}
+
+impl From<OutputFormat> for LineFormat {
+    fn from(f: OutputFormat) -> Self {
+        match f {
+            OutputFormat::Table | OutputFormat::Wide => LineFormat::Text,
+            OutputFormat::Json => LineFormat::Json,
+            OutputFormat::Yaml => LineFormat::Yaml,
+        }
+    }
+}
+
+/// Writes one live record (already rendered by [`serialise`] or as text) and flushes, so a
+/// reader sees it at once.
+pub fn write_record(out: &mut dyn Write, format: LineFormat, line: &str) -> io::Result<()> {
+    match format {
+        LineFormat::Yaml => write!(out, "---\n{line}")?,
+        _ => writeln!(out, "{line}")?,
+    }
+    out.flush()
+}
+
+/// A live record as JSON (one line) or YAML (one document).
+pub fn serialise<T: serde::Serialize>(format: LineFormat, value: &T) -> io::Result<String> {
+    match format {
+        LineFormat::Yaml => yaml::to_string(value),
+        _ => json::to_line(value),
+    }
+}
+
 /// Writes a flow table in `format`; `now` is what ages in tables are measured from.
 pub fn write_flows(
     out: &mut dyn Write,
@@ -28,13 +67,28 @@ pub fn write_flows(
     flows: &[FlowRecord],
     now: SystemTime,
 ) -> io::Result<()> {
+    write_flows_with_tcp(out, format, flows, now, None)
+}
+
+/// [`write_flows`], the wide table with TCP connection columns from `tcp` when given.
+pub fn write_flows_with_tcp(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    flows: &[FlowRecord],
+    now: SystemTime,
+    tcp: Option<&crate::tcpconn::TcpConnTable>,
+) -> io::Result<()> {
     match format {
         OutputFormat::Table | OutputFormat::Wide => {
             let wide = format == OutputFormat::Wide;
             if flows.is_empty() {
                 return Ok(());
             }
-            writeln!(out, "{}", table::flows(flows, wide, now, None))
+            writeln!(
+                out,
+                "{}",
+                table::flows_with_tcp(flows, wide, now, None, tcp)
+            )
         }
         OutputFormat::Json => json::write_array(out, flows.iter().map(FlowView::from)),
         OutputFormat::Yaml => out.write_all(yaml::flows(flows)?.as_bytes()),

@@ -69,6 +69,18 @@ pub(super) fn finish(table: &Table) -> String {
 /// The flow table (one row per flow, `--by connection`); `wide` adds the interface, its role
 /// and the interface's direction, and shows exact counts.
 pub fn flows(flows: &[FlowRecord], wide: bool, now: SystemTime, width: Option<u16>) -> String {
+    flows_with_tcp(flows, wide, now, width, None)
+}
+
+/// [`flows`], with STATE, RTT, RETRANS and RESETS columns from `tcp` (wide only) when given.
+pub fn flows_with_tcp(
+    flows: &[FlowRecord],
+    wide: bool,
+    now: SystemTime,
+    width: Option<u16>,
+    tcp: Option<&crate::tcpconn::TcpConnTable>,
+) -> String {
+    let tcp = tcp.filter(|_| wide);
     let mut header = vec!["NODE"];
     let mut caps: Vec<u16> = vec![12];
     if wide {
@@ -95,6 +107,10 @@ pub fn flows(flows: &[FlowRecord], wide: bool, now: SystemTime, width: Option<u1
         "LAST SEEN",
     ]);
     caps.extend([9, 6, 21, 21, 7, 10, 8, 6, 6]);
+    if tcp.is_some() {
+        header.extend(["STATE", "RTT", "RETRANS", "RESETS"]);
+        caps.extend([11, 7, 7, 6]);
+    }
     let rows: Vec<Vec<String>> = flows
         .iter()
         .map(|f| {
@@ -137,6 +153,24 @@ pub fn flows(flows: &[FlowRecord], wide: bool, now: SystemTime, width: Option<u1
                 age(f.first_seen_nanos, now),
                 age(f.last_seen_nanos, now),
             ]);
+            if let Some(t) = tcp {
+                match t
+                    .find(f)
+                    .filter(|_| f.protocol == orb8_flowspec::Protocol::TCP)
+                {
+                    Some(c) => row.extend([
+                        c.state.clone(),
+                        if c.srtt_us == 0 {
+                            "-".into()
+                        } else {
+                            format!("{:.3}ms", f64::from(c.srtt_us) / 1000.0)
+                        },
+                        c.retransmits.to_string(),
+                        c.resets.to_string(),
+                    ]),
+                    None => row.extend(["-", "-", "-", "-"].map(String::from)),
+                }
+            }
             row
         })
         .collect();
@@ -170,10 +204,11 @@ pub fn groups(groups: &[FlowGroup], wide: bool, now: SystemTime, width: Option<u
         "BYTES",
         "FLAGS",
         "RESETS",
+        "FAILED",
         "FIRST SEEN",
         "LAST SEEN",
     ]);
-    caps.extend([24, 24, 5, 6, 9, 5, 7, 10, 8, 6, 6, 6]);
+    caps.extend([24, 24, 5, 6, 9, 5, 7, 10, 8, 6, 6, 6, 6]);
     let rows: Vec<Vec<String>> = groups
         .iter()
         .map(|g| {
@@ -204,6 +239,11 @@ pub fn groups(groups: &[FlowGroup], wide: bool, now: SystemTime, width: Option<u
                 } else {
                     "-".into()
                 },
+                if g.key.protocol == orb8_flowspec::Protocol::TCP {
+                    g.failed.to_string()
+                } else {
+                    "-".into()
+                },
                 age(g.first_seen_nanos, now),
                 age(g.last_seen_nanos, now),
             ]);
@@ -215,7 +255,14 @@ pub fn groups(groups: &[FlowGroup], wide: bool, now: SystemTime, width: Option<u
     let offset = usize::from(wide);
     right_align(
         &mut table,
-        &[2 + offset, 5 + offset, 6 + offset, 7 + offset, 9 + offset],
+        &[
+            2 + offset,
+            5 + offset,
+            6 + offset,
+            7 + offset,
+            9 + offset,
+            10 + offset,
+        ],
     );
     set_minimums(&mut table, &rows, &header, &caps);
     finish(&table)
@@ -391,6 +438,7 @@ mod tests {
                 "BYTES",
                 "FLAGS",
                 "RESETS",
+                "FAILED",
                 "FIRST",
                 "SEEN",
                 "LAST",
@@ -410,6 +458,7 @@ mod tests {
                 "4",
                 "300",
                 "B",
+                "-",
                 "-",
                 "-",
                 "4.9s",

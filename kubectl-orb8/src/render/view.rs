@@ -171,6 +171,8 @@ pub struct FlowGroupView {
     pub tcp_flags: String,
     /// How many of them carried a TCP reset.
     pub resets: u64,
+    /// How many of them were failed connects (a SYN, never an ACK).
+    pub failed: u64,
     /// The earliest first packet, RFC 3339 UTC with nanoseconds.
     pub first_seen: Option<String>,
     /// The latest packet, RFC 3339 UTC with nanoseconds.
@@ -191,6 +193,7 @@ impl From<&FlowGroup> for FlowGroupView {
             bytes: g.bytes,
             tcp_flags: g.tcp_flag_letters(),
             resets: g.resets,
+            failed: g.failed,
             first_seen: rfc3339_nanos(g.first_seen_nanos),
             last_seen: rfc3339_nanos(g.last_seen_nanos),
         }
@@ -321,6 +324,9 @@ pub struct StatusView {
     pub drops: Vec<DropView>,
     /// Packets not attributed to a flow, by reason.
     pub packets_not_parsed: BTreeMap<String, u64>,
+    /// DNS counters (messages, exchanges, timeouts, duplicates, unparsed by reason, ...);
+    /// empty from agents that predate them.
+    pub dns: BTreeMap<String, u64>,
     /// Uptime in milliseconds.
     pub uptime_ms: u64,
     /// Uptime in words (`1h 2m 3s`).
@@ -394,6 +400,7 @@ impl From<&AgentStatus> for StatusView {
             drops_total: drops.iter().map(|d| d.count).sum(),
             drops,
             packets_not_parsed: counters.packets_not_parsed.into_iter().collect(),
+            dns: counters.dns.into_iter().collect(),
             uptime_ms: s.uptime_ms,
             uptime: uptime_text(s.uptime_ms),
             gpu: s.gpu.as_ref().map(|g| GpuStatusView {

@@ -216,6 +216,48 @@ impl Agent {
         .await
     }
 
+    /// Starts a drop trace; it runs while the returned stream is open.
+    pub async fn trace_drops(
+        &self,
+        request: orb8_proto::TraceDropsRequest,
+    ) -> Result<Streaming<orb8_proto::DropTraceEvent>, AgentError> {
+        let mut client = self.client.clone();
+        within(
+            &self.addr,
+            "TraceDrops",
+            RPC_TIMEOUT,
+            client.trace_drops(request),
+        )
+        .await
+    }
+
+    /// Starts a TCP trace; it runs while the returned stream is open.
+    pub async fn trace_tcp(
+        &self,
+        request: orb8_proto::TraceTcpRequest,
+    ) -> Result<Streaming<orb8_proto::TcpTraceEvent>, AgentError> {
+        let mut client = self.client.clone();
+        within(
+            &self.addr,
+            "TraceTcp",
+            RPC_TIMEOUT,
+            client.trace_tcp(request),
+        )
+        .await
+    }
+
+    /// The drops of an open drop trace since it started.
+    pub async fn drop_summary(&self, trace_id: u64) -> Result<orb8_proto::DropSummary, AgentError> {
+        let mut client = self.client.clone();
+        within(
+            &self.addr,
+            "GetDropSummary",
+            RPC_TIMEOUT,
+            client.get_drop_summary(orb8_proto::GetDropSummaryRequest { trace_id }),
+        )
+        .await
+    }
+
     /// The counts of an open syscall trace since it started.
     pub async fn syscall_summary(&self, trace_id: u64) -> Result<SyscallSummary, AgentError> {
         let mut client = self.client.clone();

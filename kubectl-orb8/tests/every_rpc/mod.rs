@@ -12,7 +12,8 @@ use orb8_testkit::fake_agent::{
 };
 
 /// Calls every RPC of `orb8.agent.v1` (GetStatus, QueryFlows, StreamEvents, TraceSyscalls,
-/// GetSyscallSummary, TraceDns) on `agent`, connected to `running` (an
+/// GetSyscallSummary, TraceDns; TraceDrops, GetDropSummary and TraceTcp, which the fake
+/// refuses) on `agent`, connected to `running` (an
 /// [`agent_with_data`](orb8_testkit::fake_agent::agent_with_data) with 4 events), and checks
 /// each answer against the fake's canned data, that each request arrived as sent, and that
 /// every call (connect's GetStatus included) carried
@@ -98,8 +99,27 @@ pub async fn check_every_rpc(agent: &kubectl_orb8::transport::Agent, running: &R
         .collect();
     assert_eq!(exchanges, dns_trace(&status.node));
 
+    // Drop and TCP traces are not faked: the fake refuses them (after checking the token), and
+    // the client says which RPC failed.
+    for err in [
+        agent
+            .trace_drops(orb8_proto::TraceDropsRequest::default())
+            .await
+            .err(),
+        agent.drop_summary(1).await.err(),
+        agent
+            .trace_tcp(orb8_proto::TraceTcpRequest::default())
+            .await
+            .err(),
+    ] {
+        let err = err
+            .expect("the fake agent refuses drop and TCP traces")
+            .to_string();
+        assert!(err.contains("does not trace"), "{err}");
+    }
+
     let tokens = running.tokens();
-    assert_eq!(tokens.len(), 7, "connect's GetStatus plus six calls");
+    assert_eq!(tokens.len(), 10, "connect's GetStatus plus nine calls");
     assert!(
         tokens
             .iter()

@@ -1,0 +1,322 @@
+//! `kubectl orb8 trace drops`: packets the kernel dropped, with its reason by name, from every
+//! agent. Each agent aggregates drops in the kernel and sends one event per new (namespace,
+//! interface, reason, 5-tuple); this prints one line per such event, or with `--summary` the
+//! counts by (pod, reason, peer) when the trace ends. In cluster mode the kernel watches only the
+//! selected pods' addresses; `--ip` adds addresses (and is the filter without a cluster).
+//! Losses (a full kernel ring, a slow client) are said on stderr as they happen and at the end.
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use orb8_flowspec::ip_to_bytes;
+use orb8_proto::{DropSummary, DropTraceEvent, TraceDropsRequest, drop_trace_event};
+use tonic::Status;
+
+use crate::cli::TraceDropsArgs;
+use crate::drops::{DropLine, DropRecord, selected_addrs, summarise, summary_table, text_line};
+use crate::enrich::Directory;
+use crate::interrupt::Interrupt;
+use crate::merge::{GapCause, SeqTracker, status_text};
+use crate::progress::warn;
+use crate::render::{GapLine, OutputFormat, json, yaml};
+use crate::session::Session;
+use crate::timing::Step;
+
+/// The addresses the kernel is asked to watch: `--ip`, plus in cluster mode the selected pods'.
+pub fn watched(ips: &[IpAddr], dir: Option<&Directory>) -> anyhow::Result<Vec<IpAddr>> {
+    let mut addrs = ips.to_vec();
+    if let Some(d) = dir {
+        match selected_addrs(d) {
+            Some(v) if v.is_empty() && addrs.is_empty() => anyhow::bail!(
+                "none of the selected pods has an address yet: no drops to watch (give --ip, or \
+                 -A for every drop)"
+            ),
+            Some(v) => addrs.extend(v),
+            None => {}
+        }
+    }
+    addrs.sort();
+    addrs.dedup();
+    Ok(addrs)
+}
+
+/// The losses an agent's summary reports, in one line, or `None` when nothing was lost.
+pub fn losses_line(s: &DropSummary) -> Option<String> {
+    let mut parts = Vec::new();
+    for (name, stage) in [
+        ("ringbuf_full", "kernel"),
+        ("insert_failed", "kernel"),
+        ("read_failed", "kernel"),
+    ] {
+        let n = s.counters.get(name).copied().unwrap_or(0);
+        if n > 0 {
+            parts.push(format!("{n} {name} ({stage} stage)"));
+        }
+    }
+    if s.lost_agent > 0 {
+        parts.push(format!("{} queue_overflow (agent stage)", s.lost_agent));
+    }
+    if s.lost_client > 0 {
+        parts.push(format!("{} slow_client (client stage)", s.lost_client));
+    }
+    (!parts.is_empty()).then(|| format!("{}: drop trace losses: {}", s.node, parts.join(", ")))
+}
+
+fn write_value<T: serde::Serialize>(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    v: &T,
+) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Yaml => write!(out, "---\n{}", yaml::to_string(v)?)?,
+        _ => writeln!(out, "{}", json::to_line(v)?.trim_end())?,
+    }
+    Ok(())
+}
+
+/// Runs the trace until `--duration`, Ctrl-C or every agent is gone; then, with `--summary`,
+/// prints the counts.
+pub async fn run(
+    session: &Session,
+    args: &TraceDropsArgs,
+    format: OutputFormat,
+    interrupt: &Interrupt,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let snapshot = session.directory.as_ref().map(|d| d.snapshot());
+    let addrs = watched(&args.ips, snapshot.as_ref())?;
+    let request = TraceDropsRequest {
+        addrs: addrs.iter().map(|a| ip_to_bytes(*a)).collect(),
+    };
+    let opened = futures::future::join_all(
+        session
+            .agents
+            .iter()
+            .map(|a| a.trace_drops(request.clone())),
+    )
+    .await;
+    let mut traces = Vec::new();
+    let mut streams = Vec::new();
+    for ((name, agent), stream) in session.names.iter().zip(&session.agents).zip(opened) {
+        let mut stream = stream?;
+        let id = match stream.next().await {
+            Some(Ok(DropTraceEvent {
+                kind: Some(drop_trace_event::Kind::Started(s)),
+                ..
+            })) => s.trace_id,
+            Some(Ok(other)) => anyhow::bail!("agent {name} began the drop trace with {other:?}"),
+            Some(Err(status)) => {
+                return Err(crate::transport::AgentError::from_status(
+                    &agent.addr,
+                    "TraceDrops",
+                    &status,
+                )
+                .into());
+            }
+            None => anyhow::bail!("agent {name} ended the drop trace before it started"),
+        };
+        traces.push((name.clone(), agent, id));
+        let node = name.clone();
+        streams.push(
+            stream
+                .map(move |item| (node.clone(), item))
+                .chain(futures::stream::once(futures::future::ready((
+                    name.clone(),
+                    Err(Status::cancelled("the agent ended the stream")),
+                ))))
+                .boxed(),
+        );
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "orb8: tracing drops on {} agent{} ({}){}",
+        traces.len(),
+        if traces.len() == 1 { "" } else { "s" },
+        if addrs.is_empty() {
+            "every address".to_string()
+        } else {
+            let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            format!("from or to {}", shown.join(", "))
+        },
+        if args.summary {
+            "; Ctrl-C prints the summary"
+        } else {
+            ""
+        }
+    );
+    let agents = streams.len();
+    let mut merged = futures::stream::select_all(streams);
+    let mut seqs: std::collections::HashMap<String, SeqTracker> = Default::default();
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let until_deadline = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(until_deadline);
+    let mut lost_agents = std::collections::BTreeSet::new();
+    loop {
+        let item = tokio::select! {
+            item = merged.next() => item,
+            () = &mut until_deadline => break,
+            () = interrupt.wait() => break,
+        };
+        let Some((node, item)) = item else { break };
+        let ev = match item {
+            Ok(ev) => ev,
+            Err(status) => {
+                if lost_agents.insert(node.clone()) {
+                    warn(&format!("lost agent {node}: {}", status_text(&status)));
+                }
+                if lost_agents.len() == agents {
+                    break;
+                }
+                continue;
+            }
+        };
+        session.timing.mark(&node, Step::FirstAnswer);
+        let tracker = seqs.entry(node.clone()).or_insert_with(|| {
+            // The `started` message (seq 1) was read above.
+            let mut t = SeqTracker::default();
+            t.observe(1);
+            t
+        });
+        if let Some((expected, lost)) = tracker.observe(ev.seq) {
+            let cause = GapCause::SeqJump {
+                expected,
+                got: ev.seq,
+            };
+            warn(&format!(
+                "{node}: {lost} drop events missing (sequence jumped from {expected} to {})",
+                ev.seq
+            ));
+            if format != OutputFormat::Table && format != OutputFormat::Wide {
+                write_value(out, format, &GapLine::new(&node, lost, &cause))?;
+            }
+        }
+        match ev.kind {
+            Some(drop_trace_event::Kind::Drop(d)) if !args.summary => {
+                let mut r = DropRecord::from_proto(&node, d);
+                if let Some(dir) = &session.directory {
+                    let dir = dir.snapshot();
+                    r.name_ends(&dir);
+                    if !r.concerns_selection(&dir) {
+                        continue;
+                    }
+                }
+                match format {
+                    OutputFormat::Table | OutputFormat::Wide => {
+                        writeln!(out, "{}", text_line(ev.time_unix_nanos, &r))?
+                    }
+                    _ => write_value(out, format, &DropLine::new(ev.seq, ev.time_unix_nanos, &r))?,
+                }
+                out.flush()?;
+            }
+            Some(drop_trace_event::Kind::Gap(g)) => {
+                let cause = GapCause::Reported {
+                    stage: g.stage(),
+                    reason: g.reason.clone(),
+                };
+                warn(&format!(
+                    "{node}: {} drop events lost ({} stage, {})",
+                    g.lost,
+                    cause.stage_name(),
+                    g.reason
+                ));
+                if format != OutputFormat::Table && format != OutputFormat::Wide {
+                    write_value(out, format, &GapLine::new(&node, g.lost, &cause))?;
+                    out.flush()?;
+                }
+            }
+            _ => {}
+        }
+    }
+    if lost_agents.len() == agents {
+        anyhow::bail!(
+            "every agent's drop trace ended ({agents} agent{})",
+            if agents == 1 { "" } else { "s" }
+        );
+    }
+    let mut records = Vec::new();
+    for (node, agent, id) in &traces {
+        if lost_agents.contains(node) {
+            continue;
+        }
+        let s = agent
+            .drop_summary(*id)
+            .await
+            .with_context(|| format!("reading the drop summary of {node}"))?;
+        if let Some(line) = losses_line(&s) {
+            warn(&line);
+        }
+        if args.summary {
+            records.extend(s.drops.into_iter().map(|d| DropRecord::from_proto(node, d)));
+        }
+    }
+    if !args.summary {
+        return Ok(());
+    }
+    if let Some(dir) = &snapshot {
+        for r in &mut records {
+            r.name_ends(dir);
+        }
+        records.retain(|r| r.concerns_selection(dir));
+    }
+    let rows = summarise(&records, snapshot.as_ref());
+    match format {
+        OutputFormat::Table | OutputFormat::Wide => write!(out, "{}", summary_table(&rows))?,
+        _ => {
+            for r in &rows {
+                write_value(out, format, r)?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_are_said_by_stage() {
+        let mut s = DropSummary {
+            node: "n1".into(),
+            ..Default::default()
+        };
+        assert_eq!(losses_line(&s), None);
+        s.counters.insert("ringbuf_full".into(), 3);
+        s.counters.insert("accounted".into(), 10);
+        s.lost_client = 2;
+        assert_eq!(
+            losses_line(&s).unwrap(),
+            "n1: drop trace losses: 3 ringbuf_full (kernel stage), 2 slow_client (client stage)"
+        );
+    }
+
+    #[test]
+    fn cluster_mode_watches_selected_pods_and_given_addresses() {
+        let ip: IpAddr = "10.9.9.9".parse().unwrap();
+        assert_eq!(watched(&[ip, ip], None).unwrap(), vec![ip]);
+        let none_selected = Directory {
+            selected: Some(Default::default()),
+            ..Default::default()
+        };
+        assert!(
+            watched(&[], Some(&none_selected))
+                .unwrap_err()
+                .to_string()
+                .starts_with("none of the selected pods has an address yet")
+        );
+        assert_eq!(watched(&[ip], Some(&none_selected)).unwrap(), vec![ip]);
+        assert!(
+            watched(&[], Some(&Directory::default()))
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
