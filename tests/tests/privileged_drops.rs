@@ -9,73 +9,19 @@ use std::{
     collections::BTreeMap,
     io::BufRead as _,
     process::{Command, Stdio},
-    sync::{Arc, mpsc},
+    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
-use orb8_agent::{
-    probes::{AttachMode, ProbeConfig},
-    runtime::{Agent, AgentConfig},
-    service::{Listen, Listener, Service, serve},
-};
-use orb8_proto::{self as pb, agent_service_client::AgentServiceClient, drop_trace_event::Kind};
+use orb8_proto::{self as pb, drop_trace_event::Kind};
 use orb8_testkit::*;
+
+mod loopback_agent;
+use loopback_agent::{addr_bytes, agent};
 use serde_json::Value;
-use tonic::{Request, Status, service::interceptor::InterceptedService, transport::Channel};
 
 const TOKEN: &str = "test-token-drops0123456789abcdef";
-
-type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
-type Client = AgentServiceClient<InterceptedService<Channel, AddToken>>;
-
-/// A real agent (flow probes on `lo` only) serving on loopback.
-async fn agent() -> (Arc<Agent>, Client) {
-    require_root();
-    let config = AgentConfig {
-        interfaces: vec!["lo".into()],
-        rescan: Duration::from_secs(5),
-        probe: ProbeConfig {
-            flow_map_entries: 1024,
-            ringbuf_bytes: 1 << 16,
-            mode: AttachMode::detect(),
-            dns_ports: orb8_agent::probes::DnsPorts::DEFAULT,
-        },
-        event_queue: 1024,
-        dns_timeout: Duration::from_secs(5),
-    };
-    let (agent, _tasks) = Agent::start(config).await.expect("starting the agent");
-    let listener = Listener::bind(&"127.0.0.1:0".parse::<Listen>().unwrap())
-        .await
-        .unwrap();
-    let addr = listener.address();
-    let service = Service::new(agent.clone(), "test-node".into());
-    tokio::spawn(serve(
-        service,
-        TOKEN,
-        listener,
-        Duration::from_secs(60),
-        std::future::pending(),
-    ));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connecting");
-    let add: AddToken = Box::new(|mut r: Request<()>| {
-        r.metadata_mut()
-            .insert("authorization", pb::bearer(TOKEN).parse().unwrap());
-        Ok(r)
-    });
-    (agent, AgentServiceClient::with_interceptor(channel, add))
-}
-
-fn addr_bytes(a: &str) -> Vec<u8> {
-    match a.parse::<std::net::IpAddr>().unwrap() {
-        std::net::IpAddr::V4(v) => v.octets().to_vec(),
-        std::net::IpAddr::V6(v) => v.octets().to_vec(),
-    }
-}
 
 /// Installs `table inet orb8t` in `ns`: UDP to `port` is dropped on input and counted.
 fn nft_drop(ns: &NetNs, port: u16) {
@@ -140,7 +86,7 @@ fn in_netns(s: &pb::DropSummary, netns: u64) -> BTreeMap<Key, u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_drops_by_reason_exact_counts_v4_v6_and_the_filter_holds() {
-    let (agent, mut client) = agent().await;
+    let (agent, mut client) = agent(TOKEN).await;
     let w = Wire::new();
     // Outside the trace's filter: the same drops between two other addresses on the same link.
     let n = w.left4.split('.').nth(2).unwrap().to_string();

@@ -7,71 +7,16 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use orb8_agent::{
-    probes::{AttachMode, ProbeConfig},
-    runtime::{Agent, AgentConfig},
-    service::{Listen, Listener, Service, serve},
-};
-use orb8_proto::{self as pb, agent_service_client::AgentServiceClient, tcp_trace_event::Kind};
+use orb8_proto::{self as pb, tcp_trace_event::Kind};
 use orb8_testkit::*;
-use tonic::{Request, Status, service::interceptor::InterceptedService, transport::Channel};
+
+mod loopback_agent;
+use loopback_agent::{Client, addr_bytes, agent};
 
 const TOKEN: &str = "test-token-tcp0123456789abcdef";
-
-type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
-type Client = AgentServiceClient<InterceptedService<Channel, AddToken>>;
-
-/// A real agent (flow probes on `lo` only) serving on loopback.
-async fn agent() -> (Arc<Agent>, Client) {
-    require_root();
-    let config = AgentConfig {
-        interfaces: vec!["lo".into()],
-        rescan: Duration::from_secs(5),
-        probe: ProbeConfig {
-            flow_map_entries: 1024,
-            ringbuf_bytes: 1 << 16,
-            mode: AttachMode::detect(),
-            dns_ports: orb8_agent::probes::DnsPorts::DEFAULT,
-        },
-        event_queue: 1024,
-        dns_timeout: Duration::from_secs(5),
-    };
-    let (agent, _tasks) = Agent::start(config).await.expect("starting the agent");
-    let listener = Listener::bind(&"127.0.0.1:0".parse::<Listen>().unwrap())
-        .await
-        .unwrap();
-    let addr = listener.address();
-    let service = Service::new(agent.clone(), "test-node".into());
-    tokio::spawn(serve(
-        service,
-        TOKEN,
-        listener,
-        Duration::from_secs(60),
-        std::future::pending(),
-    ));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connecting");
-    let add: AddToken = Box::new(|mut r: Request<()>| {
-        r.metadata_mut()
-            .insert("authorization", pb::bearer(TOKEN).parse().unwrap());
-        Ok(r)
-    });
-    (agent, AgentServiceClient::with_interceptor(channel, add))
-}
-
-fn addr_bytes(a: &str) -> Vec<u8> {
-    match a.parse::<std::net::IpAddr>().unwrap() {
-        std::net::IpAddr::V4(v) => v.octets().to_vec(),
-        std::net::IpAddr::V6(v) => v.octets().to_vec(),
-    }
-}
 
 fn sock(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
@@ -150,7 +95,7 @@ fn kind_of(e: &pb::TcpConnEvent) -> pb::TcpEventKind {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_tcp_connect_close_and_refused_v4_v6() {
-    let (agent, mut client) = agent().await;
+    let (agent, mut client) = agent(TOKEN).await;
     let w = Wire::new();
     let (left_ns, right_ns) = (w.left.inode(), w.right.inode());
     let mut stream = start(&mut client, &w).await;
@@ -275,7 +220,7 @@ fn nft_count(ns: &NetNs) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_tcp_retransmits_match_the_dropped_syns() {
-    let (_agent, mut client) = agent().await;
+    let (_agent, mut client) = agent(TOKEN).await;
     let w = Wire::new();
     let left_ns = w.left.inode();
     let mut stream = start(&mut client, &w).await;
