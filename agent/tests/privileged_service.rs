@@ -23,6 +23,11 @@ use tonic::{Code, Request, Status, service::interceptor::InterceptedService, tra
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
+/// Held by each test for its whole run: every test attaches its own agent to the root
+/// namespace's `lo`, and one test's traffic (80,000 datagrams in the slow-client test) must not
+/// reach, or slow down, another's agent and stream.
+static LOOPBACK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Running {
     addr: String,
     agent: Arc<Agent>,
@@ -215,6 +220,7 @@ impl Drop for Caller {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_service_answers_every_rpc() {
+    let _loopback = LOOPBACK.lock().await;
     let r = start(Duration::from_secs(60)).await;
     let mut c = client(&r.addr, Some(TOKEN)).await;
 
@@ -435,6 +441,7 @@ async fn privileged_service_answers_every_rpc() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_service_rejects_missing_or_wrong_token() {
+    let _loopback = LOOPBACK.lock().await;
     let r = start(Duration::from_secs(60)).await;
     for token in [None, Some("wrong-token-0123456789abcdef")] {
         let mut c = client(&r.addr, token).await;
@@ -481,6 +488,7 @@ async fn privileged_service_rejects_missing_or_wrong_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_service_exits_when_no_client_is_connected() {
+    let _loopback = LOOPBACK.lock().await;
     let r = start(Duration::from_millis(500)).await;
     let c = client(&r.addr, Some(TOKEN)).await;
     // A connected client, even an idle one, keeps the agent alive.
@@ -500,6 +508,7 @@ async fn privileged_service_exits_when_no_client_is_connected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_slow_client_gets_every_loss_reported_in_a_gap() {
+    let _loopback = LOOPBACK.lock().await;
     let r = start(Duration::from_secs(60)).await;
     let mut c = client_with_window(&r.addr, Some(TOKEN), Some(65535)).await;
     // An address of its own on loopback, so no other test's traffic matches the filter.
