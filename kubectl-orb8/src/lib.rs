@@ -6,7 +6,8 @@
 //! [`transport`], [`local`], [`k8s`] and [`session`] do the I/O with agents.
 //!
 //! The modules form a stack; each imports only modules below it (`tests/module_stack.rs`
-//! checks): [`defaults`], [`image`], [`interrupt`], [`progress`], [`timing`] (on `progress`) and the
+//! checks): [`defaults`], [`image`], [`interrupt`], [`progress`], [`timing`] and [`output`] (the
+//! live printers' stdout; both on `progress`) and the
 //! model [`flow`] (on `orb8-flowspec`) at the bottom, the grouped view [`group`] on the model;
 //! [`drops`] and [`tcp`] (the models of `trace drops` and `trace tcp`) on the model and
 //! [`enrich`], [`tcpconn`] (TCP records joined to flow rows) on `tcp`;
@@ -31,6 +32,7 @@ pub mod interrupt;
 pub mod k8s;
 pub mod local;
 pub mod merge;
+pub mod output;
 pub mod progress;
 pub mod render;
 pub mod session;
@@ -216,6 +218,32 @@ async fn run_command(
         return commands::top::run(session, args, &cli.global, interrupt).await;
     }
     let format = cli.global.output;
+    if let Command::Trace(trace) = &cli.command {
+        // Live printers: stdout belongs to the output's writer thread.
+        let out = output::LiveOutput::stdout();
+        let result = match trace {
+            TraceCommand::Network(args) => {
+                commands::trace::network(session, args, format, interrupt, &out).await
+            }
+            TraceCommand::Syscall(args) => {
+                commands::syscall::run(session, args, pod, format, interrupt, &out).await
+            }
+            TraceCommand::Drops(args) => {
+                commands::drops::run(session, args, format, interrupt, &out).await
+            }
+            TraceCommand::Tcp(args) => {
+                commands::tcp::run(session, args, format, interrupt, &out).await
+            }
+            TraceCommand::Dns(args) => {
+                commands::dns::run(session, args, format, interrupt, &out).await
+            }
+        };
+        // Printed or counted, even when the trace failed; a blocked stdout is not waited for.
+        let finished = out.finish().await;
+        result?;
+        finished?;
+        return Ok(());
+    }
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     match &cli.command {
@@ -227,21 +255,6 @@ async fn run_command(
         }
         Command::Flows(args) => {
             commands::flows::run(session, args, format, interrupt, &mut out).await?;
-        }
-        Command::Trace(TraceCommand::Network(args)) => {
-            commands::trace::network(session, args, format, interrupt, &mut out).await?;
-        }
-        Command::Trace(TraceCommand::Syscall(args)) => {
-            commands::syscall::run(session, args, pod, format, interrupt, &mut out).await?;
-        }
-        Command::Trace(TraceCommand::Drops(args)) => {
-            commands::drops::run(session, args, format, interrupt, &mut out).await?;
-        }
-        Command::Trace(TraceCommand::Tcp(args)) => {
-            commands::tcp::run(session, args, format, interrupt, &mut out).await?;
-        }
-        Command::Trace(TraceCommand::Dns(args)) => {
-            commands::dns::run(session, args, format, interrupt, &mut out).await?;
         }
         Command::Gpu(args) => {
             let names = tokio::select! {
@@ -258,6 +271,7 @@ async fn run_command(
             commands::version::run(session, &image, format, &mut out)?;
         }
         Command::Top(_) => anyhow::bail!("top draws on the terminal"),
+        Command::Trace(_) => anyhow::bail!("traces print through their live output"),
         Command::Cleanup(_) | Command::Completion(_) => {
             anyhow::bail!("this command does not use agents")
         }

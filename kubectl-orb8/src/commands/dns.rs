@@ -7,7 +7,6 @@
 //! and an exchange reported by two agents (the client's node and the server's) is shown once.
 
 use std::collections::{HashSet, VecDeque};
-use std::io::Write;
 use std::time::SystemTime;
 
 use futures::StreamExt as _;
@@ -18,9 +17,10 @@ use crate::enrich::Directory;
 use crate::flow::system_time;
 use crate::interrupt::Interrupt;
 use crate::merge::{GapCause, Merged, merge_streams};
+use crate::output::LiveOutput;
 use crate::progress::warn;
 use crate::render::dns::{DnsLine, DnsRecord, Summary, summary_table, text_line};
-use crate::render::{GapLine, LineFormat, OutputFormat, json, serialise, write_record, yaml};
+use crate::render::{GapLine, LineFormat, OutputFormat, json, serialise, value_record, yaml};
 use crate::session::Session;
 use crate::timing::Step;
 
@@ -118,7 +118,7 @@ pub async fn run(
     args: &TraceDnsArgs,
     format: OutputFormat,
     interrupt: &Interrupt,
-    out: &mut dyn Write,
+    out: &LiveOutput,
 ) -> anyhow::Result<()> {
     let opened = futures::future::join_all(session.agents.iter().map(|a| a.trace_dns())).await;
     let mut streams = Vec::with_capacity(opened.len());
@@ -180,13 +180,12 @@ pub async fn run(
                     LineFormat::Text => text_line(&record),
                     _ => serialise(lines, &DnsLine::from(&record))?,
                 };
-                write_record(out, lines, &line)?;
+                out.print(crate::render::record(lines, &line))?;
             }
             Some(Merged::Gap { node, lost, cause }) => {
                 warn(&gap_text(&node, lost, &cause));
                 if !args.summary && lines != LineFormat::Text {
-                    let line = serialise(lines, &GapLine::new(&node, lost, &cause))?;
-                    write_record(out, lines, &line)?;
+                    out.print(value_record(lines, &GapLine::new(&node, lost, &cause))?)?;
                 }
             }
             Some(Merged::AgentLost { node, mut error }) => {
@@ -205,11 +204,11 @@ pub async fn run(
             OutputFormat::Table | OutputFormat::Wide => {
                 let table = summary_table(&rows);
                 if !table.is_empty() {
-                    writeln!(out, "{table}")?;
+                    out.print_summary(format!("{table}\n"))?;
                 }
             }
-            OutputFormat::Json => writeln!(out, "{}", json::to_string(&rows)?)?,
-            OutputFormat::Yaml => out.write_all(yaml::to_string(&rows)?.as_bytes())?,
+            OutputFormat::Json => out.print_summary(format!("{}\n", json::to_string(&rows)?))?,
+            OutputFormat::Yaml => out.print_summary(yaml::to_string(&rows)?)?,
         }
     }
     if lost_agents == agents {

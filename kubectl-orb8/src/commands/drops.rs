@@ -5,7 +5,7 @@
 //! selected pods' addresses; `--ip` adds addresses (and is the filter without a cluster).
 //! Losses (a full kernel ring, a slow client) are said on stderr as they happen and at the end.
 
-use std::io::Write;
+use std::io::Write as _;
 use std::net::IpAddr;
 
 use anyhow::Context as _;
@@ -19,8 +19,9 @@ use crate::drops::{DropLine, DropRecord, selected_addrs, summarise, summary_tabl
 use crate::enrich::Directory;
 use crate::interrupt::Interrupt;
 use crate::merge::{GapCause, SeqTracker, status_text};
+use crate::output::LiveOutput;
 use crate::progress::warn;
-use crate::render::{GapLine, OutputFormat, json, yaml};
+use crate::render::{GapLine, LineFormat, OutputFormat, record, value_record};
 use crate::session::Session;
 use crate::timing::Step;
 
@@ -64,18 +65,6 @@ pub fn losses_line(s: &DropSummary) -> Option<String> {
     (!parts.is_empty()).then(|| format!("{}: drop trace losses: {}", s.node, parts.join(", ")))
 }
 
-fn write_value<T: serde::Serialize>(
-    out: &mut dyn Write,
-    format: OutputFormat,
-    v: &T,
-) -> anyhow::Result<()> {
-    match format {
-        OutputFormat::Yaml => write!(out, "---\n{}", yaml::to_string(v)?)?,
-        _ => writeln!(out, "{}", json::to_line(v)?.trim_end())?,
-    }
-    Ok(())
-}
-
 /// Runs the trace until `--duration`, Ctrl-C or every agent is gone; then, with `--summary`,
 /// prints the counts.
 pub async fn run(
@@ -83,8 +72,9 @@ pub async fn run(
     args: &TraceDropsArgs,
     format: OutputFormat,
     interrupt: &Interrupt,
-    out: &mut dyn Write,
+    out: &LiveOutput,
 ) -> anyhow::Result<()> {
+    let lines = LineFormat::from(format);
     let snapshot = session.directory.as_ref().map(|d| d.snapshot());
     let addrs = watched(&args.ips, snapshot.as_ref())?;
     let request = TraceDropsRequest {
@@ -193,8 +183,8 @@ pub async fn run(
                 "{node}: {lost} drop events missing (sequence jumped from {expected} to {})",
                 ev.seq
             ));
-            if format != OutputFormat::Table && format != OutputFormat::Wide {
-                write_value(out, format, &GapLine::new(&node, lost, &cause))?;
+            if lines != LineFormat::Text {
+                out.print(value_record(lines, &GapLine::new(&node, lost, &cause))?)?;
             }
         }
         match ev.kind {
@@ -207,13 +197,10 @@ pub async fn run(
                         continue;
                     }
                 }
-                match format {
-                    OutputFormat::Table | OutputFormat::Wide => {
-                        writeln!(out, "{}", text_line(ev.time_unix_nanos, &r))?
-                    }
-                    _ => write_value(out, format, &DropLine::new(ev.seq, ev.time_unix_nanos, &r))?,
-                }
-                out.flush()?;
+                out.print(match lines {
+                    LineFormat::Text => record(lines, &text_line(ev.time_unix_nanos, &r)),
+                    _ => value_record(lines, &DropLine::new(ev.seq, ev.time_unix_nanos, &r))?,
+                })?;
             }
             Some(drop_trace_event::Kind::Gap(g)) => {
                 let cause = GapCause::Reported {
@@ -226,9 +213,8 @@ pub async fn run(
                     cause.stage_name(),
                     g.reason
                 ));
-                if format != OutputFormat::Table && format != OutputFormat::Wide {
-                    write_value(out, format, &GapLine::new(&node, g.lost, &cause))?;
-                    out.flush()?;
+                if lines != LineFormat::Text {
+                    out.print(value_record(lines, &GapLine::new(&node, g.lost, &cause))?)?;
                 }
             }
             _ => {}
@@ -266,15 +252,14 @@ pub async fn run(
         records.retain(|r| r.concerns_selection(dir));
     }
     let rows = summarise(&records, snapshot.as_ref());
-    match format {
-        OutputFormat::Table | OutputFormat::Wide => write!(out, "{}", summary_table(&rows))?,
+    match lines {
+        LineFormat::Text => out.print_summary(summary_table(&rows))?,
         _ => {
             for r in &rows {
-                write_value(out, format, r)?;
+                out.print_summary(value_record(lines, r)?)?;
             }
         }
     }
-    out.flush()?;
     Ok(())
 }
 

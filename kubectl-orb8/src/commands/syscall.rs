@@ -2,7 +2,7 @@
 //! `--stream`, sent one by one) by the agent's kernel programs; nothing about other processes
 //! leaves the kernel.
 
-use std::io::Write;
+use std::io::Write as _;
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
@@ -13,9 +13,10 @@ use orb8_proto::{
 
 use crate::cli::{GlobalArgs, TraceSyscallArgs};
 use crate::interrupt::Interrupt;
+use crate::output::LiveOutput;
 use crate::progress::warn;
 use crate::render::syscalls::{self as view, SummaryView, SyscallLine};
-use crate::render::{OutputFormat, json, yaml};
+use crate::render::{LineFormat, OutputFormat, json, record, value_record, yaml};
 use crate::session::Session;
 
 /// Said when a POD is given with --local or --agent.
@@ -107,7 +108,7 @@ pub async fn run(
     pod: Option<&PodTarget>,
     format: OutputFormat,
     interrupt: &Interrupt,
-    out: &mut dyn Write,
+    out: &LiveOutput,
 ) -> anyhow::Result<()> {
     let [agent] = &session.agents[..] else {
         anyhow::bail!(
@@ -180,18 +181,11 @@ pub async fn run(
         };
         match ev.kind {
             Some(syscall_trace_event::Kind::Syscall(e)) => {
-                let line = match format {
-                    OutputFormat::Json => {
-                        json::to_line(&SyscallLine::new(node, ev.time_unix_nanos, &e))?
-                    }
-                    OutputFormat::Yaml => format!(
-                        "---\n{}",
-                        yaml::to_string(&SyscallLine::new(node, ev.time_unix_nanos, &e))?
-                    ),
-                    _ => view::stream_line(ev.time_unix_nanos, &e),
-                };
-                writeln!(out, "{}", line.trim_end())?;
-                out.flush()?;
+                let lines = LineFormat::from(format);
+                out.print(match lines {
+                    LineFormat::Text => record(lines, &view::stream_line(ev.time_unix_nanos, &e)),
+                    _ => value_record(lines, &SyscallLine::new(node, ev.time_unix_nanos, &e))?,
+                })?;
             }
             Some(syscall_trace_event::Kind::Gap(g)) => warn(&format!(
                 "{node}: {} syscall events lost ({} stage, {})",
@@ -243,9 +237,9 @@ pub async fn run(
             } else {
                 yaml::to_string(&v)?
             };
-            writeln!(out, "{}", text.trim_end())?;
+            out.print_summary(format!("{}\n", text.trim_end()))?;
         }
-        OutputFormat::Table | OutputFormat::Wide => write!(out, "{}", view::strace_table(&rows))?,
+        OutputFormat::Table | OutputFormat::Wide => out.print_summary(view::strace_table(&rows))?,
     }
     Ok(())
 }

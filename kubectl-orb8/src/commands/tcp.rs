@@ -4,7 +4,7 @@
 //! the kernel watches only the selected pods' addresses; `--ip` adds addresses. Losses are said
 //! on stderr as they happen.
 
-use std::io::Write;
+use std::io::Write as _;
 
 use futures::StreamExt as _;
 use orb8_flowspec::ip_to_bytes;
@@ -15,23 +15,12 @@ use crate::cli::TraceTcpArgs;
 use crate::commands::drops::watched;
 use crate::interrupt::Interrupt;
 use crate::merge::{GapCause, SeqTracker, status_text};
+use crate::output::LiveOutput;
 use crate::progress::warn;
-use crate::render::{GapLine, OutputFormat, json, yaml};
+use crate::render::{GapLine, LineFormat, OutputFormat, record, value_record};
 use crate::session::Session;
 use crate::tcp::{TcpLine, TcpRecord, text_line};
 use crate::timing::Step;
-
-fn write_value<T: serde::Serialize>(
-    out: &mut dyn Write,
-    format: OutputFormat,
-    v: &T,
-) -> anyhow::Result<()> {
-    match format {
-        OutputFormat::Yaml => write!(out, "---\n{}", yaml::to_string(v)?)?,
-        _ => writeln!(out, "{}", json::to_line(v)?.trim_end())?,
-    }
-    Ok(())
-}
 
 /// Runs the trace until `--duration`, Ctrl-C or every agent is gone.
 pub async fn run(
@@ -39,7 +28,7 @@ pub async fn run(
     args: &TraceTcpArgs,
     format: OutputFormat,
     interrupt: &Interrupt,
-    out: &mut dyn Write,
+    out: &LiveOutput,
 ) -> anyhow::Result<()> {
     let snapshot = session.directory.as_ref().map(|d| d.snapshot());
     let addrs = watched(&args.ips, snapshot.as_ref())?;
@@ -104,7 +93,8 @@ pub async fn run(
     };
     tokio::pin!(until_deadline);
     let mut lost_agents = std::collections::BTreeSet::new();
-    let text = matches!(format, OutputFormat::Table | OutputFormat::Wide);
+    let lines = LineFormat::from(format);
+    let text = lines == LineFormat::Text;
     loop {
         let item = tokio::select! {
             item = merged.next() => item,
@@ -141,7 +131,7 @@ pub async fn run(
                     expected,
                     got: ev.seq,
                 };
-                write_value(out, format, &GapLine::new(&node, lost, &cause))?;
+                out.print(value_record(lines, &GapLine::new(&node, lost, &cause))?)?;
             }
         }
         match ev.kind {
@@ -154,12 +144,11 @@ pub async fn run(
                         continue;
                     }
                 }
-                if text {
-                    writeln!(out, "{}", text_line(ev.time_unix_nanos, &r))?;
+                out.print(if text {
+                    record(lines, &text_line(ev.time_unix_nanos, &r))
                 } else {
-                    write_value(out, format, &TcpLine::new(ev.seq, ev.time_unix_nanos, &r))?;
-                }
-                out.flush()?;
+                    value_record(lines, &TcpLine::new(ev.seq, ev.time_unix_nanos, &r))?
+                })?;
             }
             Some(tcp_trace_event::Kind::Gap(g)) => {
                 let cause = GapCause::Reported {
@@ -173,8 +162,7 @@ pub async fn run(
                     g.reason
                 ));
                 if !text {
-                    write_value(out, format, &GapLine::new(&node, g.lost, &cause))?;
-                    out.flush()?;
+                    out.print(value_record(lines, &GapLine::new(&node, g.lost, &cause))?)?;
                 }
             }
             _ => {}

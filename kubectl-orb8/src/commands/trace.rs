@@ -7,7 +7,7 @@
 //! the process behind a veth when the agent found one. A line of an already-active flow starts
 //! with `~`; its time is the flow's first packet and its counts are those so far.
 
-use std::io::Write;
+use std::io::Write as _;
 use std::net::IpAddr;
 
 use futures::{FutureExt as _, Stream, StreamExt as _};
@@ -22,10 +22,11 @@ use crate::flow::{
 use crate::interrupt::Interrupt;
 use crate::k8s::directory::LiveDirectory;
 use crate::merge::{GapCause, Merged, merge_events};
+use crate::output::LiveOutput;
 use crate::progress::warn;
 use crate::render::{
-    AgentLostLine, FlowView, GapLine, LineFormat, NewFlowLine, OutputFormat, serialise,
-    write_record,
+    AgentLostLine, FlowView, GapLine, LineFormat, NewFlowLine, OutputFormat, record, serialise,
+    value_record,
 };
 use crate::session::Session;
 use crate::timing::Step;
@@ -127,15 +128,15 @@ fn gap_text(node: &str, lost: u64, cause: &GapCause) -> String {
     }
 }
 
-/// Writes one event (a flow passing `filter`, active or new); other kinds go to stderr.
-fn write_event(
-    out: &mut dyn Write,
+/// The record printed for one event (a flow passing `filter`, active or new), if any; other
+/// kinds go to stderr.
+fn event_record(
     format: LineFormat,
     filter: &FlowFilterSpec,
     names: Option<&LiveDirectory>,
     node: &str,
     event: Event,
-) -> std::io::Result<()> {
+) -> std::io::Result<Option<String>> {
     let (seen, flow) = match event.kind {
         Some(event::Kind::NewFlow(flow)) => (Seen::New, flow),
         Some(event::Kind::ActiveFlow(flow)) => (Seen::Active, flow),
@@ -149,19 +150,19 @@ fn write_event(
                 format!("stopped watching {name}")
             };
             let _ = writeln!(std::io::stderr(), "orb8: {node}: {what}");
-            return Ok(());
+            return Ok(None);
         }
-        Some(event::Kind::Gap(_)) | None => return Ok(()),
+        Some(event::Kind::Gap(_)) | None => return Ok(None),
     };
     let flow = FlowRecord::from_proto(node, flow);
     if !filter.matches(&flow.key()) {
-        return Ok(());
+        return Ok(None);
     }
     // Cluster mode: name both ends; flows of no selected pod are left out.
     let flow = match names {
         Some(d) => match d.apply(vec![flow]).pop() {
             Some(f) => f,
-            None => return Ok(()),
+            None => return Ok(None),
         },
         None => flow,
     };
@@ -177,7 +178,7 @@ fn write_event(
             },
         )?,
     };
-    write_record(out, format, &line)
+    Ok(Some(record(format, &line)))
 }
 
 /// At most this many already-received items are counted when a trace stops.
@@ -221,7 +222,7 @@ pub async fn network(
     args: &TraceNetworkArgs,
     format: OutputFormat,
     interrupt: &Interrupt,
-    out: &mut dyn Write,
+    out: &LiveOutput,
 ) -> anyhow::Result<()> {
     let format = LineFormat::from(format);
     let filter = args.filter.spec();
@@ -266,20 +267,16 @@ pub async fn network(
         match item {
             Some(Merged::Event { node, event }) => {
                 session.timing.mark(&node, Step::FirstAnswer);
-                write_event(
-                    out,
-                    format,
-                    &filter,
-                    session.directory.as_ref(),
-                    &node,
-                    event,
-                )?;
+                if let Some(r) =
+                    event_record(format, &filter, session.directory.as_ref(), &node, event)?
+                {
+                    out.print(r)?;
+                }
             }
             Some(Merged::Gap { node, lost, cause }) => {
                 warn(&gap_text(&node, lost, &cause));
                 if format != LineFormat::Text {
-                    let line = serialise(format, &GapLine::new(&node, lost, &cause))?;
-                    write_record(out, format, &line)?;
+                    out.print(value_record(format, &GapLine::new(&node, lost, &cause))?)?;
                 }
             }
             Some(Merged::AgentLost { node, mut error }) => {
@@ -289,15 +286,14 @@ pub async fn network(
                 }
                 warn(&format!("lost agent {node}: {error}"));
                 if format != LineFormat::Text {
-                    let line = serialise(
+                    out.print(value_record(
                         format,
                         &AgentLostLine {
                             event: "agent_lost",
                             node: &node,
                             error: &error,
                         },
-                    )?;
-                    write_record(out, format, &line)?;
+                    )?)?;
                 }
             }
             None => break,
@@ -456,15 +452,18 @@ mod tests {
             bytes: 900,
             ..Default::default()
         };
-        let mut out = Vec::new();
+        let mut text = String::new();
         let all = FlowFilterSpec::default();
         for e in [
             event(1, event::Kind::ActiveFlow(wire.clone())),
             event(2, event::Kind::NewFlow(wire.clone())),
         ] {
-            write_event(&mut out, LineFormat::Json, &all, None, "node-a", e).unwrap();
+            text.push_str(
+                &event_record(LineFormat::Json, &all, None, "node-a", e)
+                    .unwrap()
+                    .unwrap(),
+            );
         }
-        let text = String::from_utf8(out).unwrap();
         let got: Vec<(String, u64, u64)> = text
             .lines()
             .map(|l| {

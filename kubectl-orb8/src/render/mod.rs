@@ -42,14 +42,18 @@ impl From<OutputFormat> for LineFormat {
     }
 }
 
-/// Writes one live record (already rendered by [`serialise`] or as text) and flushes, so a
-/// reader sees it at once.
-pub fn write_record(out: &mut dyn Write, format: LineFormat, line: &str) -> io::Result<()> {
+/// One live record as printed: `line` (rendered by [`serialise`] or as text) with its newline,
+/// or a YAML document with its `---` separator.
+pub fn record(format: LineFormat, line: &str) -> String {
     match format {
-        LineFormat::Yaml => write!(out, "---\n{line}")?,
-        _ => writeln!(out, "{line}")?,
+        LineFormat::Yaml => format!("---\n{line}"),
+        _ => format!("{}\n", line.trim_end_matches('\n')),
     }
-    out.flush()
+}
+
+/// A value as one live record: an NDJSON line or a YAML document.
+pub fn value_record<T: serde::Serialize>(format: LineFormat, value: &T) -> io::Result<String> {
+    Ok(record(format, &serialise(format, value)?))
 }
 
 /// A live record as JSON (one line) or YAML (one document).
