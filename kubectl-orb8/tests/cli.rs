@@ -8,7 +8,8 @@ use std::io::Read;
 use std::process::{Command, Output, Stdio};
 
 use orb8_testkit::fake_agent::{
-    FakeAgent, Running, StreamEnd, active_flow_event, flow, gap_event, new_flow_event, serve_tcp,
+    FakeAgent, Running, StreamEnd, active_flow_event, flow, gap_event, new_flow_event,
+    new_flow_events, serve_tcp,
 };
 use serde_json::Value;
 
@@ -835,6 +836,41 @@ fn a_closed_stdout_pipe_ends_quietly() {
             .read_exact(&mut first)
             .expect("some output");
         drop(child.stdout.take()); // like `| head -c 64`
+        let o = child.wait_with_output().expect("exits");
+        assert_eq!(o.status.code(), Some(0), "{format}: {}", stderr(&o));
+        assert_eq!(stderr(&o), "", "{format}: nothing on stderr");
+    }
+}
+
+#[test]
+fn a_closed_stdout_pipe_ends_a_live_trace_quietly() {
+    let mut fake = FakeAgent::new("node-a");
+    fake.events = new_flow_events("node-a", 20_000);
+    fake.end = StreamEnd::Hold;
+    let a = serve_tcp(fake);
+    for format in ["json", "table"] {
+        let mut child = orb8(&["--agent", &a.addr, "trace", "network", "-o", format])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawns");
+        let mut first = [0u8; 64];
+        child
+            .stdout
+            .as_mut()
+            .expect("stdout")
+            .read_exact(&mut first)
+            .expect("some output");
+        drop(child.stdout.take()); // like `| head -c 64`
+        // The stream stays open: only the closed pipe ends the trace.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while child.try_wait().expect("waits").is_none() {
+            if std::time::Instant::now() > end {
+                let _ = child.kill();
+                panic!("{format}: trace network went on after its stdout closed");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let o = child.wait_with_output().expect("exits");
         assert_eq!(o.status.code(), Some(0), "{format}: {}", stderr(&o));
         assert_eq!(stderr(&o), "", "{format}: nothing on stderr");
