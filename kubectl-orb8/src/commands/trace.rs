@@ -185,7 +185,7 @@ fn event_record(
 const UNPRINTED_SCAN: usize = 1 << 20;
 
 /// Flow events (and events the agents reported lost) already received but not printed when a
-/// trace stops, taken from `merged` without waiting: what a slow stdout left behind.
+/// trace stops, taken from `merged` without waiting: what the merge had not reached yet.
 fn unprinted<S: Stream<Item = Merged> + Unpin>(merged: &mut S) -> u64 {
     let mut n = 0u64;
     for _ in 0..UNPRINTED_SCAN {
@@ -211,7 +211,7 @@ fn report_unprinted<S: Stream<Item = Merged> + Unpin>(merged: &mut S) {
     let n = unprinted(merged);
     if n > 0 {
         warn(&format!(
-            "{n} flow events received but not printed: the trace stopped while output was behind"
+            "{n} flow events received but not printed: still in the merge when the trace stopped"
         ));
     }
 }
