@@ -238,11 +238,18 @@ async fn run_command(
                 commands::dns::run(session, args, format, interrupt, &out).await
             }
         };
-        // Printed or counted, even when the trace failed; a blocked stdout is not waited for.
-        let finished = out.finish().await;
-        result?;
-        finished?;
-        return Ok(());
+        return finish_live(out, result).await;
+    }
+    if let Command::Gpu(args) = &cli.command {
+        let names = tokio::select! {
+            n = gpu_pod_names(&cli.global, session) => n,
+            () = interrupt.wait() => return Err(Interrupted.into()),
+        };
+        // With --watch a live printer too.
+        let out = output::LiveOutput::stdout();
+        let result =
+            commands::gpu::run(session, args, &names, gpu_filter, format, interrupt, &out).await;
+        return finish_live(out, result).await;
     }
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
@@ -256,27 +263,29 @@ async fn run_command(
         Command::Flows(args) => {
             commands::flows::run(session, args, format, interrupt, &mut out).await?;
         }
-        Command::Gpu(args) => {
-            let names = tokio::select! {
-                n = gpu_pod_names(&cli.global, session) => n,
-                () = interrupt.wait() => return Err(Interrupted.into()),
-            };
-            commands::gpu::run(
-                session, args, &names, gpu_filter, format, interrupt, &mut out,
-            )
-            .await?;
-        }
         Command::Version => {
             let image = image::agent_image(cli.global.cluster.image.as_deref());
             commands::version::run(session, &image, format, &mut out)?;
         }
         Command::Top(_) => anyhow::bail!("top draws on the terminal"),
-        Command::Trace(_) => anyhow::bail!("traces print through their live output"),
+        Command::Trace(_) | Command::Gpu(_) => {
+            anyhow::bail!("traces and gpu print through their live output")
+        }
         Command::Cleanup(_) | Command::Completion(_) => {
             anyhow::bail!("this command does not use agents")
         }
     }
     out.flush()?;
+    Ok(())
+}
+
+/// Ends a live printer's output after its command, whatever the command's outcome: what was
+/// queued is printed or counted (a blocked stdout is not waited for), then the command's error,
+/// else the output's (a closed pipe), is the result.
+async fn finish_live(out: output::LiveOutput, result: anyhow::Result<()>) -> anyhow::Result<()> {
+    let finished = out.finish().await;
+    result?;
+    finished?;
     Ok(())
 }
 

@@ -1,5 +1,5 @@
 //! The stdout of the live printers (`trace network`, `trace syscall --stream`, `trace dns`,
-//! `trace drops`, `trace tcp`): a writer thread owns stdout and prints finished records (a line,
+//! `trace drops`, `trace tcp`, `gpu --watch`): a writer thread owns stdout and prints finished records (a line,
 //! or a YAML document) from a bounded queue, so the task merging the agents' streams never waits
 //! for a slow reader (a pager, a slow terminal). A record that does not fit in the queue is not
 //! printed and is counted; the count is said on stderr while it grows (at most once per

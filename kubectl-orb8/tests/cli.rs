@@ -877,6 +877,45 @@ fn a_closed_stdout_pipe_ends_a_live_trace_quietly() {
     }
 }
 
+#[cfg(unix)]
+#[test]
+fn gpu_watch_prints_a_report_per_interval_until_ctrl_c() {
+    use std::io::BufRead as _;
+    let a = serve_tcp(FakeAgent::new("node-a"));
+    let mut child = orb8(&[
+        "--agent",
+        &a.addr,
+        "gpu",
+        "--watch",
+        "--interval",
+        "100ms",
+        "-o",
+        "json",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawns");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    for n in 0..3 {
+        let line = lines.next().expect("a report").expect("reads");
+        let doc: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(doc["nodes"][0]["node"], "node-a", "report {n}: {line}");
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().expect("waits").is_none() {
+        if std::time::Instant::now() > end {
+            let _ = child.kill();
+            panic!("gpu --watch went on after Ctrl-C");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().expect("exits");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
 #[test]
 fn gpu_lists_nodes_without_gpus_asks_with_the_interval_and_refuses_a_pod_without_a_cluster() {
     let (a, b) = two_agents();

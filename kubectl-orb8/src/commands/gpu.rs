@@ -10,6 +10,7 @@ use orb8_proto::GetGpusResponse;
 use crate::cli::GpuArgs;
 use crate::gpu::{self, PodFilter, PodNames};
 use crate::interrupt::Interrupt;
+use crate::output::LiveOutput;
 use crate::render::{self, OutputFormat};
 use crate::session::Session;
 
@@ -44,7 +45,7 @@ pub async fn run(
     filter: &PodFilter,
     format: OutputFormat,
     interrupt: &Interrupt,
-    out: &mut dyn Write,
+    out: &LiveOutput,
 ) -> anyhow::Result<()> {
     loop {
         let answers = tokio::select! {
@@ -52,18 +53,22 @@ pub async fn run(
             () = interrupt.wait() => return Ok(()),
         };
         let report = gpu::report(&answers, names, filter);
+        let mut text = Vec::new();
         if args.watch && matches!(format, OutputFormat::Table | OutputFormat::Wide) {
             writeln!(
-                out,
+                text,
                 "# {}",
                 humantime::format_rfc3339_seconds(std::time::SystemTime::now())
             )?;
         }
-        render::gpu::write(out, format, &report, args.watch)?;
-        out.flush()?;
+        render::gpu::write(&mut text, format, &report, args.watch)?;
+        let text = String::from_utf8(text)?;
         if !args.watch {
+            out.print_summary(text)?;
             return Ok(());
         }
+        // Each report is one record: a slow stdout leaves whole reports out, counted.
+        out.print(text)?;
         tokio::select! {
             () = tokio::time::sleep(args.interval) => {}
             () = interrupt.wait() => return Ok(()),
