@@ -7,13 +7,18 @@ use std::cmp::Ordering;
 
 use futures::stream::{self, BoxStream, Stream, StreamExt};
 use orb8_flowspec::{FlowFilterSpec, SortKey};
-use orb8_proto::{DnsTraceEvent, DropStage, Event, Flow, Gap, dns_trace_event, event};
+use orb8_proto::{
+    DnsTraceEvent, DropStage, DropTraceEvent, DropTraceStarted, Event, Flow, Gap,
+    SyscallTraceEvent, SyscallTraceStarted, TcpTraceEvent, TcpTraceStarted, dns_trace_event,
+    drop_trace_event, event, syscall_trace_event, tcp_trace_event,
+};
 use tonic::Status;
 
 use crate::flow::{FlowRecord, Owners};
 
 /// A message of a sequenced agent stream (`seq` per stream, losses in-band as `Gap`s): the
-/// flow stream's [`Event`] and the DNS stream's [`DnsTraceEvent`].
+/// flow stream's [`Event`], the DNS stream's [`DnsTraceEvent`], the drop and TCP traces'
+/// [`DropTraceEvent`] and [`TcpTraceEvent`].
 pub trait StreamMessage: Send + 'static {
     /// Its per-stream sequence number.
     fn seq(&self) -> u64;
@@ -45,6 +50,71 @@ impl StreamMessage for DnsTraceEvent {
             Some(dns_trace_event::Kind::Gap(gap)) => Some(Err(gap)),
             Some(_) => Some(Ok(self)),
             None => None,
+        }
+    }
+}
+
+impl StreamMessage for DropTraceEvent {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn into_item(self) -> Option<Result<Self, Gap>> {
+        match self.kind {
+            Some(drop_trace_event::Kind::Gap(gap)) => Some(Err(gap)),
+            Some(_) => Some(Ok(self)),
+            None => None,
+        }
+    }
+}
+
+impl StreamMessage for TcpTraceEvent {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn into_item(self) -> Option<Result<Self, Gap>> {
+        match self.kind {
+            Some(tcp_trace_event::Kind::Gap(gap)) => Some(Err(gap)),
+            Some(_) => Some(Ok(self)),
+            None => None,
+        }
+    }
+}
+
+/// A message of a trace stream that opens with a `started` message (seq 1): drops, TCP and
+/// syscall traces.
+pub trait TraceMessage: std::fmt::Debug + Sized {
+    /// What the `started` message carries.
+    type Started;
+    /// The `started` message's content, or the message itself when it is something else.
+    fn into_started(self) -> Result<Self::Started, Self>;
+}
+
+impl TraceMessage for DropTraceEvent {
+    type Started = DropTraceStarted;
+    fn into_started(self) -> Result<DropTraceStarted, Self> {
+        match self.kind {
+            Some(drop_trace_event::Kind::Started(s)) => Ok(s),
+            _ => Err(self),
+        }
+    }
+}
+
+impl TraceMessage for TcpTraceEvent {
+    type Started = TcpTraceStarted;
+    fn into_started(self) -> Result<TcpTraceStarted, Self> {
+        match self.kind {
+            Some(tcp_trace_event::Kind::Started(s)) => Ok(s),
+            _ => Err(self),
+        }
+    }
+}
+
+impl TraceMessage for SyscallTraceEvent {
+    type Started = SyscallTraceStarted;
+    fn into_started(self) -> Result<SyscallTraceStarted, Self> {
+        match self.kind {
+            Some(syscall_trace_event::Kind::Started(s)) => Ok(s),
+            _ => Err(self),
         }
     }
 }
@@ -117,6 +187,21 @@ impl GapCause {
             GapCause::SeqJump { .. } => "seq_jump",
         }
     }
+
+    /// The loss in one line, `what` naming the lost items (`events`, `drop events`):
+    /// `node-a: 4 events lost (kernel stage, ringbuf_full)` or
+    /// `node-a: 2 events missing (sequence jumped from 3 to 5)`.
+    pub fn line(&self, node: &str, lost: u64, what: &str) -> String {
+        match self {
+            GapCause::Reported { reason, .. } => format!(
+                "{node}: {lost} {what} lost ({} stage, {reason})",
+                self.stage_name()
+            ),
+            GapCause::SeqJump { expected, got } => {
+                format!("{node}: {lost} {what} missing (sequence jumped from {expected} to {got})")
+            }
+        }
+    }
 }
 
 /// Follows one stream's sequence numbers (starting at 1, +1 per event) and counts holes.
@@ -132,6 +217,12 @@ impl Default for SeqTracker {
 }
 
 impl SeqTracker {
+    /// A tracker for a stream whose first message, the trace's `started` (seq 1), was read
+    /// before the stream was merged.
+    pub fn after_started() -> Self {
+        SeqTracker { next: 2 }
+    }
+
     /// Records `seq`; returns the number of events skipped before it, when some were.
     /// A sequence number that goes backwards resynchronises without reporting a loss.
     pub fn observe(&mut self, seq: u64) -> Option<(u64, u64)> {
@@ -189,12 +280,12 @@ pub fn status_text(status: &Status) -> String {
     }
 }
 
-fn tag_stream<E, S>(node: String, events: S) -> BoxStream<'static, Merged<E>>
+fn tag_stream<E, S>(node: String, tracker: SeqTracker, events: S) -> BoxStream<'static, Merged<E>>
 where
     E: StreamMessage,
     S: Stream<Item = Result<E, Status>> + Send + 'static,
 {
-    let state = Some((events.boxed(), SeqTracker::default()));
+    let state = Some((events.boxed(), tracker));
     stream::unfold(state, move |state| {
         let node = node.clone();
         async move {
@@ -240,8 +331,23 @@ where
     stream::select_all(
         streams
             .into_iter()
-            .map(|(node, events)| tag_stream(node, events)),
+            .map(|(node, events)| tag_stream(node, SeqTracker::default(), events)),
     )
+}
+
+/// [`merge_streams`] for traces whose `started` message (seq 1) each stream's reader took
+/// before (drops, TCP). A stream that ends is reported as [`Merged::AgentLost`] with the error
+/// `Cancelled: the agent ended the stream`.
+pub fn merge_traces<E, S>(streams: Vec<(String, S)>) -> impl Stream<Item = Merged<E>> + Send + Unpin
+where
+    E: StreamMessage,
+    S: Stream<Item = Result<E, Status>> + Send + 'static,
+{
+    stream::select_all(streams.into_iter().map(|(node, events)| {
+        let ended = Status::cancelled("the agent ended the stream");
+        let events = events.chain(stream::once(std::future::ready(Err(ended))));
+        tag_stream(node, SeqTracker::after_started(), events)
+    }))
 }
 
 fn compare(a: &FlowRecord, b: &FlowRecord, key: SortKey) -> Ordering {
@@ -382,6 +488,26 @@ mod tests {
     }
 
     #[test]
+    fn gaps_in_words() {
+        let seq = GapCause::SeqJump {
+            expected: 3,
+            got: 5,
+        };
+        assert_eq!(
+            seq.line("a", 2, "events"),
+            "a: 2 events missing (sequence jumped from 3 to 5)"
+        );
+        let reported = GapCause::Reported {
+            stage: orb8_proto::DropStage::Kernel,
+            reason: "ringbuf_full".into(),
+        };
+        assert_eq!(
+            reported.line("a", 7, "drop events"),
+            "a: 7 drop events lost (kernel stage, ringbuf_full)"
+        );
+    }
+
+    #[test]
     fn seq_tracker_counts_holes_only() {
         let mut t = SeqTracker::default();
         assert_eq!(t.observe(1), None);
@@ -442,5 +568,85 @@ mod tests {
             }
         ));
         assert!(items.iter().any(|m| matches!(m, Merged::AgentLost { node, error } if node == "b" && error == "Unavailable: gone")));
+    }
+
+    fn drop_event(seq: u64, kind: drop_trace_event::Kind) -> DropTraceEvent {
+        DropTraceEvent {
+            node: "n".into(),
+            seq,
+            time_unix_nanos: 1,
+            kind: Some(kind),
+        }
+    }
+
+    #[tokio::test]
+    async fn traces_merge_after_their_started_message() {
+        let drop = || drop_trace_event::Kind::Drop(Default::default());
+        let begun = DropTraceStarted {
+            trace_id: 4,
+            reasons_known: 9,
+        };
+        let started = drop_event(1, drop_trace_event::Kind::Started(begun));
+        assert_eq!(started.into_started(), Ok(begun));
+        assert_eq!(
+            drop_event(1, drop()).into_started(),
+            Err(drop_event(1, drop())),
+            "anything else is handed back"
+        );
+        let a = stream::iter(vec![
+            Ok(drop_event(2, drop())),
+            Ok(drop_event(
+                3,
+                drop_trace_event::Kind::Gap(Gap {
+                    lost: 7,
+                    stage: DropStage::Kernel as i32,
+                    reason: "ringbuf_full".into(),
+                }),
+            )),
+            Ok(drop_event(6, drop())),
+        ]);
+        let items: Vec<Merged<DropTraceEvent>> =
+            merge_traces(vec![("a".to_string(), a)]).collect().await;
+        let gaps: Vec<(u64, &GapCause)> = items
+            .iter()
+            .filter_map(|m| match m {
+                Merged::Gap { lost, cause, .. } => Some((*lost, cause)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            gaps,
+            vec![
+                (
+                    7,
+                    &GapCause::Reported {
+                        stage: DropStage::Kernel,
+                        reason: "ringbuf_full".into()
+                    }
+                ),
+                (
+                    2,
+                    &GapCause::SeqJump {
+                        expected: 4,
+                        got: 6
+                    }
+                ),
+            ],
+            "seq 2 follows the started message: no gap before it"
+        );
+        assert_eq!(
+            items
+                .iter()
+                .filter(|m| matches!(m, Merged::Event { .. }))
+                .count(),
+            2
+        );
+        assert_eq!(
+            items.last(),
+            Some(&Merged::AgentLost {
+                node: "a".into(),
+                error: "Cancelled: the agent ended the stream".into()
+            })
+        );
     }
 }

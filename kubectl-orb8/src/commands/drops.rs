@@ -11,16 +11,15 @@ use std::net::IpAddr;
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use orb8_flowspec::ip_to_bytes;
-use orb8_proto::{DropSummary, DropTraceEvent, TraceDropsRequest, drop_trace_event};
-use tonic::Status;
+use orb8_proto::{DropSummary, TraceDropsRequest, drop_trace_event};
 
 use crate::cli::TraceDropsArgs;
 use crate::drops::{DropLine, DropRecord, selected_addrs, summarise, summary_table, text_line};
 use crate::enrich::Directory;
 use crate::interrupt::Interrupt;
-use crate::merge::{GapCause, SeqTracker, status_text};
+use crate::merge::{Merged, merge_traces};
 use crate::progress::warn;
-use crate::render::{GapLine, OutputFormat, json, yaml};
+use crate::render::{GapLine, LineFormat, OutputFormat, serialise, write_record};
 use crate::session::Session;
 use crate::timing::Step;
 
@@ -64,16 +63,14 @@ pub fn losses_line(s: &DropSummary) -> Option<String> {
     (!parts.is_empty()).then(|| format!("{}: drop trace losses: {}", s.node, parts.join(", ")))
 }
 
-fn write_value<T: serde::Serialize>(
-    out: &mut dyn Write,
-    format: OutputFormat,
-    v: &T,
-) -> anyhow::Result<()> {
-    match format {
-        OutputFormat::Yaml => write!(out, "---\n{}", yaml::to_string(v)?)?,
-        _ => writeln!(out, "{}", json::to_line(v)?.trim_end())?,
+/// What a trace watches, for its first line: `every address` or `from or to 10.0.0.1, ...`.
+pub fn watched_text(addrs: &[IpAddr]) -> String {
+    if addrs.is_empty() {
+        "every address".to_string()
+    } else {
+        let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        format!("from or to {}", shown.join(", "))
     }
-    Ok(())
 }
 
 /// Runs the trace until `--duration`, Ctrl-C or every agent is gone; then, with `--summary`,
@@ -90,56 +87,23 @@ pub async fn run(
     let request = TraceDropsRequest {
         addrs: addrs.iter().map(|a| ip_to_bytes(*a)).collect(),
     };
-    let opened = futures::future::join_all(
-        session
-            .agents
-            .iter()
-            .map(|a| a.trace_drops(request.clone())),
-    )
-    .await;
-    let mut traces = Vec::new();
-    let mut streams = Vec::new();
-    for ((name, agent), stream) in session.names.iter().zip(&session.agents).zip(opened) {
-        let mut stream = stream?;
-        let id = match stream.next().await {
-            Some(Ok(DropTraceEvent {
-                kind: Some(drop_trace_event::Kind::Started(s)),
-                ..
-            })) => s.trace_id,
-            Some(Ok(other)) => anyhow::bail!("agent {name} began the drop trace with {other:?}"),
-            Some(Err(status)) => {
-                return Err(crate::transport::AgentError::from_status(
-                    &agent.addr,
-                    "TraceDrops",
-                    &status,
-                )
-                .into());
-            }
-            None => anyhow::bail!("agent {name} ended the drop trace before it started"),
-        };
-        traces.push((name.clone(), agent, id));
-        let node = name.clone();
-        streams.push(
-            stream
-                .map(move |item| (node.clone(), item))
-                .chain(futures::stream::once(futures::future::ready((
-                    name.clone(),
-                    Err(Status::cancelled("the agent ended the stream")),
-                ))))
-                .boxed(),
-        );
+    let opened = session
+        .open_traces("TraceDrops", "drop trace", |a| {
+            a.trace_drops(request.clone())
+        })
+        .await?;
+    let mut traces = Vec::with_capacity(opened.len());
+    let mut streams = Vec::with_capacity(opened.len());
+    for t in opened {
+        traces.push((t.node.clone(), t.agent, t.started.trace_id));
+        streams.push((t.node, t.stream));
     }
     let _ = writeln!(
         std::io::stderr(),
         "orb8: tracing drops on {} agent{} ({}){}",
         traces.len(),
         if traces.len() == 1 { "" } else { "s" },
-        if addrs.is_empty() {
-            "every address".to_string()
-        } else {
-            let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-            format!("from or to {}", shown.join(", "))
-        },
+        watched_text(&addrs),
         if args.summary {
             "; Ctrl-C prints the summary"
         } else {
@@ -147,8 +111,7 @@ pub async fn run(
         }
     );
     let agents = streams.len();
-    let mut merged = futures::stream::select_all(streams);
-    let mut seqs: std::collections::HashMap<String, SeqTracker> = Default::default();
+    let mut merged = merge_traces(streams);
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let until_deadline = async {
         match deadline {
@@ -157,6 +120,7 @@ pub async fn run(
         }
     };
     tokio::pin!(until_deadline);
+    let lines = LineFormat::from(format);
     let mut lost_agents = std::collections::BTreeSet::new();
     loop {
         let item = tokio::select! {
@@ -164,41 +128,15 @@ pub async fn run(
             () = &mut until_deadline => break,
             () = interrupt.wait() => break,
         };
-        let Some((node, item)) = item else { break };
-        let ev = match item {
-            Ok(ev) => ev,
-            Err(status) => {
-                if lost_agents.insert(node.clone()) {
-                    warn(&format!("lost agent {node}: {}", status_text(&status)));
+        match item {
+            Some(Merged::Event { node, event }) => {
+                session.timing.mark(&node, Step::FirstAnswer);
+                let Some(drop_trace_event::Kind::Drop(d)) = event.kind else {
+                    continue;
+                };
+                if args.summary {
+                    continue;
                 }
-                if lost_agents.len() == agents {
-                    break;
-                }
-                continue;
-            }
-        };
-        session.timing.mark(&node, Step::FirstAnswer);
-        let tracker = seqs.entry(node.clone()).or_insert_with(|| {
-            // The `started` message (seq 1) was read above.
-            let mut t = SeqTracker::default();
-            t.observe(1);
-            t
-        });
-        if let Some((expected, lost)) = tracker.observe(ev.seq) {
-            let cause = GapCause::SeqJump {
-                expected,
-                got: ev.seq,
-            };
-            warn(&format!(
-                "{node}: {lost} drop events missing (sequence jumped from {expected} to {})",
-                ev.seq
-            ));
-            if format != OutputFormat::Table && format != OutputFormat::Wide {
-                write_value(out, format, &GapLine::new(&node, lost, &cause))?;
-            }
-        }
-        match ev.kind {
-            Some(drop_trace_event::Kind::Drop(d)) if !args.summary => {
                 let mut r = DropRecord::from_proto(&node, d);
                 if let Some(dir) = &session.directory {
                     let dir = dir.snapshot();
@@ -207,31 +145,25 @@ pub async fn run(
                         continue;
                     }
                 }
-                match format {
-                    OutputFormat::Table | OutputFormat::Wide => {
-                        writeln!(out, "{}", text_line(ev.time_unix_nanos, &r))?
-                    }
-                    _ => write_value(out, format, &DropLine::new(ev.seq, ev.time_unix_nanos, &r))?,
-                }
-                out.flush()?;
-            }
-            Some(drop_trace_event::Kind::Gap(g)) => {
-                let cause = GapCause::Reported {
-                    stage: g.stage(),
-                    reason: g.reason.clone(),
+                let line = match lines {
+                    LineFormat::Text => text_line(event.time_unix_nanos, &r),
+                    _ => serialise(lines, &DropLine::new(event.seq, event.time_unix_nanos, &r))?,
                 };
-                warn(&format!(
-                    "{node}: {} drop events lost ({} stage, {})",
-                    g.lost,
-                    cause.stage_name(),
-                    g.reason
-                ));
-                if format != OutputFormat::Table && format != OutputFormat::Wide {
-                    write_value(out, format, &GapLine::new(&node, g.lost, &cause))?;
-                    out.flush()?;
+                write_record(out, lines, &line)?;
+            }
+            Some(Merged::Gap { node, lost, cause }) => {
+                session.timing.mark(&node, Step::FirstAnswer);
+                warn(&cause.line(&node, lost, "drop events"));
+                if lines != LineFormat::Text {
+                    let line = serialise(lines, &GapLine::new(&node, lost, &cause))?;
+                    write_record(out, lines, &line)?;
                 }
             }
-            _ => {}
+            Some(Merged::AgentLost { node, error }) => {
+                warn(&format!("lost agent {node}: {error}"));
+                lost_agents.insert(node);
+            }
+            None => break,
         }
     }
     if lost_agents.len() == agents {
@@ -266,11 +198,11 @@ pub async fn run(
         records.retain(|r| r.concerns_selection(dir));
     }
     let rows = summarise(&records, snapshot.as_ref());
-    match format {
-        OutputFormat::Table | OutputFormat::Wide => write!(out, "{}", summary_table(&rows))?,
+    match lines {
+        LineFormat::Text => write!(out, "{}", summary_table(&rows))?,
         _ => {
             for r in &rows {
-                write_value(out, format, r)?;
+                write_record(out, lines, &serialise(lines, r)?)?;
             }
         }
     }

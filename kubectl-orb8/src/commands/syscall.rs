@@ -119,22 +119,17 @@ pub async fn run(
     if let Some(arch) = orb8_syscalls::Arch::from_name(&agent.status.arch) {
         orb8_syscalls::resolve(arch, &args.syscalls)?;
     }
-    let mut stream = agent.trace_syscalls(request(args, pod)).await?;
-    let started = match stream.next().await {
-        Some(Ok(ev)) => match ev.kind {
-            Some(syscall_trace_event::Kind::Started(s)) => s,
-            other => anyhow::bail!("agent {node} began the trace with {other:?}"),
-        },
-        Some(Err(status)) => {
-            return Err(crate::transport::AgentError::from_status(
-                &agent.addr,
-                "TraceSyscalls",
-                &status,
-            )
-            .into());
-        }
-        None => anyhow::bail!("agent {node} ended the trace before it started"),
+    let request = request(args, pod);
+    let Some(trace) = session
+        .open_traces("TraceSyscalls", "trace", |a| {
+            a.trace_syscalls(request.clone())
+        })
+        .await?
+        .pop()
+    else {
+        anyhow::bail!("trace syscall got no agent");
     };
+    let (started, mut stream) = (trace.started, trace.stream);
     if !started.note.is_empty() {
         warn(&started.note);
     }

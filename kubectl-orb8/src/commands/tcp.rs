@@ -8,30 +8,17 @@ use std::io::Write;
 
 use futures::StreamExt as _;
 use orb8_flowspec::ip_to_bytes;
-use orb8_proto::{TcpTraceEvent, TraceTcpRequest, tcp_trace_event};
-use tonic::Status;
+use orb8_proto::{TraceTcpRequest, tcp_trace_event};
 
 use crate::cli::TraceTcpArgs;
-use crate::commands::drops::watched;
+use crate::commands::drops::{watched, watched_text};
 use crate::interrupt::Interrupt;
-use crate::merge::{GapCause, SeqTracker, status_text};
+use crate::merge::{Merged, merge_traces};
 use crate::progress::warn;
-use crate::render::{GapLine, OutputFormat, json, yaml};
+use crate::render::{GapLine, LineFormat, OutputFormat, serialise, write_record};
 use crate::session::Session;
 use crate::tcp::{TcpLine, TcpRecord, text_line};
 use crate::timing::Step;
-
-fn write_value<T: serde::Serialize>(
-    out: &mut dyn Write,
-    format: OutputFormat,
-    v: &T,
-) -> anyhow::Result<()> {
-    match format {
-        OutputFormat::Yaml => write!(out, "---\n{}", yaml::to_string(v)?)?,
-        _ => writeln!(out, "{}", json::to_line(v)?.trim_end())?,
-    }
-    Ok(())
-}
 
 /// Runs the trace until `--duration`, Ctrl-C or every agent is gone.
 pub async fn run(
@@ -47,54 +34,21 @@ pub async fn run(
         addrs: addrs.iter().map(|a| ip_to_bytes(*a)).collect(),
         states: args.states,
     };
-    let opened =
-        futures::future::join_all(session.agents.iter().map(|a| a.trace_tcp(request.clone())))
-            .await;
-    let mut streams = Vec::new();
-    for ((name, agent), stream) in session.names.iter().zip(&session.agents).zip(opened) {
-        let mut stream = stream?;
-        match stream.next().await {
-            Some(Ok(TcpTraceEvent {
-                kind: Some(tcp_trace_event::Kind::Started(_)),
-                ..
-            })) => {}
-            Some(Ok(other)) => anyhow::bail!("agent {name} began the TCP trace with {other:?}"),
-            Some(Err(status)) => {
-                return Err(crate::transport::AgentError::from_status(
-                    &agent.addr,
-                    "TraceTcp",
-                    &status,
-                )
-                .into());
-            }
-            None => anyhow::bail!("agent {name} ended the TCP trace before it started"),
-        }
-        let node = name.clone();
-        streams.push(
-            stream
-                .map(move |item| (node.clone(), item))
-                .chain(futures::stream::once(futures::future::ready((
-                    name.clone(),
-                    Err(Status::cancelled("the agent ended the stream")),
-                ))))
-                .boxed(),
-        );
-    }
+    let streams: Vec<_> = session
+        .open_traces("TraceTcp", "TCP trace", |a| a.trace_tcp(request.clone()))
+        .await?
+        .into_iter()
+        .map(|t| (t.node, t.stream))
+        .collect();
     let _ = writeln!(
         std::io::stderr(),
         "orb8: tracing TCP on {} agent{} ({})",
         streams.len(),
         if streams.len() == 1 { "" } else { "s" },
-        if addrs.is_empty() {
-            "every address".to_string()
-        } else {
-            let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-            format!("from or to {}", shown.join(", "))
-        }
+        watched_text(&addrs)
     );
     let agents = streams.len();
-    let mut merged = futures::stream::select_all(streams);
-    let mut seqs: std::collections::HashMap<String, SeqTracker> = Default::default();
+    let mut merged = merge_traces(streams);
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let until_deadline = async {
         match deadline {
@@ -103,49 +57,20 @@ pub async fn run(
         }
     };
     tokio::pin!(until_deadline);
-    let mut lost_agents = std::collections::BTreeSet::new();
-    let text = matches!(format, OutputFormat::Table | OutputFormat::Wide);
+    let lines = LineFormat::from(format);
+    let mut lost_agents = 0;
     loop {
         let item = tokio::select! {
             item = merged.next() => item,
             () = &mut until_deadline => break,
             () = interrupt.wait() => break,
         };
-        let Some((node, item)) = item else { break };
-        let ev = match item {
-            Ok(ev) => ev,
-            Err(status) => {
-                if lost_agents.insert(node.clone()) {
-                    warn(&format!("lost agent {node}: {}", status_text(&status)));
-                }
-                if lost_agents.len() == agents {
-                    break;
-                }
-                continue;
-            }
-        };
-        session.timing.mark(&node, Step::FirstAnswer);
-        let tracker = seqs.entry(node.clone()).or_insert_with(|| {
-            // The `started` message (seq 1) was read above.
-            let mut t = SeqTracker::default();
-            t.observe(1);
-            t
-        });
-        if let Some((expected, lost)) = tracker.observe(ev.seq) {
-            warn(&format!(
-                "{node}: {lost} TCP events missing (sequence jumped from {expected} to {})",
-                ev.seq
-            ));
-            if !text {
-                let cause = GapCause::SeqJump {
-                    expected,
-                    got: ev.seq,
+        match item {
+            Some(Merged::Event { node, event }) => {
+                session.timing.mark(&node, Step::FirstAnswer);
+                let Some(tcp_trace_event::Kind::Tcp(e)) = event.kind else {
+                    continue;
                 };
-                write_value(out, format, &GapLine::new(&node, lost, &cause))?;
-            }
-        }
-        match ev.kind {
-            Some(tcp_trace_event::Kind::Tcp(e)) => {
                 let mut r = TcpRecord::from_proto(&node, e);
                 if let Some(dir) = &session.directory {
                     let dir = dir.snapshot();
@@ -154,33 +79,28 @@ pub async fn run(
                         continue;
                     }
                 }
-                if text {
-                    writeln!(out, "{}", text_line(ev.time_unix_nanos, &r))?;
-                } else {
-                    write_value(out, format, &TcpLine::new(ev.seq, ev.time_unix_nanos, &r))?;
-                }
-                out.flush()?;
-            }
-            Some(tcp_trace_event::Kind::Gap(g)) => {
-                let cause = GapCause::Reported {
-                    stage: g.stage(),
-                    reason: g.reason.clone(),
+                let line = match lines {
+                    LineFormat::Text => text_line(event.time_unix_nanos, &r),
+                    _ => serialise(lines, &TcpLine::new(event.seq, event.time_unix_nanos, &r))?,
                 };
-                warn(&format!(
-                    "{node}: {} TCP events lost ({} stage, {})",
-                    g.lost,
-                    cause.stage_name(),
-                    g.reason
-                ));
-                if !text {
-                    write_value(out, format, &GapLine::new(&node, g.lost, &cause))?;
-                    out.flush()?;
+                write_record(out, lines, &line)?;
+            }
+            Some(Merged::Gap { node, lost, cause }) => {
+                session.timing.mark(&node, Step::FirstAnswer);
+                warn(&cause.line(&node, lost, "TCP events"));
+                if lines != LineFormat::Text {
+                    let line = serialise(lines, &GapLine::new(&node, lost, &cause))?;
+                    write_record(out, lines, &line)?;
                 }
             }
-            _ => {}
+            Some(Merged::AgentLost { node, error }) => {
+                lost_agents += 1;
+                warn(&format!("lost agent {node}: {error}"));
+            }
+            None => break,
         }
     }
-    if lost_agents.len() == agents {
+    if lost_agents == agents {
         anyhow::bail!(
             "every agent's TCP trace ended ({agents} agent{})",
             if agents == 1 { "" } else { "s" }

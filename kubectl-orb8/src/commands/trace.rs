@@ -21,7 +21,7 @@ use crate::flow::{
 };
 use crate::interrupt::Interrupt;
 use crate::k8s::directory::LiveDirectory;
-use crate::merge::{GapCause, Merged, merge_events};
+use crate::merge::{Merged, merge_events};
 use crate::progress::warn;
 use crate::render::{
     AgentLostLine, FlowView, GapLine, LineFormat, NewFlowLine, OutputFormat, serialise,
@@ -113,18 +113,6 @@ pub fn text_line(seen: Seen, time_nanos: i64, flow: &FlowRecord) -> String {
         line.push_str(&format!(" ({}[{}])", o.comm, o.pid));
     }
     line
-}
-
-fn gap_text(node: &str, lost: u64, cause: &GapCause) -> String {
-    match cause {
-        GapCause::Reported { reason, .. } => format!(
-            "{node}: {lost} events lost ({} stage, {reason})",
-            cause.stage_name()
-        ),
-        GapCause::SeqJump { expected, got } => {
-            format!("{node}: {lost} events missing (sequence jumped from {expected} to {got})")
-        }
-    }
 }
 
 /// Writes one event (a flow passing `filter`, active or new); other kinds go to stderr.
@@ -276,7 +264,7 @@ pub async fn network(
                 )?;
             }
             Some(Merged::Gap { node, lost, cause }) => {
-                warn(&gap_text(&node, lost, &cause));
+                warn(&cause.line(&node, lost, "events"));
                 if format != LineFormat::Text {
                     let line = serialise(format, &GapLine::new(&node, lost, &cause))?;
                     write_record(out, format, &line)?;
@@ -315,6 +303,7 @@ pub async fn network(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::merge::GapCause;
 
     #[test]
     fn what_a_stopping_trace_leaves_unprinted_is_counted() {
@@ -479,26 +468,6 @@ mod tests {
         assert_eq!(
             got,
             vec![("active_flow".into(), 1, 9), ("new_flow".into(), 2, 9)]
-        );
-    }
-
-    #[test]
-    fn gaps_in_words() {
-        let seq = GapCause::SeqJump {
-            expected: 3,
-            got: 5,
-        };
-        assert_eq!(
-            gap_text("a", 2, &seq),
-            "a: 2 events missing (sequence jumped from 3 to 5)"
-        );
-        let reported = GapCause::Reported {
-            stage: orb8_proto::DropStage::Kernel,
-            reason: "ringbuf_full".into(),
-        };
-        assert_eq!(
-            gap_text("a", 7, &reported),
-            "a: 7 events lost (kernel stage, ringbuf_full)"
         );
     }
 }
