@@ -41,6 +41,7 @@ use tokio::{
 };
 
 use crate::cgroups::{self, Resolved, Target};
+use crate::tracer::{ObjectError, read_counters, take};
 
 /// Why a trace could not start.
 #[derive(Debug, thiserror::Error)]
@@ -315,14 +316,13 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> SyscallError {
     move |source| SyscallError::Map { name, source }
 }
 
-fn take<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, SyscallError>
-where
-    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| SyscallError::Load(format!("the object has no map {name}")))?;
-    M::try_from(map).map_err(map_err(name))
+impl From<ObjectError> for SyscallError {
+    fn from(e: ObjectError) -> Self {
+        match e {
+            ObjectError::Map { name, source } => SyscallError::Map { name, source },
+            other => SyscallError::Load(other.to_string()),
+        }
+    }
 }
 
 impl SyscallTracer {
@@ -672,20 +672,6 @@ fn set_stream(loaded: &mut Loaded) -> Result<(), SyscallError> {
             .map_err(map_err(names::CONFIG))?;
     }
     Ok(())
-}
-
-fn read_counters(
-    map: &PerCpuArray<MapData, [u64; counter::COUNT as usize]>,
-) -> [u64; counter::COUNT as usize] {
-    let mut out = [0u64; counter::COUNT as usize];
-    if let Ok(per_cpu) = map.get(&0, 0) {
-        for cpu in per_cpu.iter() {
-            for (o, v) in out.iter_mut().zip(cpu) {
-                *o += v;
-            }
-        }
-    }
-    out
 }
 
 fn read_totals(loaded: &Loaded) -> Totals {

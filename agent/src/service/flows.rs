@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::Status;
 
-use super::stream::{self, Feed, Offer, Sequenced, now_nanos};
+use super::stream::{self, Feed, RingLoss, Sequenced, now_nanos};
 use crate::{
     convert::{self, Matcher},
     defaults,
@@ -97,12 +97,13 @@ impl Flows {
         let (tx, out) = mpsc::channel(defaults::CLIENT_BUFFER);
         // Read before the table (in the opening): a flow whose event the kernel drops after this
         // is reported lost even when the opening then shows it (never the other way round).
-        let ring_lost_seen = self.agent.counters()[orb8_common::counter::RINGBUF_FULL as usize];
+        let ring_loss =
+            RingLoss::new(self.agent.counters()[orb8_common::counter::RINGBUF_FULL as usize]);
         let feed = FlowFeed {
             agent: self.agent.clone(),
             matcher,
             shown: HashMap::new(),
-            ring_lost_seen,
+            ring_loss,
         };
         let sequenced = Sequenced::new(self.node.clone(), tx, self.slow_client.clone());
         tokio::spawn(stream::run(feed, Some(rx), sequenced));
@@ -177,8 +178,8 @@ struct FlowFeed {
     matcher: Matcher,
     /// The flows sent in the opening, by key, with their last packet then.
     shown: HashMap<orb8_common::FlowKey, u64>,
-    /// The kernel's `ringbuf_full` counter as far as this stream has reported it.
-    ring_lost_seen: u64,
+    /// The kernel's `ringbuf_full` losses as far as this stream has reported them.
+    ring_loss: RingLoss,
 }
 
 impl Feed for FlowFeed {
@@ -255,21 +256,7 @@ impl Feed for FlowFeed {
     /// stream gets the whole count, whatever its filter.
     fn tick(&mut self, out: &mut Sequenced<pb::Event>) -> ControlFlow<()> {
         let now = self.agent.counters()[orb8_common::counter::RINGBUF_FULL as usize];
-        let lost = now.saturating_sub(self.ring_lost_seen);
-        if lost == 0 {
-            return ControlFlow::Continue(());
-        }
-        let gap = pb::event::Kind::Gap(pb::Gap {
-            lost,
-            stage: pb::DropStage::Kernel as i32,
-            reason: "ringbuf_full".into(),
-        });
-        match out.offer(gap, now_nanos()) {
-            Offer::Sent => self.ring_lost_seen = now,
-            Offer::Full => {}
-            Offer::Closed => return ControlFlow::Break(()),
-        }
-        ControlFlow::Continue(())
+        self.ring_loss.report(Some(now), out)
     }
 }
 

@@ -41,7 +41,10 @@ use tokio::sync::{
     broadcast::{self, error::RecvError},
     mpsc,
 };
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
+
+use crate::defaults;
 
 /// A message type of a sequenced stream.
 pub trait Message: Send + 'static {
@@ -320,6 +323,66 @@ pub async fn run<F: Feed>(
     }
 }
 
+/// Starts a trace's stream on a task: its `started` message first (the client's buffer is
+/// empty, so it always fits), then [`run`] of `feed`. Returns the client's end; client losses
+/// are added to `slow_client`.
+pub fn start_trace<F: Feed>(
+    node: String,
+    slow_client: Arc<AtomicU64>,
+    started: <F::Out as Message>::Kind,
+    feed: F,
+    rx: Option<broadcast::Receiver<F::In>>,
+) -> ReceiverStream<Result<F::Out, Status>> {
+    let (tx, out) = mpsc::channel(defaults::CLIENT_BUFFER);
+    let mut sequenced = Sequenced::new(node, tx, slow_client);
+    let _ = sequenced.offer(started, now_nanos());
+    tokio::spawn(run(feed, rx, sequenced));
+    ReceiverStream::new(out)
+}
+
+/// A kernel counter of events its ring buffer had no room for (`ringbuf_full`), as far as one
+/// stream has reported it. The kernel cannot tell which events they were, so every stream gets
+/// the whole count, as `kernel`/`ringbuf_full` Gaps.
+#[derive(Debug)]
+pub struct RingLoss {
+    reported: u64,
+}
+
+impl RingLoss {
+    /// Counts from the counter's value `now` on: earlier losses are not this stream's.
+    pub fn new(now: u64) -> Self {
+        RingLoss { reported: now }
+    }
+
+    /// Offers a Gap for what the counter (`now`; `None` while its programs are not loaded)
+    /// counted since the last report; a Gap that does not fit is offered again next time.
+    /// `Break` when the client is gone.
+    pub fn report<M: Message>(
+        &mut self,
+        now: Option<u64>,
+        out: &mut Sequenced<M>,
+    ) -> ControlFlow<()> {
+        let Some(now) = now else {
+            return ControlFlow::Continue(());
+        };
+        let lost = now.saturating_sub(self.reported);
+        if lost == 0 {
+            return ControlFlow::Continue(());
+        }
+        let gap = M::gap(pb::Gap {
+            lost,
+            stage: pb::DropStage::Kernel as i32,
+            reason: "ringbuf_full".into(),
+        });
+        match out.offer(gap, now_nanos()) {
+            Offer::Sent => self.reported = now,
+            Offer::Full => {}
+            Offer::Closed => return ControlFlow::Break(()),
+        }
+        ControlFlow::Continue(())
+    }
+}
+
 /// Now, in nanoseconds since the Unix epoch.
 pub fn now_nanos() -> i64 {
     std::time::SystemTime::now()
@@ -376,6 +439,42 @@ mod tests {
             },
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn kernel_ring_losses_are_reported_once_each() {
+        let (mut s, mut rx, _) = stream(1);
+        let mut loss = RingLoss::new(5);
+        assert!(loss.report(None, &mut s).is_continue(), "not loaded");
+        assert!(loss.report(Some(5), &mut s).is_continue());
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing lost since the stream began"
+        );
+        s.send(flow(1), 0).unwrap();
+        assert!(
+            loss.report(Some(8), &mut s).is_continue(),
+            "full: tried later"
+        );
+        let mut seq = 1;
+        assert_eq!(read(&mut rx, &mut seq), vec![("flow", 1)]);
+        assert!(loss.report(Some(9), &mut s).is_continue());
+        let gap = rx.try_recv().unwrap().unwrap();
+        assert_eq!(gap.seq, 2);
+        let Some(pb::event::Kind::Gap(g)) = gap.kind else {
+            panic!("{gap:?}");
+        };
+        assert_eq!(
+            (g.lost, g.stage, g.reason.as_str()),
+            (4, pb::DropStage::Kernel as i32, "ringbuf_full")
+        );
+        assert!(loss.report(Some(9), &mut s).is_continue());
+        assert!(rx.try_recv().is_err(), "reported once");
+        drop(rx);
+        assert!(
+            loss.report(Some(10), &mut s).is_break(),
+            "the client is gone"
+        );
     }
 
     #[test]
