@@ -150,20 +150,13 @@ pub async fn run(
             "; Ctrl-C prints the summary"
         }
     );
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let until_deadline = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(until_deadline);
+    let stop = interrupt.wait_or_after(args.duration);
+    tokio::pin!(stop);
     let mut exited = None;
     loop {
         let item = tokio::select! {
             item = stream.next() => item,
-            () = &mut until_deadline => break,
-            () = interrupt.wait() => break,
+            () = &mut stop => break,
         };
         let ev = match item {
             Some(Ok(ev)) => ev,

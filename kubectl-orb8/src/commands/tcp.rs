@@ -12,10 +12,11 @@ use orb8_proto::{TraceTcpRequest, tcp_trace_event};
 
 use crate::cli::TraceTcpArgs;
 use crate::commands::drops::{watched, watched_text};
+use crate::commands::trace::report_gap;
 use crate::interrupt::Interrupt;
 use crate::merge::{Merged, merge_traces};
 use crate::progress::warn;
-use crate::render::{GapLine, LineFormat, OutputFormat, serialise, write_record};
+use crate::render::{LineFormat, OutputFormat, serialise, write_record};
 use crate::session::Session;
 use crate::tcp::{TcpLine, TcpRecord, text_line};
 use crate::timing::Step;
@@ -49,21 +50,14 @@ pub async fn run(
     );
     let agents = streams.len();
     let mut merged = merge_traces(streams);
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let until_deadline = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(until_deadline);
+    let stop = interrupt.wait_or_after(args.duration);
+    tokio::pin!(stop);
     let lines = LineFormat::from(format);
     let mut lost_agents = 0;
     loop {
         let item = tokio::select! {
             item = merged.next() => item,
-            () = &mut until_deadline => break,
-            () = interrupt.wait() => break,
+            () = &mut stop => break,
         };
         match item {
             Some(Merged::Event { node, event }) => {
@@ -87,11 +81,7 @@ pub async fn run(
             }
             Some(Merged::Gap { node, lost, cause }) => {
                 session.timing.mark(&node, Step::FirstAnswer);
-                warn(&cause.line(&node, lost, "TCP events"));
-                if lines != LineFormat::Text {
-                    let line = serialise(lines, &GapLine::new(&node, lost, &cause))?;
-                    write_record(out, lines, &line)?;
-                }
+                report_gap(out, lines, &node, lost, &cause, "TCP events")?;
             }
             Some(Merged::AgentLost { node, error }) => {
                 lost_agents += 1;

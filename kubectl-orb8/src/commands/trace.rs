@@ -21,7 +21,7 @@ use crate::flow::{
 };
 use crate::interrupt::Interrupt;
 use crate::k8s::directory::LiveDirectory;
-use crate::merge::{Merged, merge_events};
+use crate::merge::{GapCause, Merged, merge_events};
 use crate::progress::warn;
 use crate::render::{
     AgentLostLine, FlowView, GapLine, LineFormat, NewFlowLine, OutputFormat, serialise,
@@ -113,6 +113,27 @@ pub fn text_line(seen: Seen, time_nanos: i64, flow: &FlowRecord) -> String {
         line.push_str(&format!(" ({}[{}])", o.comm, o.pid));
     }
     line
+}
+
+/// Says a loss of `what` (`events`, `drop events`) on stderr and, in JSON and YAML, as a gap
+/// record in the output too (the `trace network`, `trace drops` and `trace tcp` streams).
+pub fn report_gap(
+    out: &mut dyn Write,
+    format: LineFormat,
+    node: &str,
+    lost: u64,
+    cause: &GapCause,
+    what: &str,
+) -> std::io::Result<()> {
+    warn(&cause.line(node, lost, what));
+    if format == LineFormat::Text {
+        return Ok(());
+    }
+    write_record(
+        out,
+        format,
+        &serialise(format, &GapLine::new(node, lost, cause))?,
+    )
 }
 
 /// Writes one event (a flow passing `filter`, active or new); other kinds go to stderr.
@@ -229,24 +250,14 @@ pub async fn network(
     }
     let agents = streams.len();
     let mut merged = merge_events(streams);
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let until_deadline = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(until_deadline);
+    let stop = interrupt.wait_or_after(args.duration);
+    tokio::pin!(stop);
 
     let mut lost_agents = 0;
     loop {
         let item = tokio::select! {
             item = merged.next() => item,
-            () = &mut until_deadline => {
-                report_unprinted(&mut merged);
-                break;
-            }
-            () = interrupt.wait() => {
+            () = &mut stop => {
                 report_unprinted(&mut merged);
                 break;
             }
@@ -264,11 +275,7 @@ pub async fn network(
                 )?;
             }
             Some(Merged::Gap { node, lost, cause }) => {
-                warn(&cause.line(&node, lost, "events"));
-                if format != LineFormat::Text {
-                    let line = serialise(format, &GapLine::new(&node, lost, &cause))?;
-                    write_record(out, format, &line)?;
-                }
+                report_gap(out, format, &node, lost, &cause, "events")?;
             }
             Some(Merged::AgentLost { node, mut error }) => {
                 lost_agents += 1;
@@ -303,7 +310,6 @@ pub async fn network(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::merge::GapCause;
 
     #[test]
     fn what_a_stopping_trace_leaves_unprinted_is_counted() {
