@@ -223,6 +223,7 @@ impl Object for DropProbe {
     type Event = DropEvent;
     type Key = Vec<[u8; 16]>;
     type Trace = DropTrace;
+    type Args = ();
     type Error = DropError;
     const QUEUE: usize = crate::defaults::DROP_EVENT_QUEUE;
     const TRACE: &'static str = "drop trace";
@@ -230,6 +231,7 @@ impl Object for DropProbe {
 
     fn load(
         addrs: &Vec<[u8; 16]>,
+        (): (),
         events: broadcast::Sender<DropEvent>,
         received: Arc<AtomicU64>,
     ) -> Result<Self, DropError> {
@@ -263,7 +265,7 @@ impl Object for DropProbe {
         })
     }
 
-    fn busy(running: &Vec<[u8; 16]>) -> DropError {
+    fn busy(&self, running: &Vec<[u8; 16]>) -> DropError {
         DropError::Busy {
             running: describe(running),
         }
@@ -303,7 +305,7 @@ impl Tracer<DropProbe> {
         let mut addrs: Vec<[u8; 16]> = addrs.iter().copied().map(key_addr).collect();
         addrs.sort_unstable();
         addrs.dedup();
-        let (trace, reasons) = self.begin(addrs, |p| {
+        let (trace, reasons) = self.begin(addrs, (), |p| {
             let trace = DropTrace {
                 table: read_table(&p.drops),
                 counters: read_counters(&p.counters),

@@ -123,6 +123,7 @@ impl Object for TcpProbes {
     type Key = Vec<[u8; 16]>;
     /// Whether the trace asked for every state change.
     type Trace = bool;
+    type Args = ();
     type Error = TcpError;
     const QUEUE: usize = crate::defaults::TCP_EVENT_QUEUE;
     const TRACE: &'static str = "TCP trace";
@@ -130,6 +131,7 @@ impl Object for TcpProbes {
 
     fn load(
         addrs: &Vec<[u8; 16]>,
+        (): (),
         events: broadcast::Sender<TcpEvent>,
         received: Arc<AtomicU64>,
     ) -> Result<Self, TcpError> {
@@ -158,7 +160,7 @@ impl Object for TcpProbes {
         })
     }
 
-    fn busy(running: &Vec<[u8; 16]>) -> TcpError {
+    fn busy(&self, running: &Vec<[u8; 16]>) -> TcpError {
         TcpError::Busy {
             running: describe(running),
         }
@@ -203,7 +205,7 @@ impl Tracer<TcpProbes> {
         let mut addrs: Vec<[u8; 16]> = addrs.iter().copied().map(key_addr).collect();
         addrs.sort_unstable();
         addrs.dedup();
-        Ok(self.begin(addrs, |_| (states, ()))?.0)
+        Ok(self.begin(addrs, (), |_| (states, ()))?.0)
     }
 }
 

@@ -1,7 +1,7 @@
-//! What the on-demand kernel tracers (`drops`, `tcp`) share: the [`Tracer`] that loads a
-//! tracer's object for the first trace and unloads it after the last, the helpers that take
-//! its maps and programs (`syscalls` uses them too), the kernel's address form for their
-//! filters, per-CPU counter sums, and the ring-buffer reader feeding their fan-out.
+//! What the on-demand kernel tracers (`syscalls`, `drops`, `tcp`) share: the [`Tracer`] that
+//! loads a tracer's object for the first trace and unloads it after the last, the helpers that
+//! take its maps and programs, the kernel's address form for their filters, per-CPU counter
+//! sums, and the ring-buffer reader feeding their fan-out.
 
 use std::{
     collections::BTreeMap,
@@ -32,6 +32,8 @@ pub trait Object: Send + Sized + 'static {
     type Key: PartialEq + Send;
     /// What each running trace keeps (a baseline, its options).
     type Trace: Send;
+    /// What loading needs besides the key (`()` for most).
+    type Args;
     /// Why a trace cannot start.
     type Error: std::fmt::Display;
     /// Fan-out queue length, in events.
@@ -44,11 +46,12 @@ pub trait Object: Send + Sized + 'static {
     /// `received` and fans it out through `events`.
     fn load(
         key: &Self::Key,
+        args: Self::Args,
         events: broadcast::Sender<Self::Event>,
         received: Arc<AtomicU64>,
     ) -> Result<Self, Self::Error>;
-    /// The error for a trace of another key than `running`'s.
-    fn busy(running: &Self::Key) -> Self::Error;
+    /// The error for a trace of another key than `running`, this object's.
+    fn busy(&self, running: &Self::Key) -> Self::Error;
     /// The names of its programs.
     fn program_names(&self) -> Vec<&'static str>;
     /// Adjusts the object to the traces now running (some), after one started or ended.
@@ -118,22 +121,28 @@ impl<O: Object> Tracer<O> {
         guard.as_ref().map(|r| f(&r.object, &r.traces))
     }
 
-    /// Starts a trace of `key`, loading the object if no trace runs (refused while traces of
-    /// another key run); `trace` makes the trace's state and what the caller wants of the
-    /// object. Call it from a tokio runtime (the ring reader is a task).
+    /// Starts a trace of `key`, loading the object (with `args`) if no trace runs, refused
+    /// while traces of another key run; `trace` makes the trace's state and what the caller
+    /// wants of the object. Call it from a tokio runtime (the ring reader is a task).
     pub fn begin<R>(
         self: &Arc<Self>,
         key: O::Key,
+        args: O::Args,
         trace: impl FnOnce(&O) -> (O::Trace, R),
     ) -> Result<(Handle<O>, R), O::Error> {
         let mut guard = self.running.lock().expect("tracer lock");
         if let Some(r) = guard.as_ref()
             && r.key != key
         {
-            return Err(O::busy(&r.key));
+            return Err(r.object.busy(&r.key));
         }
         if guard.is_none() {
-            let object = O::load(&key, self.events.clone(), self.events_received.clone())?;
+            let object = O::load(
+                &key,
+                args,
+                self.events.clone(),
+                self.events_received.clone(),
+            )?;
             *guard = Some(Running {
                 object,
                 key,
@@ -418,6 +427,7 @@ mod tests {
         /// The key, and whether `traces_changed` refuses an odd number of traces.
         type Key = (u32, bool);
         type Trace = ();
+        type Args = ();
         type Error = String;
         const QUEUE: usize = 4;
         const TRACE: &'static str = "fake trace";
@@ -425,6 +435,7 @@ mod tests {
 
         fn load(
             key: &(u32, bool),
+            (): (),
             _events: broadcast::Sender<u8>,
             received: Arc<AtomicU64>,
         ) -> Result<Self, String> {
@@ -435,7 +446,7 @@ mod tests {
             })
         }
 
-        fn busy(running: &(u32, bool)) -> String {
+        fn busy(&self, running: &(u32, bool)) -> String {
             format!("busy with {}", running.0)
         }
 
@@ -455,12 +466,12 @@ mod tests {
     fn the_first_trace_loads_traces_of_one_key_share_and_the_last_unloads() {
         let tracer: Arc<Tracer<Fake>> = Arc::default();
         assert!(tracer.program_names().is_empty());
-        let (a, ()) = tracer.begin((1, false), |_| ((), ())).unwrap();
-        let (b, ()) = tracer.begin((1, false), |_| ((), ())).unwrap();
+        let (a, ()) = tracer.begin((1, false), (), |_| ((), ())).unwrap();
+        let (b, ()) = tracer.begin((1, false), (), |_| ((), ())).unwrap();
         assert_ne!(a.id, b.id);
         assert_eq!(loads_unloads(&tracer), (1, 0), "one load shared");
         assert_eq!(tracer.program_names(), vec!["fake"]);
-        let Err(busy) = tracer.begin((2, false), |_| ((), ())) else {
+        let Err(busy) = tracer.begin((2, false), (), |_| ((), ())) else {
             panic!("another key while key 1 runs");
         };
         assert_eq!(busy, "busy with 1");
@@ -472,7 +483,7 @@ mod tests {
         assert_eq!(loads_unloads(&tracer), (1, 1));
         assert!(tracer.with(|_, _| ()).is_none());
         assert!(tracer.program_names().is_empty());
-        let (c, ()) = tracer.begin((2, false), |_| ((), ())).unwrap();
+        let (c, ()) = tracer.begin((2, false), (), |_| ((), ())).unwrap();
         assert_eq!(
             loads_unloads(&tracer),
             (2, 1),
@@ -486,7 +497,7 @@ mod tests {
     #[test]
     fn a_trace_the_object_refuses_is_ended_not_left_running() {
         let tracer: Arc<Tracer<Fake>> = Arc::default();
-        let Err(e) = tracer.begin((1, true), |_| ((), ())) else {
+        let Err(e) = tracer.begin((1, true), (), |_| ((), ())) else {
             panic!("one trace is odd: refused");
         };
         assert_eq!(e, "1 traces");
