@@ -138,7 +138,7 @@ impl DropTraces {
             ring_lost_seen,
             registry: self.slow_client.clone(),
         };
-        tokio::spawn(stream::run(feed, Some(rx), sequenced));
+        stream::spawn(feed, Some(rx), sequenced);
         Ok(Box::pin(ReceiverStream::new(out)))
     }
 

@@ -105,7 +105,7 @@ impl Flows {
             ring_lost_seen,
         };
         let sequenced = Sequenced::new(self.node.clone(), tx, self.slow_client.clone());
-        tokio::spawn(stream::run(feed, Some(rx), sequenced));
+        stream::spawn(feed, Some(rx), sequenced);
         Ok(Box::pin(ReceiverStream::new(out)))
     }
 }

@@ -78,7 +78,7 @@ impl Traces {
             exit_sent: false,
             registry: self.slow_client.clone(),
         };
-        tokio::spawn(stream::run(feed, rx, sequenced));
+        stream::spawn(feed, rx, sequenced);
         Ok(Box::pin(ReceiverStream::new(out)))
     }
 

@@ -86,7 +86,7 @@ impl TcpTraces {
             owners: HashMap::new(),
             ring_lost_seen,
         };
-        tokio::spawn(stream::run(feed, Some(rx), sequenced));
+        stream::spawn(feed, Some(rx), sequenced);
         Ok(Box::pin(ReceiverStream::new(out)))
     }
 }
