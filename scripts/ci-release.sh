@@ -8,9 +8,9 @@
 #   check, checksums, the clients' version (arm64 under qemu-user) and completions. About
 #   1,400 s of CPU (three fat-LTO client builds): more than CI's time budget allows next to the
 #   tests, so CI leaves it to the tag's release workflow.
-# - darwin: `cargo check` of the client for aarch64-apple-darwin (linking needs Apple's SDK;
-#   the release workflow builds it on macOS). Fails here today: ring's build script runs gcc
-#   with clang-only flags.
+# - darwin: `cargo check` of the client for aarch64-apple-darwin, ring's C compiled by zig
+#   against the macOS headers zig ships (scripts/zig-cc-aarch64-macos); linking needs Apple's
+#   SDK, so the release workflow builds it on macOS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,7 +44,8 @@ for p in "${parts[@]}"; do
       ;;
     darwin)
       part "client for macOS (checked: linking needs Apple's SDK, the release workflow builds it on macOS)"
-      cargo check --locked -p kubectl-orb8 --target aarch64-apple-darwin
+      CC_aarch64_apple_darwin="$PWD/scripts/zig-cc-aarch64-macos" \
+        cargo check --locked -p kubectl-orb8 --target aarch64-apple-darwin
       ;;
     *)
       echo "ci-release.sh: unknown part '$p' (image, dist, darwin)" >&2

@@ -376,22 +376,81 @@ pub fn merge_flow_tables(
     sort: SortKey,
     limit: Option<usize>,
 ) -> Vec<FlowRecord> {
-    let mut flows = Vec::with_capacity(tables.iter().map(|(_, t)| t.len()).sum());
-    let mut owners = Owners::default();
-    for (node, mut table) in tables {
-        // Taken from the back, the wire table shrinking as it goes: the two copies of a large
-        // table are never whole at once.
-        let from = flows.len();
-        while let Some(f) = table.pop() {
-            let f = FlowRecord::from_proto_sharing(&node, f, &mut owners);
-            if filter.matches(&f.key()) {
-                flows.push(f);
+    let mut read = Vec::with_capacity(tables.len());
+    for (node, table) in tables {
+        let mut reader = TableReader::new(&node, filter.clone());
+        reader.add(table);
+        read.push(reader);
+    }
+    merge_read_tables(read, sort, limit)
+}
+
+/// One agent's flow table read page by page (`ListFlows`): each page's flows are tagged,
+/// filtered and turned into records as the page arrives, so that the wire's copy of a large
+/// table is never whole in memory, only the records kept.
+#[derive(Debug)]
+pub struct TableReader {
+    node: String,
+    filter: FlowFilterSpec,
+    owners: Owners,
+    flows: Vec<FlowRecord>,
+}
+
+impl TableReader {
+    /// A reader for the table of `node`, keeping the flows `filter` matches.
+    pub fn new(node: &str, filter: FlowFilterSpec) -> Self {
+        TableReader {
+            node: node.to_string(),
+            filter,
+            owners: Owners::default(),
+            flows: Vec::new(),
+        }
+    }
+
+    /// Adds one page of the table (the next flows in the agent's order).
+    pub fn add(&mut self, mut page: Vec<Flow>) {
+        // Taken from the back, the wire page shrinking as it goes: the two copies of a large
+        // page (a whole table from an agent without ListFlows) are never whole at once.
+        let from = self.flows.len();
+        self.flows.reserve(page.len());
+        while let Some(f) = page.pop() {
+            let f = FlowRecord::from_proto_sharing(&self.node, f, &mut self.owners);
+            if self.filter.matches(&f.key()) {
+                self.flows.push(f);
             }
-            if table.capacity() > 1024 && table.len() < table.capacity() / 2 {
-                table.shrink_to_fit();
+            if page.capacity() > 1024 && page.len() < page.capacity() / 2 {
+                page.shrink_to_fit();
             }
         }
-        flows[from..].reverse();
+        self.flows[from..].reverse();
+    }
+
+    /// The flows kept so far.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Whether no flow was kept.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+}
+
+/// Merges tables read by [`TableReader`]s into one, sorted and limited (`limit` 0 or `None`
+/// keeps everything).
+pub fn merge_read_tables(
+    tables: Vec<TableReader>,
+    sort: SortKey,
+    limit: Option<usize>,
+) -> Vec<FlowRecord> {
+    let total: usize = tables.iter().map(TableReader::len).sum();
+    let mut tables = tables.into_iter().map(|t| t.flows);
+    // The first table's records are the merged table's start: one table (local mode, one
+    // node) is never copied.
+    let mut flows = tables.next().unwrap_or_default();
+    flows.reserve(total - flows.len());
+    for t in tables {
+        flows.extend(t);
     }
     sort_flows(&mut flows, sort);
     if let Some(limit) = limit.filter(|l| *l > 0) {
@@ -504,6 +563,37 @@ mod tests {
         assert_eq!(
             reported.line("a", 7, "drop events"),
             "a: 7 drop events lost (kernel stage, ringbuf_full)"
+        );
+    }
+
+    #[test]
+    fn a_table_read_in_pages_is_the_table_read_whole() {
+        let table: Vec<Flow> = (0..10)
+            .map(|i| wire_flow(100 + i, i, i as i64, 50 + (i % 4) as u32))
+            .collect();
+        let dns = FlowFilterSpec {
+            ports: vec![53],
+            ..Default::default()
+        };
+        let whole = merge_flow_tables(
+            vec![("a".into(), table.clone())],
+            &dns,
+            SortKey::Bytes,
+            None,
+        );
+        let mut paged = TableReader::new("a", dns);
+        for page in table.chunks(3) {
+            paged.add(page.to_vec());
+        }
+        assert_eq!(
+            paged.len(),
+            2,
+            "ports 53 of 50..=53 four times: indices 3 and 7"
+        );
+        assert_eq!(merge_read_tables(vec![paged], SortKey::Bytes, None), whole);
+        assert_eq!(
+            whole.iter().map(|f| f.bytes).collect::<Vec<_>>(),
+            vec![107, 103]
         );
     }
 

@@ -1,5 +1,5 @@
-//! The flow RPCs: `QueryFlows` (the kernel flow table, filtered, sorted, limited) and
-//! `StreamEvents` (the agent's flow fan-out, one sequenced stream per client, see
+//! The flow RPCs: `QueryFlows` (the kernel flow table, filtered, sorted, limited), `ListFlows`
+//! (the same answer in pages) and `StreamEvents` (the agent's flow fan-out, one sequenced stream per client, see
 //! [`super::stream`]).
 //!
 //! A flow stream opens with the flows already in the table (`active_flow`, oldest first), then
@@ -32,6 +32,9 @@ use crate::{
     interfaces::{Role, Selected},
     runtime::{Agent, AgentEvent},
 };
+
+/// A client's flow table in pages (`ListFlows`).
+pub type FlowPages = Pin<Box<dyn Stream<Item = Result<pb::QueryFlowsResponse, Status>> + Send>>;
 
 /// A client's flow event stream.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
@@ -88,6 +91,45 @@ impl Flows {
         })
     }
 
+    /// The answer of [`Flows::query`] in pages of at most `page_size` flows (`ListFlows`),
+    /// sent by a task of its own at the client's pace: at most two encoded pages wait, never the
+    /// whole table as one message.
+    pub fn list(&self, req: &pb::QueryFlowsRequest) -> Result<FlowPages, Status> {
+        let answer = self.query(req).map_err(Status::invalid_argument)?;
+        let page = match req.page_size as usize {
+            0 => defaults::FLOW_PAGE,
+            n => n.min(defaults::FLOW_PAGE_MAX),
+        };
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let pb::QueryFlowsResponse {
+                node,
+                flows,
+                total_matched,
+                flow_map_evictions,
+            } = answer;
+            let page_of = |flows| pb::QueryFlowsResponse {
+                node: node.clone(),
+                flows,
+                total_matched,
+                flow_map_evictions,
+            };
+            let mut rest = flows.into_iter();
+            let mut first = true;
+            loop {
+                let flows: Vec<pb::Flow> = rest.by_ref().take(page).collect();
+                if flows.is_empty() && !first {
+                    return;
+                }
+                first = false;
+                if tx.send(Ok(page_of(flows))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
     /// Starts a client's event stream: the active flows matching the request's filter, then
     /// events from now on matching it.
     pub fn stream(&self, req: &pb::StreamEventsRequest) -> Result<EventStream, Status> {
@@ -106,7 +148,7 @@ impl Flows {
             ring_loss,
         };
         let sequenced = Sequenced::new(self.node.clone(), tx, self.slow_client.clone());
-        tokio::spawn(stream::run(feed, Some(rx), sequenced));
+        stream::spawn(feed, Some(rx), sequenced);
         Ok(Box::pin(ReceiverStream::new(out)))
     }
 }

@@ -20,8 +20,9 @@
 //! - Messages that must not be dropped (a trace's `started` and `target_exited`) are offered
 //!   with [`Sequenced::offer`], which counts nothing: the caller tries again later.
 //! - A stream may open with a finite list ([`Feed::opening`]: the flows already active), read
-//!   after it subscribed to the fan-out; only this opening waits for room in the client's
-//!   buffer. Items fanned out meanwhile wait in the fan-out queue (falling behind it is an
+//!   after it subscribed to the fan-out and before the RPC answers (so what happens after the
+//!   client has its answer is never in the opening); only this opening waits for room in the
+//!   client's buffer. Items fanned out meanwhile wait in the fan-out queue (falling behind it is an
 //!   `agent` gap, as always).
 //! - Past its opening, the stream never waits for the client; a full buffer is a counted loss,
 //!   not back-pressure.
@@ -280,15 +281,28 @@ pub trait Feed: Send + 'static {
     }
 }
 
-/// Sends the feed's [`Feed::opening`], then feeds `out` from `rx` (none: the stream carries
-/// only what [`Feed::tick`] sends) until the client goes away, the fan-out closes or the feed
-/// says stop. `rx` must have been subscribed before this is called.
-pub async fn run<F: Feed>(
+/// Starts the stream: reads the feed's [`Feed::opening`] now, before the RPC answers, so that
+/// whatever happens after the client has its answer comes as a fanned-out item, never in the
+/// opening (a flow that starts after `StreamEvents` answered is a `NewFlow`), then feeds `out`
+/// on a task of its own: first the opening, then from `rx` (none: the stream carries only what
+/// [`Feed::tick`] sends) until the client goes away, the fan-out closes or the feed says stop.
+/// `rx` must have been subscribed before this is called.
+pub fn spawn<F: Feed>(
+    mut feed: F,
+    rx: Option<broadcast::Receiver<F::In>>,
+    out: Sequenced<F::Out>,
+) -> tokio::task::JoinHandle<()> {
+    let opening = feed.opening(&out);
+    tokio::spawn(run(feed, rx, out, opening))
+}
+
+async fn run<F: Feed>(
     mut feed: F,
     mut rx: Option<broadcast::Receiver<F::In>>,
     mut out: Sequenced<F::Out>,
+    opening: Vec<(<F::Out as Message>::Kind, i64)>,
 ) {
-    for (kind, time) in feed.opening(&out) {
+    for (kind, time) in opening {
         if out.send_waiting(kind, time).await.is_err() {
             return;
         }
@@ -323,8 +337,8 @@ pub async fn run<F: Feed>(
     }
 }
 
-/// Starts a trace's stream on a task: its `started` message first (the client's buffer is
-/// empty, so it always fits), then [`run`] of `feed`. Returns the client's end; client losses
+/// Starts a trace's stream: its `started` message first (the client's buffer is empty, so it
+/// always fits), then [`spawn`] of `feed`. Returns the client's end; client losses
 /// are added to `slow_client`.
 pub fn start_trace<F: Feed>(
     node: String,
@@ -336,7 +350,7 @@ pub fn start_trace<F: Feed>(
     let (tx, out) = mpsc::channel(defaults::CLIENT_BUFFER);
     let mut sequenced = Sequenced::new(node, tx, slow_client);
     let _ = sequenced.offer(started, now_nanos());
-    tokio::spawn(run(feed, rx, sequenced));
+    spawn(feed, rx, sequenced);
     ReceiverStream::new(out)
 }
 
@@ -638,7 +652,7 @@ mod tests {
         let (fan, sub) = broadcast::channel(16);
         let (s, mut rx, slow) = stream(1);
         let (feed, _) = numbers(false);
-        let task = tokio::spawn(run(feed, Some(sub), s));
+        let task = spawn(feed, Some(sub), s);
         for n in 1..=3 {
             fan.send(n).unwrap();
         }
@@ -673,7 +687,7 @@ mod tests {
         }
         let (s, mut rx, slow) = stream(16);
         let (feed, lagged) = numbers(true);
-        let task = tokio::spawn(run(feed, Some(sub), s));
+        let task = spawn(feed, Some(sub), s);
         let mut seq = 1;
         assert_eq!(next(&mut rx, &mut seq).await, ("agent", 3));
         // 4 is filtered out; 5 passes.
@@ -696,7 +710,7 @@ mod tests {
         let (s, mut rx, slow) = stream(2);
         let (mut feed, lagged) = numbers(false);
         feed.opening = (1..=5).collect();
-        let task = tokio::spawn(run(feed, Some(sub), s));
+        let task = spawn(feed, Some(sub), s);
         let mut seq = 1;
         let mut got = Vec::new();
         for _ in 0..6 {
