@@ -336,18 +336,18 @@ where
 }
 
 /// [`merge_streams`] for traces whose `started` message (seq 1) each stream's reader took
-/// before (drops, TCP). A stream that ends is reported as [`Merged::AgentLost`] with the error
-/// `Cancelled: the agent ended the stream`.
+/// before (drops, TCP). A stream that ends is reported as [`Merged::AgentLost`] in the same
+/// words as every other stream's end: `the agent ended the stream`.
 pub fn merge_traces<E, S>(streams: Vec<(String, S)>) -> impl Stream<Item = Merged<E>> + Send + Unpin
 where
     E: StreamMessage,
     S: Stream<Item = Result<E, Status>> + Send + 'static,
 {
-    stream::select_all(streams.into_iter().map(|(node, events)| {
-        let ended = Status::cancelled("the agent ended the stream");
-        let events = events.chain(stream::once(std::future::ready(Err(ended))));
-        tag_stream(node, SeqTracker::after_started(), events)
-    }))
+    stream::select_all(
+        streams
+            .into_iter()
+            .map(|(node, events)| tag_stream(node, SeqTracker::after_started(), events)),
+    )
 }
 
 fn compare(a: &FlowRecord, b: &FlowRecord, key: SortKey) -> Ordering {
@@ -735,7 +735,7 @@ mod tests {
             items.last(),
             Some(&Merged::AgentLost {
                 node: "a".into(),
-                error: "Cancelled: the agent ended the stream".into()
+                error: "the agent ended the stream".into()
             })
         );
     }
