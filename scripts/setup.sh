@@ -46,7 +46,7 @@ fi
 RELEASE_APT_PACKAGES=(musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
   gcc-mingw-w64-x86-64 python3-pip zsh fish)
 RELEASE_TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl x86_64-pc-windows-gnu
-  aarch64-apple-darwin)
+  aarch64-apple-darwin x86_64-apple-darwin)
 missing=()
 for p in "${RELEASE_APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -67,8 +67,8 @@ if ((${#missing[@]})); then
   rustup target add "${missing[@]}"
 fi
 # zig, from PyPI's ziglang wheel (Debian has none): its clang and the macOS libc headers it
-# ships compile ring's C for `cargo check --target aarch64-apple-darwin`
-# (scripts/zig-cc-aarch64-macos).
+# ships compile ring's C for `cargo check --target {aarch64,x86_64}-apple-darwin`
+# (scripts/zig-cc-macos).
 ZIG_VERSION="0.17.1"
 ZIG_DIR="$HOME/.local/share/orb8/ziglang-$ZIG_VERSION"
 if [ "$("$ZIG_DIR/ziglang/zig" version 2>/dev/null)" != "$ZIG_VERSION" ]; then
