@@ -80,8 +80,12 @@ def strace_milestones(binary_dir, ns):
         ] + trace_command(binary_dir, ns)
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         p.stdout.readline()
-        # strace passes SIGINT on to the client.
-        p.send_signal(signal.SIGINT)
+        # Ctrl-C to the client itself (strace's child: `ip netns exec` execs it). Interrupting
+        # strace instead detaches it mid-run, which was seen to leave client and agent threads
+        # stuck.
+        with open(f"/proc/{p.pid}/task/{p.pid}/children", encoding="ascii") as f:
+            for child in f.read().split():
+                os.kill(int(child), signal.SIGINT)
         try:
             p.wait(timeout=20)
         except subprocess.TimeoutExpired:

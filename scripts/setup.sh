@@ -42,11 +42,11 @@ fi
 # --- Release tooling: `cargo xtask image|dist` and the CI release step (.ci/run). ---
 # Static musl agents for amd64 and arm64 (rustc's self-contained musl; Debian's aarch64 gcc as
 # the arm64 linker), qemu-user to run the arm64 agent, mingw-w64 to link the Windows client,
-# clang for ring's C when checking the macOS client, zsh and fish to test completions.
+# zsh and fish to test completions; zig (below) for ring's C when checking the macOS client.
 RELEASE_APT_PACKAGES=(musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
-  gcc-mingw-w64-x86-64 clang zsh fish)
+  gcc-mingw-w64-x86-64 python3-pip zsh fish)
 RELEASE_TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl x86_64-pc-windows-gnu
-  aarch64-apple-darwin)
+  aarch64-apple-darwin x86_64-apple-darwin)
 missing=()
 for p in "${RELEASE_APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -65,6 +65,17 @@ done
 if ((${#missing[@]})); then
   log "adding Rust targets: ${missing[*]}"
   rustup target add "${missing[@]}"
+fi
+# zig, from PyPI's ziglang wheel (Debian has none): its clang and the macOS libc headers it
+# ships compile ring's C for `cargo check --target {aarch64,x86_64}-apple-darwin`
+# (scripts/zig-cc-macos).
+ZIG_VERSION="0.17.1"
+ZIG_DIR="$HOME/.local/share/orb8/ziglang-$ZIG_VERSION"
+if [ "$("$ZIG_DIR/ziglang/zig" version 2>/dev/null)" != "$ZIG_VERSION" ]; then
+  log "installing zig $ZIG_VERSION (PyPI ziglang) into $ZIG_DIR"
+  rm -rf "$ZIG_DIR"
+  /usr/bin/python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    --target "$ZIG_DIR" "ziglang==$ZIG_VERSION"
 fi
 # --- end of release tooling ---
 log "toolchain ready"

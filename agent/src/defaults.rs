@@ -34,6 +34,11 @@ pub const EVENT_QUEUE: usize = 16384;
 /// Messages buffered per client stream; a client further behind loses events, counted as
 /// `slow_client` and reported to it in a `Gap`.
 pub const CLIENT_BUFFER: usize = 4096;
+/// `ListFlows`: flows per page when the client does not say, and the most it may ask for
+/// (a page of 4096 flows is about 0.6 MB encoded, well under gRPC's 4 MiB message limit).
+pub const FLOW_PAGE: usize = 4096;
+/// `ListFlows`: the largest page a client may ask for.
+pub const FLOW_PAGE_MAX: usize = 16384;
 /// The longest a flow stream's unreported loss waits for its `Gap` when no event comes.
 pub const GAP_FLUSH: Duration = Duration::from_millis(250);
 

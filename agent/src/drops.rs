@@ -10,7 +10,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -18,18 +18,16 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::RawTracePoint,
+    maps::{MapData, PerCpuArray, PerCpuHashMap},
 };
 use orb8_common::drops::{DropConfig, DropEvent, DropKey, DropStats, counter, names};
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    sync::broadcast,
-    task::JoinHandle,
-};
+use tokio::sync::broadcast;
 
 use crate::btf::{Btf, BtfError, reason_name};
-use crate::tracer::{describe, key_addr, read_counters, read_ring};
+use crate::tracer::{
+    Handle, Object, ObjectError, RingReader, Tracer, attach_raw_tracepoints, describe, fill_filter,
+    key_addr, load_raw_tracepoints, read_counters, spawn_reader, take,
+};
 
 /// Why a drop trace could not start.
 #[derive(Debug, thiserror::Error)]
@@ -192,186 +190,51 @@ pub struct Summary {
     pub lost_agent: u64,
 }
 
-struct Trace {
+/// What a running drop trace keeps: the table and counters when it started.
+pub struct DropTrace {
     table: Table,
     counters: [u64; counter::COUNT as usize],
     lost_agent_base: u64,
     started: Instant,
 }
 
-struct Loaded {
+/// The drop probe while loaded (see [`Object`]).
+pub struct DropProbe {
+    _reader: RingReader,
     _ebpf: Ebpf,
     drops: PerCpuHashMap<MapData, DropKey, DropStats>,
     counters: PerCpuArray<MapData, [u64; counter::COUNT as usize]>,
-    reader: JoinHandle<()>,
-    addrs: Vec<[u8; 16]>,
     reasons: Arc<Reasons>,
-    traces: BTreeMap<u64, Trace>,
 }
 
-impl Drop for Loaded {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
+/// The program and the raw tracepoint it attaches to.
+const PROGRAMS: [(&str, &str); 1] = [(names::KFREE_SKB, "kfree_skb")];
 
-/// The drop tracer of one agent.
-pub struct DropTracer {
-    loaded: Mutex<Option<Loaded>>,
-    events: broadcast::Sender<DropEvent>,
-    next_id: AtomicU64,
-    /// Events read from the ring buffer.
-    pub events_received: Arc<AtomicU64>,
-    /// Events a stream missed because it fell behind the agent's queue.
-    pub lost_agent: AtomicU64,
-}
-
-impl Default for DropTracer {
-    fn default() -> Self {
-        DropTracer {
-            loaded: Mutex::new(None),
-            events: broadcast::channel(crate::defaults::DROP_EVENT_QUEUE).0,
-            next_id: AtomicU64::new(1),
-            events_received: Arc::default(),
-            lost_agent: AtomicU64::new(0),
+impl From<ObjectError> for DropError {
+    fn from(e: ObjectError) -> Self {
+        match e {
+            ObjectError::Map { name, source } => DropError::Map { name, source },
+            other => DropError::Load(other.to_string()),
         }
     }
 }
 
-/// A running trace; dropping it ends the trace (and unloads the program if it was the last).
-pub struct DropHandle {
-    tracer: Arc<DropTracer>,
-    /// The trace's id, for [`DropTracer::summary`].
-    pub id: u64,
-    /// The running kernel's reason names.
-    pub reasons: Arc<Reasons>,
-}
+impl Object for DropProbe {
+    type Event = DropEvent;
+    type Key = Vec<[u8; 16]>;
+    type Trace = DropTrace;
+    type Args = ();
+    type Error = DropError;
+    const QUEUE: usize = crate::defaults::DROP_EVENT_QUEUE;
+    const TRACE: &'static str = "drop trace";
+    const PROBES: &'static str = "the drop probe";
 
-impl Drop for DropHandle {
-    fn drop(&mut self) {
-        self.tracer.end(self.id);
-    }
-}
-
-fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DropError {
-    move |source| DropError::Map { name, source }
-}
-
-fn take<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, DropError>
-where
-    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| DropError::Load(format!("the object has no map {name}")))?;
-    M::try_from(map).map_err(map_err(name))
-}
-
-impl DropTracer {
-    /// Subscribes to new-key events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<DropEvent> {
-        self.events.subscribe()
-    }
-
-    /// Names of the loaded programs (none while no trace runs).
-    pub fn program_names(&self) -> Vec<&'static str> {
-        if self.loaded.lock().expect("tracer lock").is_some() {
-            vec![names::KFREE_SKB]
-        } else {
-            Vec::new()
-        }
-    }
-
-    /// The running kernel's reason names while loaded.
-    pub fn reasons(&self) -> Option<Arc<Reasons>> {
-        self.loaded
-            .lock()
-            .expect("tracer lock")
-            .as_ref()
-            .map(|l| l.reasons.clone())
-    }
-
-    /// Kernel counters while loaded.
-    pub fn counters(&self) -> Option<[u64; counter::COUNT as usize]> {
-        self.loaded
-            .lock()
-            .expect("tracer lock")
-            .as_ref()
-            .map(|l| read_counters(&l.counters))
-    }
-
-    /// Starts a trace of drops from or to `addrs` (empty: every drop), loading and attaching
-    /// the program if no trace runs. Call it from a tokio runtime (the ring reader is a task).
-    pub fn start(self: &Arc<Self>, addrs: &[IpAddr]) -> Result<DropHandle, DropError> {
-        let mut addrs: Vec<[u8; 16]> = addrs.iter().copied().map(key_addr).collect();
-        addrs.sort_unstable();
-        addrs.dedup();
-        let mut guard = self.loaded.lock().expect("tracer lock");
-        if let Some(l) = guard.as_ref()
-            && l.addrs != addrs
-        {
-            return Err(DropError::Busy {
-                running: describe(&l.addrs),
-            });
-        }
-        if guard.is_none() {
-            *guard = Some(self.load(addrs)?);
-        }
-        let loaded = guard.as_mut().expect("loaded above");
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let trace = Trace {
-            table: read_table(&loaded.drops),
-            counters: read_counters(&loaded.counters),
-            lost_agent_base: self.lost_agent.load(Ordering::Relaxed),
-            started: Instant::now(),
-        };
-        loaded.traces.insert(id, trace);
-        Ok(DropHandle {
-            tracer: self.clone(),
-            id,
-            reasons: loaded.reasons.clone(),
-        })
-    }
-
-    /// The drops of trace `id` since it started; `None` when no such trace runs.
-    pub fn summary(&self, id: u64) -> Option<Summary> {
-        let guard = self.loaded.lock().expect("tracer lock");
-        let loaded = guard.as_ref()?;
-        let trace = loaded.traces.get(&id)?;
-        let now = read_counters(&loaded.counters);
-        let mut counters = [0; counter::COUNT as usize];
-        for (o, (n, b)) in counters.iter_mut().zip(now.iter().zip(trace.counters)) {
-            *o = n.saturating_sub(b);
-        }
-        Some(Summary {
-            drops: since(&read_table(&loaded.drops), &trace.table),
-            counters,
-            elapsed: trace.started.elapsed(),
-            lost_agent: self
-                .lost_agent
-                .load(Ordering::Relaxed)
-                .saturating_sub(trace.lost_agent_base),
-        })
-    }
-
-    /// Ends every trace and unloads the program (agent shutdown).
-    pub fn shutdown(&self) {
-        *self.loaded.lock().expect("tracer lock") = None;
-    }
-
-    fn end(&self, id: u64) {
-        let mut guard = self.loaded.lock().expect("tracer lock");
-        let Some(loaded) = guard.as_mut() else {
-            return;
-        };
-        loaded.traces.remove(&id);
-        if loaded.traces.is_empty() {
-            log::info!("last drop trace ended: unloading the drop probe");
-            *guard = None;
-        }
-    }
-
-    fn load(self: &Arc<Self>, addrs: Vec<[u8; 16]>) -> Result<Loaded, DropError> {
+    fn load(
+        addrs: &Vec<[u8; 16]>,
+        (): (),
+        events: broadcast::Sender<DropEvent>,
+        received: Arc<AtomicU64>,
+    ) -> Result<Self, DropError> {
         let btf = Btf::vmlinux()?;
         let (mut config, reasons) = kernel_config(&btf)?;
         config.filter_addrs = u32::from(!addrs.is_empty());
@@ -382,51 +245,101 @@ impl DropTracer {
             .override_global(names::FIXED, &config, true)
             .load(crate::ebpf::DROPS_OBJECT)
             .map_err(|e| DropError::Load(format!("{e:#}")))?;
-        program(&mut ebpf)?
-            .load()
-            .map_err(|e| DropError::Load(format!("{}: {e:#}", names::KFREE_SKB)))?;
-        if !addrs.is_empty() {
-            let mut m: BpfHashMap<MapData, [u8; 16], u8> = take(&mut ebpf, names::ADDRS)?;
-            for a in &addrs {
-                m.insert(a, 1, 0).map_err(map_err(names::ADDRS))?;
-            }
-        }
+        load_raw_tracepoints(&mut ebpf, &PROGRAMS)?;
+        fill_filter(&mut ebpf, names::ADDRS, addrs)?;
         let drops = take(&mut ebpf, names::DROPS)?;
         let counters = take(&mut ebpf, names::COUNTERS)?;
-        let ring: RingBuf<MapData> = take(&mut ebpf, names::EVENTS)?;
-        // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open while registered.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|e| DropError::Load(format!("polling the ring buffer: {e}")))?;
-        let reader = tokio::spawn(read_ring(
-            ring,
-            self.events.clone(),
-            self.events_received.clone(),
-        ));
-        program(&mut ebpf)?
-            .attach("kfree_skb")
-            .map_err(|e| DropError::Load(format!("attaching to kfree_skb: {e}")))?;
+        let reader = spawn_reader(&mut ebpf, names::EVENTS, events, received)?;
+        attach_raw_tracepoints(&mut ebpf, &PROGRAMS)?;
         log::info!(
             "drop probe loaded ({} reasons known), tracing {}",
             reasons.len(),
-            describe(&addrs)
+            describe(addrs)
         );
-        Ok(Loaded {
+        Ok(DropProbe {
+            _reader: reader,
             _ebpf: ebpf,
             drops,
             counters,
-            reader,
-            addrs,
             reasons: Arc::new(reasons),
-            traces: BTreeMap::new(),
         })
+    }
+
+    fn busy(&self, running: &Vec<[u8; 16]>) -> DropError {
+        DropError::Busy {
+            running: describe(running),
+        }
+    }
+
+    fn program_names(&self) -> Vec<&'static str> {
+        PROGRAMS.iter().map(|(n, _)| *n).collect()
     }
 }
 
-fn program(ebpf: &mut Ebpf) -> Result<&mut RawTracePoint, DropError> {
-    ebpf.program_mut(names::KFREE_SKB)
-        .ok_or_else(|| DropError::Load(format!("the object has no program {}", names::KFREE_SKB)))?
-        .try_into()
-        .map_err(|e| DropError::Load(format!("{}: {e}", names::KFREE_SKB)))
+/// The drop tracer of one agent.
+pub type DropTracer = Tracer<DropProbe>;
+
+/// A running trace; dropping it ends the trace (and unloads the program if it was the last).
+pub struct DropHandle {
+    _trace: Handle<DropProbe>,
+    /// The trace's id, for [`DropTracer::summary`].
+    pub id: u64,
+    /// The running kernel's reason names.
+    pub reasons: Arc<Reasons>,
+}
+
+impl Tracer<DropProbe> {
+    /// The running kernel's reason names while loaded.
+    pub fn reasons(&self) -> Option<Arc<Reasons>> {
+        self.with(|p, _| p.reasons.clone())
+    }
+
+    /// Kernel counters while loaded.
+    pub fn counters(&self) -> Option<[u64; counter::COUNT as usize]> {
+        self.with(|p, _| read_counters(&p.counters))
+    }
+
+    /// Starts a trace of drops from or to `addrs` (empty: every drop), loading and attaching
+    /// the program if no trace runs. Call it from a tokio runtime (the ring reader is a task).
+    pub fn start(self: &Arc<Self>, addrs: &[IpAddr]) -> Result<DropHandle, DropError> {
+        let mut addrs: Vec<[u8; 16]> = addrs.iter().copied().map(key_addr).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        let (trace, reasons) = self.begin(addrs, (), |p| {
+            let trace = DropTrace {
+                table: read_table(&p.drops),
+                counters: read_counters(&p.counters),
+                lost_agent_base: self.lost_agent.load(Ordering::Relaxed),
+                started: Instant::now(),
+            };
+            (trace, p.reasons.clone())
+        })?;
+        Ok(DropHandle {
+            id: trace.id,
+            _trace: trace,
+            reasons,
+        })
+    }
+
+    /// The drops of trace `id` since it started; `None` when no such trace runs.
+    pub fn summary(&self, id: u64) -> Option<Summary> {
+        self.with_trace(id, |p, trace| {
+            let now = read_counters(&p.counters);
+            let mut counters = [0; counter::COUNT as usize];
+            for (o, (n, b)) in counters.iter_mut().zip(now.iter().zip(trace.counters)) {
+                *o = n.saturating_sub(b);
+            }
+            Summary {
+                drops: since(&read_table(&p.drops), &trace.table),
+                counters,
+                elapsed: trace.started.elapsed(),
+                lost_agent: self
+                    .lost_agent
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(trace.lost_agent_base),
+            }
+        })
+    }
 }
 
 fn read_table(map: &PerCpuHashMap<MapData, DropKey, DropStats>) -> Table {

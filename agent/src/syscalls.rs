@@ -17,7 +17,7 @@ use std::{
     collections::BTreeMap,
     path::PathBuf,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -25,7 +25,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
     programs::{FEntry, FExit, RawTracePoint},
 };
 use aya_obj::btf::{Btf, BtfKind};
@@ -34,13 +34,12 @@ use orb8_common::sys::{
     filter, names,
 };
 use orb8_syscalls::Arch;
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    sync::broadcast,
-    task::JoinHandle,
-};
+use tokio::sync::broadcast;
 
 use crate::cgroups::{self, Resolved, Target};
+use crate::tracer::{
+    Handle, Object, ObjectError, RingReader, Tracer, read_counters, spawn_reader, take,
+};
 
 /// Why a trace could not start.
 #[derive(Debug, thiserror::Error)]
@@ -233,12 +232,13 @@ pub struct Summary {
 
 /// What the running programs filter on; traces must agree on it to share them.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct FilterKey {
+pub struct FilterKey {
     resolved: Resolved,
     syscalls: Vec<u32>,
 }
 
-struct Trace {
+/// What a running syscall trace keeps: the counts when it started, and its options.
+pub struct SyscallTrace {
     baseline: Totals,
     lost_agent_base: u64,
     started: Instant,
@@ -246,7 +246,9 @@ struct Trace {
     watch: ExitWatch,
 }
 
-struct Loaded {
+/// The syscall probes while loaded (see [`Object`]).
+pub struct SyscallProbes {
+    _reader: RingReader,
     _ebpf: Ebpf,
     probes: Probes,
     config_map: Array<MapData, SysConfig>,
@@ -254,56 +256,21 @@ struct Loaded {
     stats: PerCpuArray<MapData, SysStats>,
     errnos: PerCpuHashMap<MapData, ErrnoKey, u64>,
     counters: PerCpuArray<MapData, [u64; counter::COUNT as usize]>,
-    reader: JoinHandle<()>,
-    key: FilterKey,
     description: String,
-    traces: BTreeMap<u64, Trace>,
-}
-
-impl Drop for Loaded {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
 }
 
 /// The syscall tracer of one agent.
-pub struct SyscallTracer {
-    loaded: Mutex<Option<Loaded>>,
-    events: broadcast::Sender<SysEvent>,
-    next_id: AtomicU64,
-    /// Events read from the ring buffer.
-    pub events_received: AtomicU64,
-    /// Events a stream consumer missed because it fell behind the agent's queue.
-    pub lost_agent: AtomicU64,
-}
-
-impl Default for SyscallTracer {
-    fn default() -> Self {
-        SyscallTracer {
-            loaded: Mutex::new(None),
-            events: broadcast::channel(crate::defaults::SYSCALL_EVENT_QUEUE).0,
-            next_id: AtomicU64::new(1),
-            events_received: AtomicU64::new(0),
-            lost_agent: AtomicU64::new(0),
-        }
-    }
-}
+pub type SyscallTracer = Tracer<SyscallProbes>;
 
 /// A running trace; dropping it ends the trace (and unloads the programs if it was the last).
 pub struct TraceHandle {
-    tracer: Arc<SyscallTracer>,
+    _trace: Handle<SyscallProbes>,
     /// The trace's id, for [`SyscallTracer::summary`].
     pub id: u64,
     /// The target as resolved.
     pub description: String,
     /// How the programs hook syscalls.
     pub probes: Probes,
-}
-
-impl Drop for TraceHandle {
-    fn drop(&mut self) {
-        self.tracer.end(self.id);
-    }
 }
 
 /// The architecture whose syscall numbers this agent's kernel uses.
@@ -315,37 +282,19 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> SyscallError {
     move |source| SyscallError::Map { name, source }
 }
 
-fn take<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, SyscallError>
-where
-    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| SyscallError::Load(format!("the object has no map {name}")))?;
-    M::try_from(map).map_err(map_err(name))
-}
-
-impl SyscallTracer {
-    /// Subscribes to stream-mode events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<SysEvent> {
-        self.events.subscribe()
-    }
-
-    /// Names of the loaded programs (none while no trace runs).
-    pub fn program_names(&self) -> Vec<&'static str> {
-        match self.loaded.lock().expect("tracer lock").as_ref() {
-            Some(l) => l.probes.program_names(),
-            None => Vec::new(),
+impl From<ObjectError> for SyscallError {
+    fn from(e: ObjectError) -> Self {
+        match e {
+            ObjectError::Map { name, source } => SyscallError::Map { name, source },
+            other => SyscallError::Load(other.to_string()),
         }
     }
+}
 
+impl Tracer<SyscallProbes> {
     /// Kernel counters while loaded.
     pub fn counters(&self) -> Option<[u64; counter::COUNT as usize]> {
-        self.loaded
-            .lock()
-            .expect("tracer lock")
-            .as_ref()
-            .map(|l| read_counters(&l.counters))
+        self.with(|p, _| read_counters(&p.counters))
     }
 
     /// Starts a trace of `target` (syscall numbers `syscalls`, empty for all), loading and
@@ -366,47 +315,28 @@ impl SyscallTracer {
             resolved: target.resolved.clone(),
             syscalls,
         };
-        let mut guard = self.loaded.lock().expect("tracer lock");
-        if let Some(l) = guard.as_ref()
-            && l.key != key
-        {
-            return Err(SyscallError::Busy {
-                running: l.description.clone(),
-            });
-        }
-        if guard.is_none() {
-            *guard = Some(self.load(arch, key, target.describe())?);
-        }
-        let loaded = guard.as_mut().expect("loaded above");
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let baseline = read_totals(loaded);
-        loaded.traces.insert(
-            id,
-            Trace {
-                baseline,
+        let (trace, (description, probes)) = self.begin(key, (arch, target.describe()), |p| {
+            let trace = SyscallTrace {
+                baseline: read_totals(p),
                 lost_agent_base: self.lost_agent.load(Ordering::Relaxed),
                 started: Instant::now(),
                 stream,
                 watch,
-            },
-        );
-        set_stream(loaded)?;
+            };
+            (trace, (p.description.clone(), p.probes.clone()))
+        })?;
         Ok(TraceHandle {
-            tracer: self.clone(),
-            id,
-            description: loaded.description.clone(),
-            probes: loaded.probes.clone(),
+            id: trace.id,
+            _trace: trace,
+            description,
+            probes,
         })
     }
 
     /// The counts of trace `id` since it started; `None` when no such trace runs.
     pub fn summary(&self, id: u64) -> Option<Summary> {
-        let guard = self.loaded.lock().expect("tracer lock");
-        let loaded = guard.as_ref()?;
-        let trace = loaded.traces.get(&id)?;
-        let totals = read_totals(loaded).since(&trace.baseline);
-        Some(Summary {
-            totals,
+        self.with_trace(id, |p, trace| Summary {
+            totals: read_totals(p).since(&trace.baseline),
             elapsed: trace.started.elapsed(),
             exited: trace.watch.check(),
             lost_agent: self
@@ -415,33 +345,48 @@ impl SyscallTracer {
                 .saturating_sub(trace.lost_agent_base),
         })
     }
+}
 
-    /// Ends every trace and unloads the programs (agent shutdown).
-    pub fn shutdown(&self) {
-        *self.loaded.lock().expect("tracer lock") = None;
-    }
+impl Object for SyscallProbes {
+    type Event = SysEvent;
+    type Key = FilterKey;
+    type Trace = SyscallTrace;
+    /// The architecture, and the target in words.
+    type Args = (Arch, String);
+    type Error = SyscallError;
+    const QUEUE: usize = crate::defaults::SYSCALL_EVENT_QUEUE;
+    const TRACE: &'static str = "syscall trace";
+    const PROBES: &'static str = "the syscall probes";
 
-    fn end(&self, id: u64) {
-        let mut guard = self.loaded.lock().expect("tracer lock");
-        let Some(loaded) = guard.as_mut() else {
-            return;
-        };
-        loaded.traces.remove(&id);
-        if loaded.traces.is_empty() {
-            log::info!("last syscall trace ended: unloading the syscall probes");
-            *guard = None;
-        } else if let Err(e) = set_stream(loaded) {
-            log::warn!("{e}");
+    fn busy(&self, _running: &FilterKey) -> SyscallError {
+        SyscallError::Busy {
+            running: self.description.clone(),
         }
     }
 
+    fn program_names(&self) -> Vec<&'static str> {
+        self.probes.program_names()
+    }
+
+    /// Has the kernel send stream-mode events while some trace asks for them.
+    fn traces_changed(&mut self, traces: &BTreeMap<u64, SyscallTrace>) -> Result<(), SyscallError> {
+        let stream = u32::from(traces.values().any(|t| t.stream));
+        if stream != self.config.stream {
+            self.config.stream = stream;
+            self.config_map
+                .set(0, self.config, 0)
+                .map_err(map_err(names::CONFIG))?;
+        }
+        Ok(())
+    }
+
     fn load(
-        self: &Arc<Self>,
-        arch: Arch,
-        key: FilterKey,
-        description: String,
-    ) -> Result<Loaded, SyscallError> {
-        let (config, cgroup_ids) = fixed_config(arch, &key);
+        key: &FilterKey,
+        (arch, description): (Arch, String),
+        events: broadcast::Sender<SysEvent>,
+        received: Arc<AtomicU64>,
+    ) -> Result<Self, SyscallError> {
+        let (config, cgroup_ids) = fixed_config(arch, key);
         let mut slots = [0u32; FENTRY_SLOTS];
         for (slot, nr) in slots.iter_mut().zip(&key.syscalls) {
             *slot = *nr;
@@ -502,11 +447,7 @@ impl SyscallTracer {
         let stats = take(&mut ebpf, names::STATS)?;
         let errnos = take(&mut ebpf, names::ERRNOS)?;
         let counters = take(&mut ebpf, names::COUNTERS)?;
-        let ring: RingBuf<MapData> = take(&mut ebpf, names::EVENTS)?;
-        // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open while registered.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|e| SyscallError::Load(format!("polling the ring buffer: {e}")))?;
-        let reader = tokio::spawn(read_ring(self.clone(), ring));
+        let reader = spawn_reader(&mut ebpf, names::EVENTS, events, received)?;
         // Exit first: an exit without its entry is ignored, an entry without its exit lingers.
         match &probes {
             Probes::RawTracepoints { .. } => {
@@ -535,7 +476,8 @@ impl SyscallTracer {
             "syscall probes ({}) loaded, tracing {description}",
             probes.kind()
         );
-        Ok(Loaded {
+        Ok(SyscallProbes {
+            _reader: reader,
             _ebpf: ebpf,
             probes,
             config_map,
@@ -543,10 +485,7 @@ impl SyscallTracer {
             stats,
             errnos,
             counters,
-            reader,
-            key,
             description,
-            traces: BTreeMap::new(),
         })
     }
 }
@@ -662,33 +601,7 @@ fn cause(e: &(dyn std::error::Error + 'static)) -> String {
     e.to_string()
 }
 
-fn set_stream(loaded: &mut Loaded) -> Result<(), SyscallError> {
-    let stream = u32::from(loaded.traces.values().any(|t| t.stream));
-    if stream != loaded.config.stream {
-        loaded.config.stream = stream;
-        loaded
-            .config_map
-            .set(0, loaded.config, 0)
-            .map_err(map_err(names::CONFIG))?;
-    }
-    Ok(())
-}
-
-fn read_counters(
-    map: &PerCpuArray<MapData, [u64; counter::COUNT as usize]>,
-) -> [u64; counter::COUNT as usize] {
-    let mut out = [0u64; counter::COUNT as usize];
-    if let Ok(per_cpu) = map.get(&0, 0) {
-        for cpu in per_cpu.iter() {
-            for (o, v) in out.iter_mut().zip(cpu) {
-                *o += v;
-            }
-        }
-    }
-    out
-}
-
-fn read_totals(loaded: &Loaded) -> Totals {
+fn read_totals(loaded: &SyscallProbes) -> Totals {
     let mut stats = BTreeMap::new();
     for (nr, per_cpu) in loaded.stats.iter().enumerate() {
         let Ok(per_cpu) = per_cpu else { continue };
@@ -708,30 +621,6 @@ fn read_totals(loaded: &Loaded) -> Totals {
         stats,
         errnos,
         counters: read_counters(&loaded.counters),
-    }
-}
-
-/// Reads the ring buffer whenever the kernel says it is readable.
-async fn read_ring(tracer: Arc<SyscallTracer>, mut ring: AsyncFd<RingBuf<MapData>>) {
-    loop {
-        let mut guard = match ring.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                log::error!("syscall ring buffer poll failed: {e}");
-                return;
-            }
-        };
-        let rb = guard.get_inner_mut();
-        while let Some(item) = rb.next() {
-            if item.len() < size_of::<SysEvent>() {
-                continue;
-            }
-            // SAFETY: the kernel wrote a whole `SysEvent` (checked length); read unaligned.
-            let ev: SysEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            tracer.events_received.fetch_add(1, Ordering::Relaxed);
-            let _ = tracer.events.send(ev);
-        }
-        guard.clear_ready();
     }
 }
 

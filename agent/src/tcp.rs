@@ -8,26 +8,21 @@
 use std::{
     collections::BTreeMap,
     net::IpAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::AtomicU64},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::RawTracePoint,
+    maps::{Array, MapData, PerCpuArray},
 };
 use orb8_common::tcp::{TcpConfig, TcpEvent, counter, names};
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    sync::broadcast,
-    task::JoinHandle,
-};
+use tokio::sync::broadcast;
 
 use crate::btf::{Btf, BtfError};
-use crate::tracer::{describe, key_addr, read_counters, read_ring};
+use crate::tracer::{
+    Handle, Object, ObjectError, RingReader, Tracer, attach_raw_tracepoints, describe, fill_filter,
+    key_addr, load_raw_tracepoints, read_counters, spawn_reader, take,
+};
 
 /// Why a TCP trace could not start.
 #[derive(Debug, thiserror::Error)]
@@ -96,73 +91,17 @@ pub fn kernel_config(btf: &Btf) -> Result<TcpConfig, TcpError> {
     })
 }
 
-struct Loaded {
+/// The TCP probes while loaded (see [`Object`]).
+pub struct TcpProbes {
+    _reader: RingReader,
     _ebpf: Ebpf,
     states_map: Array<MapData, u32>,
+    /// Whether the kernel sends every state change.
     states: bool,
     counters: PerCpuArray<MapData, [u64; counter::COUNT as usize]>,
-    reader: JoinHandle<()>,
-    addrs: Vec<[u8; 16]>,
-    /// Open traces: whether each asked for every state change.
-    traces: BTreeMap<u64, bool>,
 }
 
-impl Drop for Loaded {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
-
-/// The TCP tracer of one agent.
-pub struct TcpTracer {
-    loaded: Mutex<Option<Loaded>>,
-    events: broadcast::Sender<TcpEvent>,
-    next_id: AtomicU64,
-    /// Events read from the ring buffer.
-    pub events_received: Arc<AtomicU64>,
-    /// Events a stream missed because it fell behind the agent's queue.
-    pub lost_agent: AtomicU64,
-}
-
-impl Default for TcpTracer {
-    fn default() -> Self {
-        TcpTracer {
-            loaded: Mutex::new(None),
-            events: broadcast::channel(crate::defaults::TCP_EVENT_QUEUE).0,
-            next_id: AtomicU64::new(1),
-            events_received: Arc::default(),
-            lost_agent: AtomicU64::new(0),
-        }
-    }
-}
-
-/// A running trace; dropping it ends the trace (and unloads the programs if it was the last).
-pub struct TcpHandle {
-    tracer: Arc<TcpTracer>,
-    /// The trace's id.
-    pub id: u64,
-}
-
-impl Drop for TcpHandle {
-    fn drop(&mut self) {
-        self.tracer.end(self.id);
-    }
-}
-
-fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> TcpError {
-    move |source| TcpError::Map { name, source }
-}
-
-fn take<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, TcpError>
-where
-    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| TcpError::Load(format!("the object has no map {name}")))?;
-    M::try_from(map).map_err(map_err(name))
-}
-
+/// The programs and the raw tracepoints they attach to.
 const PROGRAMS: [(&str, &str); 4] = [
     (names::SET_STATE, "inet_sock_set_state"),
     (names::RETRANSMIT, "tcp_retransmit_skb"),
@@ -170,78 +109,32 @@ const PROGRAMS: [(&str, &str); 4] = [
     (names::SEND_RESET, "tcp_send_reset"),
 ];
 
-impl TcpTracer {
-    /// Subscribes to events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<TcpEvent> {
-        self.events.subscribe()
-    }
-
-    /// Names of the loaded programs (none while no trace runs).
-    pub fn program_names(&self) -> Vec<&'static str> {
-        if self.loaded.lock().expect("tracer lock").is_some() {
-            PROGRAMS.iter().map(|(n, _)| *n).collect()
-        } else {
-            Vec::new()
+impl From<ObjectError> for TcpError {
+    fn from(e: ObjectError) -> Self {
+        match e {
+            ObjectError::Map { name, source } => TcpError::Map { name, source },
+            other => TcpError::Load(other.to_string()),
         }
     }
+}
 
-    /// Kernel counters while loaded.
-    pub fn counters(&self) -> Option<[u64; counter::COUNT as usize]> {
-        self.loaded
-            .lock()
-            .expect("tracer lock")
-            .as_ref()
-            .map(|l| read_counters(&l.counters))
-    }
+impl Object for TcpProbes {
+    type Event = TcpEvent;
+    type Key = Vec<[u8; 16]>;
+    /// Whether the trace asked for every state change.
+    type Trace = bool;
+    type Args = ();
+    type Error = TcpError;
+    const QUEUE: usize = crate::defaults::TCP_EVENT_QUEUE;
+    const TRACE: &'static str = "TCP trace";
+    const PROBES: &'static str = "the TCP probes";
 
-    /// Starts a trace of connections from or to `addrs` (empty: every connection), with every
-    /// state change when `states`, loading the programs if no trace runs. Call it from a tokio
-    /// runtime.
-    pub fn start(self: &Arc<Self>, addrs: &[IpAddr], states: bool) -> Result<TcpHandle, TcpError> {
-        let mut addrs: Vec<[u8; 16]> = addrs.iter().copied().map(key_addr).collect();
-        addrs.sort_unstable();
-        addrs.dedup();
-        let mut guard = self.loaded.lock().expect("tracer lock");
-        if let Some(l) = guard.as_ref()
-            && l.addrs != addrs
-        {
-            return Err(TcpError::Busy {
-                running: describe(&l.addrs),
-            });
-        }
-        if guard.is_none() {
-            *guard = Some(self.load(addrs)?);
-        }
-        let loaded = guard.as_mut().expect("loaded above");
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        loaded.traces.insert(id, states);
-        set_states(loaded)?;
-        Ok(TcpHandle {
-            tracer: self.clone(),
-            id,
-        })
-    }
-
-    /// Ends every trace and unloads the programs (agent shutdown).
-    pub fn shutdown(&self) {
-        *self.loaded.lock().expect("tracer lock") = None;
-    }
-
-    fn end(&self, id: u64) {
-        let mut guard = self.loaded.lock().expect("tracer lock");
-        let Some(loaded) = guard.as_mut() else {
-            return;
-        };
-        loaded.traces.remove(&id);
-        if loaded.traces.is_empty() {
-            log::info!("last TCP trace ended: unloading the TCP probes");
-            *guard = None;
-        } else if let Err(e) = set_states(loaded) {
-            log::warn!("{e}");
-        }
-    }
-
-    fn load(self: &Arc<Self>, addrs: Vec<[u8; 16]>) -> Result<Loaded, TcpError> {
+    fn load(
+        addrs: &Vec<[u8; 16]>,
+        (): (),
+        events: broadcast::Sender<TcpEvent>,
+        received: Arc<AtomicU64>,
+    ) -> Result<Self, TcpError> {
         let btf = Btf::vmlinux()?;
         let mut config = kernel_config(&btf)?;
         config.filter_addrs = u32::from(!addrs.is_empty());
@@ -251,63 +144,69 @@ impl TcpTracer {
             .override_global(names::FIXED, &config, true)
             .load(crate::ebpf::TCP_OBJECT)
             .map_err(|e| TcpError::Load(format!("{e:#}")))?;
-        for (name, _) in PROGRAMS {
-            program(&mut ebpf, name)?
-                .load()
-                .map_err(|e| TcpError::Load(format!("{name}: {e:#}")))?;
-        }
-        if !addrs.is_empty() {
-            let mut m: BpfHashMap<MapData, [u8; 16], u8> = take(&mut ebpf, names::ADDRS)?;
-            for a in &addrs {
-                m.insert(a, 1, 0).map_err(map_err(names::ADDRS))?;
-            }
-        }
+        load_raw_tracepoints(&mut ebpf, &PROGRAMS)?;
+        fill_filter(&mut ebpf, names::ADDRS, addrs)?;
         let states_map = take(&mut ebpf, names::STATES)?;
         let counters = take(&mut ebpf, names::COUNTERS)?;
-        let ring: RingBuf<MapData> = take(&mut ebpf, names::EVENTS)?;
-        // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open while registered.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|e| TcpError::Load(format!("polling the ring buffer: {e}")))?;
-        let reader = tokio::spawn(read_ring(
-            ring,
-            self.events.clone(),
-            self.events_received.clone(),
-        ));
-        for (name, tp) in PROGRAMS {
-            program(&mut ebpf, name)?
-                .attach(tp)
-                .map_err(|e| TcpError::Load(format!("attaching {name} to {tp}: {e}")))?;
-        }
-        log::info!("TCP probes loaded, tracing {}", describe(&addrs));
-        Ok(Loaded {
+        let reader = spawn_reader(&mut ebpf, names::EVENTS, events, received)?;
+        attach_raw_tracepoints(&mut ebpf, &PROGRAMS)?;
+        log::info!("TCP probes loaded, tracing {}", describe(addrs));
+        Ok(TcpProbes {
+            _reader: reader,
             _ebpf: ebpf,
             states_map,
             states: false,
             counters,
-            reader,
-            addrs,
-            traces: BTreeMap::new(),
         })
     }
-}
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut RawTracePoint, TcpError> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| TcpError::Load(format!("the object has no program {name}")))?
-        .try_into()
-        .map_err(|e| TcpError::Load(format!("{name}: {e}")))
-}
-
-fn set_states(loaded: &mut Loaded) -> Result<(), TcpError> {
-    let want = loaded.traces.values().any(|s| *s);
-    if want != loaded.states {
-        loaded
-            .states_map
-            .set(0, u32::from(want), 0)
-            .map_err(map_err(names::STATES))?;
-        loaded.states = want;
+    fn busy(&self, running: &Vec<[u8; 16]>) -> TcpError {
+        TcpError::Busy {
+            running: describe(running),
+        }
     }
-    Ok(())
+
+    fn program_names(&self) -> Vec<&'static str> {
+        PROGRAMS.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// Has the kernel send every state change while some trace asks for them.
+    fn traces_changed(&mut self, traces: &BTreeMap<u64, bool>) -> Result<(), TcpError> {
+        let want = traces.values().any(|s| *s);
+        if want != self.states {
+            self.states_map
+                .set(0, u32::from(want), 0)
+                .map_err(|source| TcpError::Map {
+                    name: names::STATES,
+                    source,
+                })?;
+            self.states = want;
+        }
+        Ok(())
+    }
+}
+
+/// The TCP tracer of one agent.
+pub type TcpTracer = Tracer<TcpProbes>;
+
+/// A running trace; dropping it ends the trace (and unloads the programs if it was the last).
+pub type TcpHandle = Handle<TcpProbes>;
+
+impl Tracer<TcpProbes> {
+    /// Kernel counters while loaded.
+    pub fn counters(&self) -> Option<[u64; counter::COUNT as usize]> {
+        self.with(|p, _| read_counters(&p.counters))
+    }
+
+    /// Starts a trace of connections from or to `addrs` (empty: every connection), with every
+    /// state change when `states`, loading the programs if no trace runs. Call it from a tokio
+    /// runtime.
+    pub fn start(self: &Arc<Self>, addrs: &[IpAddr], states: bool) -> Result<TcpHandle, TcpError> {
+        let mut addrs: Vec<[u8; 16]> = addrs.iter().copied().map(key_addr).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        Ok(self.begin(addrs, (), |_| (states, ()))?.0)
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use orb8_agent::{
 };
 use orb8_proto::{self as pb, agent_service_client::AgentServiceClient};
 use tokio::{sync::oneshot, task::JoinHandle};
+use tokio_stream::StreamExt as _;
 use tonic::{Code, Request, Status, service::interceptor::InterceptedService, transport::Channel};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
@@ -313,6 +314,7 @@ async fn privileged_service_answers_every_rpc() {
             filter: by_ports(vec![47300]),
             limit: 0,
             sort: 0,
+            page_size: 0,
         })
         .await
         .unwrap()
@@ -332,6 +334,7 @@ async fn privileged_service_answers_every_rpc() {
             filter: by_ports(vec![47300, 47301]),
             limit: 1,
             sort: pb::SortBy::Bytes as i32,
+            page_size: 0,
         })
         .await
         .unwrap()
@@ -339,6 +342,37 @@ async fn privileged_service_answers_every_rpc() {
     assert_eq!(
         (q.total_matched, q.flows.len(), q.flows[0].bytes),
         (4, 1, 1280)
+    );
+    // ListFlows: the same sorted, limited table in pages of at most 2 flows (port 47300's
+    // two flows carry 100-byte datagrams, port 47301's two 50-byte ones).
+    let sorted = pb::QueryFlowsRequest {
+        filter: by_ports(vec![47300, 47301]),
+        limit: 3,
+        sort: pb::SortBy::Bytes as i32,
+        page_size: 2,
+    };
+    let whole = c.query_flows(sorted.clone()).await.unwrap().into_inner();
+    let pages: Vec<pb::QueryFlowsResponse> = c
+        .list_flows(sorted)
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|p| p.unwrap())
+        .collect()
+        .await;
+    assert_eq!(
+        pages
+            .iter()
+            .map(|p| (p.flows.len(), p.total_matched, p.node.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(2, 4, "test-node"), (1, 4, "test-node")],
+        "the limit applies before the paging"
+    );
+    let paged: Vec<pb::Flow> = pages.into_iter().flat_map(|p| p.flows).collect();
+    assert_eq!(paged, whole.flows);
+    assert_eq!(
+        paged.iter().map(|f| f.bytes).collect::<Vec<_>>(),
+        vec![1280, 1280, 3 * 78]
     );
     let bad = c
         .query_flows(pb::QueryFlowsRequest {

@@ -84,4 +84,25 @@ impl Interrupt {
     pub async fn wait(&self) {
         self.wait_for(1).await;
     }
+
+    /// Waits for the first interrupt or, with a `limit`, until it has passed (counted from
+    /// this call): when a live command's `--duration` ends it.
+    pub fn wait_or_after(
+        &self,
+        limit: Option<std::time::Duration>,
+    ) -> impl Future<Output = ()> + Send + '_ {
+        let deadline = limit.map(|d| tokio::time::Instant::now() + d);
+        async move {
+            let expired = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = expired => {}
+                () = self.wait() => {}
+            }
+        }
+    }
 }

@@ -7,13 +7,18 @@ use std::cmp::Ordering;
 
 use futures::stream::{self, BoxStream, Stream, StreamExt};
 use orb8_flowspec::{FlowFilterSpec, SortKey};
-use orb8_proto::{DnsTraceEvent, DropStage, Event, Flow, Gap, dns_trace_event, event};
+use orb8_proto::{
+    DnsTraceEvent, DropStage, DropTraceEvent, DropTraceStarted, Event, Flow, Gap,
+    SyscallTraceEvent, SyscallTraceStarted, TcpTraceEvent, TcpTraceStarted, dns_trace_event,
+    drop_trace_event, event, syscall_trace_event, tcp_trace_event,
+};
 use tonic::Status;
 
 use crate::flow::{FlowRecord, Owners};
 
 /// A message of a sequenced agent stream (`seq` per stream, losses in-band as `Gap`s): the
-/// flow stream's [`Event`] and the DNS stream's [`DnsTraceEvent`].
+/// flow stream's [`Event`], the DNS stream's [`DnsTraceEvent`], the drop and TCP traces'
+/// [`DropTraceEvent`] and [`TcpTraceEvent`].
 pub trait StreamMessage: Send + 'static {
     /// Its per-stream sequence number.
     fn seq(&self) -> u64;
@@ -45,6 +50,71 @@ impl StreamMessage for DnsTraceEvent {
             Some(dns_trace_event::Kind::Gap(gap)) => Some(Err(gap)),
             Some(_) => Some(Ok(self)),
             None => None,
+        }
+    }
+}
+
+impl StreamMessage for DropTraceEvent {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn into_item(self) -> Option<Result<Self, Gap>> {
+        match self.kind {
+            Some(drop_trace_event::Kind::Gap(gap)) => Some(Err(gap)),
+            Some(_) => Some(Ok(self)),
+            None => None,
+        }
+    }
+}
+
+impl StreamMessage for TcpTraceEvent {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn into_item(self) -> Option<Result<Self, Gap>> {
+        match self.kind {
+            Some(tcp_trace_event::Kind::Gap(gap)) => Some(Err(gap)),
+            Some(_) => Some(Ok(self)),
+            None => None,
+        }
+    }
+}
+
+/// A message of a trace stream that opens with a `started` message (seq 1): drops, TCP and
+/// syscall traces.
+pub trait TraceMessage: std::fmt::Debug + Sized {
+    /// What the `started` message carries.
+    type Started;
+    /// The `started` message's content, or the message itself when it is something else.
+    fn into_started(self) -> Result<Self::Started, Self>;
+}
+
+impl TraceMessage for DropTraceEvent {
+    type Started = DropTraceStarted;
+    fn into_started(self) -> Result<DropTraceStarted, Self> {
+        match self.kind {
+            Some(drop_trace_event::Kind::Started(s)) => Ok(s),
+            _ => Err(self),
+        }
+    }
+}
+
+impl TraceMessage for TcpTraceEvent {
+    type Started = TcpTraceStarted;
+    fn into_started(self) -> Result<TcpTraceStarted, Self> {
+        match self.kind {
+            Some(tcp_trace_event::Kind::Started(s)) => Ok(s),
+            _ => Err(self),
+        }
+    }
+}
+
+impl TraceMessage for SyscallTraceEvent {
+    type Started = SyscallTraceStarted;
+    fn into_started(self) -> Result<SyscallTraceStarted, Self> {
+        match self.kind {
+            Some(syscall_trace_event::Kind::Started(s)) => Ok(s),
+            _ => Err(self),
         }
     }
 }
@@ -117,6 +187,21 @@ impl GapCause {
             GapCause::SeqJump { .. } => "seq_jump",
         }
     }
+
+    /// The loss in one line, `what` naming the lost items (`events`, `drop events`):
+    /// `node-a: 4 events lost (kernel stage, ringbuf_full)` or
+    /// `node-a: 2 events missing (sequence jumped from 3 to 5)`.
+    pub fn line(&self, node: &str, lost: u64, what: &str) -> String {
+        match self {
+            GapCause::Reported { reason, .. } => format!(
+                "{node}: {lost} {what} lost ({} stage, {reason})",
+                self.stage_name()
+            ),
+            GapCause::SeqJump { expected, got } => {
+                format!("{node}: {lost} {what} missing (sequence jumped from {expected} to {got})")
+            }
+        }
+    }
 }
 
 /// Follows one stream's sequence numbers (starting at 1, +1 per event) and counts holes.
@@ -132,6 +217,12 @@ impl Default for SeqTracker {
 }
 
 impl SeqTracker {
+    /// A tracker for a stream whose first message, the trace's `started` (seq 1), was read
+    /// before the stream was merged.
+    pub fn after_started() -> Self {
+        SeqTracker { next: 2 }
+    }
+
     /// Records `seq`; returns the number of events skipped before it, when some were.
     /// A sequence number that goes backwards resynchronises without reporting a loss.
     pub fn observe(&mut self, seq: u64) -> Option<(u64, u64)> {
@@ -189,12 +280,12 @@ pub fn status_text(status: &Status) -> String {
     }
 }
 
-fn tag_stream<E, S>(node: String, events: S) -> BoxStream<'static, Merged<E>>
+fn tag_stream<E, S>(node: String, tracker: SeqTracker, events: S) -> BoxStream<'static, Merged<E>>
 where
     E: StreamMessage,
     S: Stream<Item = Result<E, Status>> + Send + 'static,
 {
-    let state = Some((events.boxed(), SeqTracker::default()));
+    let state = Some((events.boxed(), tracker));
     stream::unfold(state, move |state| {
         let node = node.clone();
         async move {
@@ -240,7 +331,22 @@ where
     stream::select_all(
         streams
             .into_iter()
-            .map(|(node, events)| tag_stream(node, events)),
+            .map(|(node, events)| tag_stream(node, SeqTracker::default(), events)),
+    )
+}
+
+/// [`merge_streams`] for traces whose `started` message (seq 1) each stream's reader took
+/// before (drops, TCP). A stream that ends is reported as [`Merged::AgentLost`] in the same
+/// words as every other stream's end: `the agent ended the stream`.
+pub fn merge_traces<E, S>(streams: Vec<(String, S)>) -> impl Stream<Item = Merged<E>> + Send + Unpin
+where
+    E: StreamMessage,
+    S: Stream<Item = Result<E, Status>> + Send + 'static,
+{
+    stream::select_all(
+        streams
+            .into_iter()
+            .map(|(node, events)| tag_stream(node, SeqTracker::after_started(), events)),
     )
 }
 
@@ -270,22 +376,81 @@ pub fn merge_flow_tables(
     sort: SortKey,
     limit: Option<usize>,
 ) -> Vec<FlowRecord> {
-    let mut flows = Vec::with_capacity(tables.iter().map(|(_, t)| t.len()).sum());
-    let mut owners = Owners::default();
-    for (node, mut table) in tables {
-        // Taken from the back, the wire table shrinking as it goes: the two copies of a large
-        // table are never whole at once.
-        let from = flows.len();
-        while let Some(f) = table.pop() {
-            let f = FlowRecord::from_proto_sharing(&node, f, &mut owners);
-            if filter.matches(&f.key()) {
-                flows.push(f);
+    let mut read = Vec::with_capacity(tables.len());
+    for (node, table) in tables {
+        let mut reader = TableReader::new(&node, filter.clone());
+        reader.add(table);
+        read.push(reader);
+    }
+    merge_read_tables(read, sort, limit)
+}
+
+/// One agent's flow table read page by page (`ListFlows`): each page's flows are tagged,
+/// filtered and turned into records as the page arrives, so that the wire's copy of a large
+/// table is never whole in memory, only the records kept.
+#[derive(Debug)]
+pub struct TableReader {
+    node: String,
+    filter: FlowFilterSpec,
+    owners: Owners,
+    flows: Vec<FlowRecord>,
+}
+
+impl TableReader {
+    /// A reader for the table of `node`, keeping the flows `filter` matches.
+    pub fn new(node: &str, filter: FlowFilterSpec) -> Self {
+        TableReader {
+            node: node.to_string(),
+            filter,
+            owners: Owners::default(),
+            flows: Vec::new(),
+        }
+    }
+
+    /// Adds one page of the table (the next flows in the agent's order).
+    pub fn add(&mut self, mut page: Vec<Flow>) {
+        // Taken from the back, the wire page shrinking as it goes: the two copies of a large
+        // page (a whole table from an agent without ListFlows) are never whole at once.
+        let from = self.flows.len();
+        self.flows.reserve(page.len());
+        while let Some(f) = page.pop() {
+            let f = FlowRecord::from_proto_sharing(&self.node, f, &mut self.owners);
+            if self.filter.matches(&f.key()) {
+                self.flows.push(f);
             }
-            if table.capacity() > 1024 && table.len() < table.capacity() / 2 {
-                table.shrink_to_fit();
+            if page.capacity() > 1024 && page.len() < page.capacity() / 2 {
+                page.shrink_to_fit();
             }
         }
-        flows[from..].reverse();
+        self.flows[from..].reverse();
+    }
+
+    /// The flows kept so far.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Whether no flow was kept.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+}
+
+/// Merges tables read by [`TableReader`]s into one, sorted and limited (`limit` 0 or `None`
+/// keeps everything).
+pub fn merge_read_tables(
+    tables: Vec<TableReader>,
+    sort: SortKey,
+    limit: Option<usize>,
+) -> Vec<FlowRecord> {
+    let total: usize = tables.iter().map(TableReader::len).sum();
+    let mut tables = tables.into_iter().map(|t| t.flows);
+    // The first table's records are the merged table's start: one table (local mode, one
+    // node) is never copied.
+    let mut flows = tables.next().unwrap_or_default();
+    flows.reserve(total - flows.len());
+    for t in tables {
+        flows.extend(t);
     }
     sort_flows(&mut flows, sort);
     if let Some(limit) = limit.filter(|l| *l > 0) {
@@ -382,6 +547,57 @@ mod tests {
     }
 
     #[test]
+    fn gaps_in_words() {
+        let seq = GapCause::SeqJump {
+            expected: 3,
+            got: 5,
+        };
+        assert_eq!(
+            seq.line("a", 2, "events"),
+            "a: 2 events missing (sequence jumped from 3 to 5)"
+        );
+        let reported = GapCause::Reported {
+            stage: orb8_proto::DropStage::Kernel,
+            reason: "ringbuf_full".into(),
+        };
+        assert_eq!(
+            reported.line("a", 7, "drop events"),
+            "a: 7 drop events lost (kernel stage, ringbuf_full)"
+        );
+    }
+
+    #[test]
+    fn a_table_read_in_pages_is_the_table_read_whole() {
+        let table: Vec<Flow> = (0..10)
+            .map(|i| wire_flow(100 + i, i, i as i64, 50 + (i % 4) as u32))
+            .collect();
+        let dns = FlowFilterSpec {
+            ports: vec![53],
+            ..Default::default()
+        };
+        let whole = merge_flow_tables(
+            vec![("a".into(), table.clone())],
+            &dns,
+            SortKey::Bytes,
+            None,
+        );
+        let mut paged = TableReader::new("a", dns);
+        for page in table.chunks(3) {
+            paged.add(page.to_vec());
+        }
+        assert_eq!(
+            paged.len(),
+            2,
+            "ports 53 of 50..=53 four times: indices 3 and 7"
+        );
+        assert_eq!(merge_read_tables(vec![paged], SortKey::Bytes, None), whole);
+        assert_eq!(
+            whole.iter().map(|f| f.bytes).collect::<Vec<_>>(),
+            vec![107, 103]
+        );
+    }
+
+    #[test]
     fn seq_tracker_counts_holes_only() {
         let mut t = SeqTracker::default();
         assert_eq!(t.observe(1), None);
@@ -442,5 +658,85 @@ mod tests {
             }
         ));
         assert!(items.iter().any(|m| matches!(m, Merged::AgentLost { node, error } if node == "b" && error == "Unavailable: gone")));
+    }
+
+    fn drop_event(seq: u64, kind: drop_trace_event::Kind) -> DropTraceEvent {
+        DropTraceEvent {
+            node: "n".into(),
+            seq,
+            time_unix_nanos: 1,
+            kind: Some(kind),
+        }
+    }
+
+    #[tokio::test]
+    async fn traces_merge_after_their_started_message() {
+        let drop = || drop_trace_event::Kind::Drop(Default::default());
+        let begun = DropTraceStarted {
+            trace_id: 4,
+            reasons_known: 9,
+        };
+        let started = drop_event(1, drop_trace_event::Kind::Started(begun));
+        assert_eq!(started.into_started(), Ok(begun));
+        assert_eq!(
+            drop_event(1, drop()).into_started(),
+            Err(drop_event(1, drop())),
+            "anything else is handed back"
+        );
+        let a = stream::iter(vec![
+            Ok(drop_event(2, drop())),
+            Ok(drop_event(
+                3,
+                drop_trace_event::Kind::Gap(Gap {
+                    lost: 7,
+                    stage: DropStage::Kernel as i32,
+                    reason: "ringbuf_full".into(),
+                }),
+            )),
+            Ok(drop_event(6, drop())),
+        ]);
+        let items: Vec<Merged<DropTraceEvent>> =
+            merge_traces(vec![("a".to_string(), a)]).collect().await;
+        let gaps: Vec<(u64, &GapCause)> = items
+            .iter()
+            .filter_map(|m| match m {
+                Merged::Gap { lost, cause, .. } => Some((*lost, cause)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            gaps,
+            vec![
+                (
+                    7,
+                    &GapCause::Reported {
+                        stage: DropStage::Kernel,
+                        reason: "ringbuf_full".into()
+                    }
+                ),
+                (
+                    2,
+                    &GapCause::SeqJump {
+                        expected: 4,
+                        got: 6
+                    }
+                ),
+            ],
+            "seq 2 follows the started message: no gap before it"
+        );
+        assert_eq!(
+            items
+                .iter()
+                .filter(|m| matches!(m, Merged::Event { .. }))
+                .count(),
+            2
+        );
+        assert_eq!(
+            items.last(),
+            Some(&Merged::AgentLost {
+                node: "a".into(),
+                error: "the agent ended the stream".into()
+            })
+        );
     }
 }

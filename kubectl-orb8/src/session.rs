@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures::StreamExt as _;
 use futures::future::join_all;
+use tonic::Streaming;
 
 use crate::cli::GlobalArgs;
 use crate::interrupt::{Interrupt, Interrupted};
@@ -13,9 +15,10 @@ use crate::k8s::cluster;
 use crate::k8s::directory::LiveDirectory;
 use crate::k8s::ephemeral::AgentPods;
 use crate::local::{self, LocalAgent, LocalError};
+use crate::merge::TraceMessage;
 use crate::progress::{self, Progress};
 use crate::timing::{Step, Timing};
-use crate::transport::{Agent, AgentAddr};
+use crate::transport::{Agent, AgentAddr, AgentError};
 
 /// Connected agents, each with a unique display name, and the local agent if one was started.
 #[derive(Debug, Default)]
@@ -33,6 +36,19 @@ pub struct Session {
     /// How each agent was reached: `local`, `direct` (`--agent`), or in cluster mode
     /// `ephemeral` or `persistent`; in the order of [`Session::agents`].
     pub modes: Vec<&'static str>,
+}
+
+/// A trace running on one agent, its `started` message read ([`Session::open_traces`]).
+#[derive(Debug)]
+pub struct OpenTrace<'a, E: TraceMessage> {
+    /// The agent's name in this session.
+    pub node: String,
+    /// The agent.
+    pub agent: &'a Agent,
+    /// What the agent's `started` message said.
+    pub started: E::Started,
+    /// The rest of the trace; the agent ends the trace when it is dropped.
+    pub stream: Streaming<E>,
 }
 
 /// Names agents by node, adding the address where two report the same node.
@@ -165,6 +181,44 @@ impl Session {
             directory: None,
             timing: Timing::default(),
         }
+    }
+
+    /// Opens a trace on every agent at once with `open` and reads each one's first message,
+    /// which must say the trace started. `rpc` names the call and `what` the trace (`drop
+    /// trace`) in errors; the first failure, in the order of [`Session::agents`], is returned.
+    pub async fn open_traces<'a, E, F, Fut>(
+        &'a self,
+        rpc: &'static str,
+        what: &str,
+        open: F,
+    ) -> anyhow::Result<Vec<OpenTrace<'a, E>>>
+    where
+        E: TraceMessage,
+        F: FnMut(&'a Agent) -> Fut,
+        Fut: Future<Output = Result<Streaming<E>, AgentError>>,
+    {
+        let opened = join_all(self.agents.iter().map(open)).await;
+        let mut traces = Vec::with_capacity(opened.len());
+        for ((node, agent), stream) in self.names.iter().zip(&self.agents).zip(opened) {
+            let mut stream = stream?;
+            let started = match stream.next().await {
+                Some(Ok(first)) => match first.into_started() {
+                    Ok(started) => started,
+                    Err(other) => anyhow::bail!("agent {node} began the {what} with {other:?}"),
+                },
+                Some(Err(status)) => {
+                    return Err(AgentError::from_status(&agent.addr, rpc, &status).into());
+                }
+                None => anyhow::bail!("agent {node} ended the {what} before it started"),
+            };
+            traces.push(OpenTrace {
+                node: node.clone(),
+                agent,
+                started,
+                stream,
+            });
+        }
+        Ok(traces)
     }
 
     /// The local agent's last stderr line, to explain why it went away.

@@ -536,3 +536,159 @@ fn e2e_documented_rbac_is_enough_and_a_killed_sessions_pod_goes_with_the_next_co
     );
     assert_eq!(e.session_pods(&next), Vec::<String>::new());
 }
+
+#[test]
+fn e2e_trace_drops_counts_datagrams_to_a_closed_port_by_reason_and_pod() {
+    let Some(mut e) = E2e::new("drops") else {
+        return;
+    };
+    // The receiver listens on nothing: each of the sender's datagrams to it is dropped in the
+    // receiver's kernel for want of a socket (NO_SOCKET), once.
+    let (s, r) = (e.namespace("s"), e.namespace("r"));
+    let receiver_ip = e.pod(&r, "receiver", IDLE);
+    let node = e.node_of(&r, "receiver");
+    e.pod_on(&s, "sender", &udp_sender(&receiver_ip), Some(&node));
+    let session = e.session("d");
+    let mut child = e
+        .orb8(
+            &session,
+            &[
+                "-n",
+                &r,
+                "trace",
+                "drops",
+                "--summary",
+                "-o",
+                "json",
+                "--duration",
+                "6s",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning kubectl-orb8");
+    let mut stderr = Lines::of(&mut child);
+    stderr.wait_for("the drop trace to start", POD_START, |l| {
+        l.starts_with("orb8: tracing drops on 1 agent")
+    });
+    e.poke(&s, "sender", 7000);
+    let out = child.wait_with_output().expect("waiting for kubectl-orb8");
+    let stderr = stderr.rest();
+    assert!(out.status.success(), "trace drops failed: {stderr}");
+    assert!(
+        !stderr.contains("lost"),
+        "trace drops reported losses: {stderr}"
+    );
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|err| panic!("not JSON ({err}): {l:?}")))
+        .collect();
+    let (sender, receiver) = (format!("{s}/sender"), format!("{r}/receiver"));
+    let ours: Vec<&Value> = rows
+        .iter()
+        .filter(|row| row["pod"] == receiver.as_str() && row["peer"] == sender.as_str())
+        .collect();
+    assert_eq!(
+        ours.len(),
+        1,
+        "one row for {sender} -> {receiver}: {rows:#?}"
+    );
+    let row = ours[0];
+    assert_eq!(row["event"], "drop_summary", "{row:#}");
+    assert_eq!(row["reason"], "NO_SOCKET", "{row:#}");
+    assert_eq!(
+        (row["packets"].as_u64(), row["bytes"].as_u64()),
+        (Some(DATAGRAMS), Some(DATAGRAMS * DATAGRAM_BYTES)),
+        "{DATAGRAMS} datagrams of {DATAGRAM_BYTES} B, each dropped once: {row:#}"
+    );
+    assert_eq!(e.session_pods(&session), Vec::<String>::new());
+}
+
+/// A pod that, each time it is poked on 7000, opens one TCP connection to `server`:8080 (says
+/// `hi`, waits for the answer, closes) and one to `server`:8081, where nothing listens.
+fn tcp_client(server: &str) -> String {
+    format!(
+        "while :; do echo ready | busybox nc -l -p 7000 >/dev/null; \
+         echo hi | busybox nc -w 2 {server} 8080 >/dev/null 2>&1; \
+         busybox nc -w 2 {server} 8081 </dev/null >/dev/null 2>&1; done"
+    )
+}
+
+#[test]
+fn e2e_trace_tcp_names_both_pods_of_a_connection_and_a_refusal() {
+    let Some(mut e) = E2e::new("tcp") else {
+        return;
+    };
+    let (s, r) = (e.namespace("s"), e.namespace("r"));
+    let server_ip = e.pod(
+        &r,
+        "server",
+        "while :; do echo hello | busybox nc -l -p 8080 >/dev/null; done",
+    );
+    let node = e.node_of(&r, "server");
+    e.pod_on(&s, "client", &tcp_client(&server_ip), Some(&node));
+    let session = e.session("t");
+    let mut child = e
+        .orb8(
+            &session,
+            &["-n", &s, "trace", "tcp", "-o", "json", "--duration", "8s"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning kubectl-orb8");
+    let mut stderr = Lines::of(&mut child);
+    stderr.wait_for("the TCP trace to start", POD_START, |l| {
+        l.starts_with("orb8: tracing TCP on 1 agent")
+    });
+    e.poke(&s, "client", 7000);
+    let out = child.wait_with_output().expect("waiting for kubectl-orb8");
+    let stderr = stderr.rest();
+    assert!(out.status.success(), "trace tcp failed: {stderr}");
+    assert!(
+        !stderr.contains("lost"),
+        "trace tcp reported losses: {stderr}"
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|err| panic!("not JSON ({err}): {l:?}")))
+        .collect();
+    let (client, server) = (format!("{s}/client"), format!("{r}/server"));
+    // The client's side of each connection, in order: the kinds, and how the closes ended.
+    let client_side = |port: u64| -> Vec<(String, String)> {
+        lines
+            .iter()
+            .filter(|l| l["role"] == "connect" && l["remote_port"] == port)
+            .map(|l| {
+                assert_eq!(
+                    (l["local_name"].as_str(), l["remote_name"].as_str()),
+                    (Some(client.as_str()), Some(server.as_str())),
+                    "both ends named: {l:#}"
+                );
+                let kind = l["kind"].as_str().unwrap_or_default().to_string();
+                let outcome = l["outcome"].as_str().unwrap_or_default().to_string();
+                (kind, outcome)
+            })
+            .collect()
+    };
+    let served = client_side(8080);
+    assert_eq!(
+        served.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        vec!["CONNECT", "CLOSE"],
+        "one connection opened and closed: {lines:#?}"
+    );
+    assert!(
+        served[1].1.starts_with("closed by"),
+        "it ended with a FIN, not a reset: {lines:#?}"
+    );
+    assert_eq!(
+        client_side(8081),
+        vec![
+            ("RESET_RECEIVED".to_string(), String::new()),
+            ("CLOSE".to_string(), "refused".to_string())
+        ],
+        "the connect to the closed port was refused: {lines:#?}"
+    );
+    assert_eq!(e.session_pods(&session), Vec::<String>::new());
+}

@@ -133,3 +133,30 @@ async fn a_silent_agent_times_out() {
     );
     assert!(err.to_string().ends_with("within 500ms"), "{err}");
 }
+
+#[tokio::test]
+async fn an_agent_without_list_flows_is_read_through_query_flows() {
+    let mut fake = agent_with_data("node-old");
+    fake.list_flows = false;
+    let running = serve_tcp(fake);
+    let agent = Agent::connect(addr(&running.addr), Some(TOKEN), TIMEOUT)
+        .await
+        .expect("connects");
+    let request = orb8_proto::QueryFlowsRequest {
+        page_size: 1,
+        ..Default::default()
+    };
+    let mut pages = Vec::new();
+    agent
+        .flow_pages(request.clone(), |p| pages.push(p))
+        .await
+        .expect("falls back to QueryFlows");
+    assert_eq!(pages.len(), 1, "QueryFlows's answer is the one page");
+    assert_eq!(pages[0].flows.len(), 2);
+    assert_eq!(pages[0].node, "node-old");
+    assert_eq!(
+        running.calls.queries.lock().expect("lock").as_slice(),
+        &[request],
+        "only QueryFlows recorded the request (ListFlows refused it first)"
+    );
+}

@@ -32,7 +32,7 @@ pub enum StreamEnd {
 pub struct AgentCalls {
     /// The `authorization` value of every call (None when absent).
     pub tokens: Mutex<Vec<Option<String>>>,
-    /// Every QueryFlows request.
+    /// Every QueryFlows and ListFlows request.
     pub queries: Mutex<Vec<QueryFlowsRequest>>,
     /// Every StreamEvents request.
     pub streams: Mutex<Vec<StreamEventsRequest>>,
@@ -49,8 +49,10 @@ pub struct AgentCalls {
 pub struct FakeAgent {
     /// The GetStatus answer (its `node` also names the node of every flow and event).
     pub status: GetStatusResponse,
-    /// The QueryFlows answer, whatever the filter.
+    /// The QueryFlows answer, whatever the filter (ListFlows: the same, in pages).
     pub flows: Vec<Flow>,
+    /// Whether it answers ListFlows; false: Unimplemented, like an agent that predates it.
+    pub list_flows: bool,
     /// What StreamEvents plays before `end`.
     pub events: Vec<Event>,
     /// How StreamEvents ends.
@@ -69,6 +71,7 @@ impl FakeAgent {
         FakeAgent {
             status: status(node),
             flows: Vec::new(),
+            list_flows: true,
             events: Vec::new(),
             end: StreamEnd::Hold,
             token: None,
@@ -215,6 +218,7 @@ pub fn new_flow_events(node: &str, count: u64) -> Vec<Event> {
 struct Service(Arc<FakeAgent>);
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
+type FlowPages = Pin<Box<dyn Stream<Item = Result<QueryFlowsResponse, Status>> + Send>>;
 type SyscallStream =
     Pin<Box<dyn Stream<Item = Result<orb8_proto::SyscallTraceEvent, Status>> + Send>>;
 
@@ -373,6 +377,43 @@ impl AgentService for Service {
             total_matched: self.0.flows.len() as u64,
             flow_map_evictions: 0,
         }))
+    }
+
+    type ListFlowsStream = FlowPages;
+
+    async fn list_flows(
+        &self,
+        request: Request<QueryFlowsRequest>,
+    ) -> Result<Response<FlowPages>, Status> {
+        self.0.check(request.metadata())?;
+        if !self.0.list_flows {
+            return Err(Status::unimplemented("unknown method ListFlows"));
+        }
+        let page = match request.get_ref().page_size {
+            0 => 4096,
+            n => n as usize,
+        };
+        if let Ok(mut q) = self.0.calls.queries.lock() {
+            q.push(request.into_inner());
+        }
+        let answer = |flows: Vec<Flow>| QueryFlowsResponse {
+            node: self.0.status.node.clone(),
+            flows,
+            total_matched: self.0.flows.len() as u64,
+            flow_map_evictions: 0,
+        };
+        let mut pages: Vec<_> = self
+            .0
+            .flows
+            .chunks(page)
+            .map(|c| answer(c.to_vec()))
+            .collect();
+        if pages.is_empty() {
+            pages.push(answer(Vec::new()));
+        }
+        Ok(Response::new(
+            stream::iter(pages.into_iter().map(Ok)).boxed(),
+        ))
     }
 
     type StreamEventsStream = EventStream;

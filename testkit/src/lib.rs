@@ -48,8 +48,8 @@ pub use netns::{NetNs, Pod, Topology, Wire, run, spawn_in, unique};
 pub use preconditions::{require_root, workspace_bin};
 #[cfg(target_os = "linux")]
 pub use processes::{
-    SyscallLoad, WatchAgent, client_stdout, counter, counts, find_flows, one_flow, tcx_programs,
-    wait_attached,
+    PodProcess, SyscallLoad, WatchAgent, client_stdout, counter, counts, find_flows, one_flow,
+    tcx_programs, wait_attached,
 };
 #[cfg(target_os = "linux")]
 pub use traffic::{tcp_exchange, udp_receiver, udp_send};

@@ -1,5 +1,6 @@
 //! Processes the privileged tests start and read: `orb8-agent watch -o json` (its JSON lines
-//! and summary), `orb8-syscall-load`, and the TCX programs an agent attached.
+//! and summary), `orb8-syscall-load`, processes in pod-like cgroups, and the TCX programs an
+//! agent attached.
 
 use std::{
     io::{BufRead, BufReader},
@@ -282,6 +283,44 @@ impl SyscallLoad {
 }
 
 impl Drop for SyscallLoad {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `sleep` process in a cgroup laid out as containerd's cgroupfs driver does
+/// (`kubepods/besteffort/pod<uid>/<id>`), or in none; killed (and its cgroup removed) on drop.
+pub struct PodProcess {
+    child: Child,
+    _cgroup: Option<TestCgroup>,
+}
+
+impl PodProcess {
+    /// Starts one in container `id` of pod `uid` (`pod`), or outside any pod (`None`).
+    pub fn start(pod: Option<(&str, &str)>) -> PodProcess {
+        let child = Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("spawn sleep");
+        let cgroup = pod.map(|(uid, id)| {
+            let cg = TestCgroup::nested(&format!("kubepods/besteffort/pod{uid}/{id}"));
+            cg.add(child.id());
+            cg
+        });
+        PodProcess {
+            child,
+            _cgroup: cgroup,
+        }
+    }
+
+    /// Its PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for PodProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -9,11 +9,29 @@ use std::{
 
 use crate::netns::{NetNs, spawn_in};
 
+/// Binds a UDP socket to `addr`, waiting (up to 2 s) while the address is still in use. A
+/// socket this process closed a moment ago (the same fixed port, bound again by the next send)
+/// can still be held by a child another test is spawning: between its fork and its exec the
+/// child holds a copy of every descriptor, close-on-exec or not, and on a loaded machine that
+/// gap lasts milliseconds.
+pub fn bind_udp(addr: &str) -> std::net::UdpSocket {
+    let end = Instant::now() + Duration::from_secs(2);
+    loop {
+        match std::net::UdpSocket::bind(addr) {
+            Ok(s) => return s,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < end => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("bind {addr}: {e}"),
+        }
+    }
+}
+
 /// Receives UDP datagrams on `bind` until `count` arrived or 10 s passed; returns how many.
 pub fn udp_receiver(ns: &NetNs, bind: &str, count: usize) -> thread::JoinHandle<usize> {
     let bind = bind.to_string();
     spawn_in(ns, move |ready| {
-        let s = std::net::UdpSocket::bind(&bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        let s = bind_udp(&bind);
         s.set_read_timeout(Some(Duration::from_millis(200)))
             .expect("timeout");
         ready.send(()).expect("ready");
@@ -33,7 +51,7 @@ pub fn udp_receiver(ns: &NetNs, bind: &str, count: usize) -> thread::JoinHandle<
 pub fn udp_send(ns: &NetNs, bind: &str, dst: &str, count: usize, size: usize) {
     let (bind, dst) = (bind.to_string(), dst.to_string());
     ns.run_in(move || {
-        let s = std::net::UdpSocket::bind(&bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        let s = bind_udp(&bind);
         let buf = vec![0x5au8; size];
         for _ in 0..count {
             s.send_to(&buf, &dst)

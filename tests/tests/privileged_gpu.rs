@@ -136,38 +136,6 @@ fn privileged_gpu_without_driver_says_so_and_flows_still_count() {
     assert_eq!(counts(ours[0]), (25, 25 * (100 + 28)));
 }
 
-/// A process in a cgroup laid out as containerd's cgroupfs driver does
-/// (`kubepods/besteffort/pod<uid>/<id>`), killed and removed on drop.
-struct PodProcess {
-    child: Child,
-    _cgroup: Option<TestCgroup>,
-}
-
-impl PodProcess {
-    fn start(pod: Option<(&str, &str)>) -> PodProcess {
-        let child = Command::new("sleep")
-            .arg("60")
-            .spawn()
-            .expect("spawn sleep");
-        let cgroup = pod.map(|(uid, cid)| {
-            let cg = TestCgroup::nested(&format!("kubepods/besteffort/pod{uid}/{cid}"));
-            cg.add(child.id());
-            cg
-        });
-        PodProcess {
-            child,
-            _cgroup: cgroup,
-        }
-    }
-}
-
-impl Drop for PodProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 const UID_TRAIN: &str = "7e57a11e-0000-4000-8000-00000000a000";
 const UID_A: &str = "7e57a11e-0000-4000-8000-00000000a001";
 const UID_NB: &str = "7e57a11e-0000-4000-8000-00000000a002";
@@ -204,7 +172,7 @@ fn privileged_gpu_table_joins_kubelet_allocations_and_process_cgroups() {
         PodProcess::start(Some((UID_NB, &c2))),
         PodProcess::start(None),
     ];
-    let pids = [0, 1, 2, 3].map(|i| procs[i].child.id());
+    let pids = [0, 1, 2, 3].map(|i| procs[i].pid());
     let samples = std::env::temp_dir().join(format!("{}.json", unique("o8gpu")));
     std::fs::write(&samples, pod_resources::gpu_readings_json(pids)).expect("samples");
     let agent = ServeAgent::start_with(

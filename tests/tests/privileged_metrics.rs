@@ -499,38 +499,6 @@ fn dashboard_metrics(json: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// A process in a cgroup laid out as containerd's cgroupfs driver does
-/// (`kubepods/besteffort/pod<uid>/<id>`), killed (and its cgroup removed) on drop.
-struct GpuProcess {
-    child: Child,
-    _cgroup: Option<TestCgroup>,
-}
-
-impl GpuProcess {
-    fn start(pod: Option<(&str, &str)>) -> GpuProcess {
-        let child = Command::new("sleep")
-            .arg("60")
-            .spawn()
-            .expect("spawn sleep");
-        let cgroup = pod.map(|(uid, cid)| {
-            let cg = TestCgroup::nested(&format!("kubepods/besteffort/pod{uid}/{cid}"));
-            cg.add(child.id());
-            cg
-        });
-        GpuProcess {
-            child,
-            _cgroup: cgroup,
-        }
-    }
-}
-
-impl Drop for GpuProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn privileged_metrics_gpu_series_carry_the_kubelets_pods_and_the_processes_pods() {
     use orb8_testkit::pod_resources::{self, GHOST, GPU0, GPU1, GPU2, MIG0};
@@ -547,12 +515,12 @@ fn privileged_metrics_gpu_series_carry_the_kubelets_pods_and_the_processes_pods(
     // The training pod's container has containerd's files; infer-a's does not (named by UID).
     runtime.sandbox(&cid_train, "ml", "train-0");
     let procs = [
-        GpuProcess::start(Some((uid_train, &cid_train))),
-        GpuProcess::start(Some((uid_a, &cid_a))),
-        GpuProcess::start(None),
-        GpuProcess::start(None),
+        PodProcess::start(Some((uid_train, &cid_train))),
+        PodProcess::start(Some((uid_a, &cid_a))),
+        PodProcess::start(None),
+        PodProcess::start(None),
     ];
-    let pids = [0, 1, 2, 3].map(|i| procs[i].child.id());
+    let pids = [0, 1, 2, 3].map(|i| procs[i].pid());
     let samples = std::env::temp_dir().join(format!("{}.json", unique("o8gm")));
     std::fs::write(&samples, pod_resources::gpu_readings_json(pids)).expect("samples");
     let agent = MetricsAgent::start_with(

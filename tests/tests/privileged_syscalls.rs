@@ -7,65 +7,17 @@ use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader},
     process::{Command, Stdio},
-    sync::Arc,
     time::Duration,
 };
 
-use orb8_agent::{
-    probes::{AttachMode, ProbeConfig},
-    runtime::{Agent, AgentConfig},
-    service::{Listen, Listener, Service, serve},
-};
-use orb8_proto::{self as pb, agent_service_client::AgentServiceClient, syscall_trace_event::Kind};
+use orb8_proto::{self as pb, syscall_trace_event::Kind};
 use orb8_testkit::*;
 use serde_json::Value;
-use tonic::{Request, Status, service::interceptor::InterceptedService, transport::Channel};
+
+mod loopback_agent;
+use loopback_agent::{Client, agent};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
-
-type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
-type Client = AgentServiceClient<InterceptedService<Channel, AddToken>>;
-
-/// A real agent (flow probes on `lo` only) serving on loopback.
-async fn agent() -> (Arc<Agent>, Client) {
-    require_root();
-    let config = AgentConfig {
-        interfaces: vec!["lo".into()],
-        rescan: Duration::from_secs(5),
-        probe: ProbeConfig {
-            flow_map_entries: 1024,
-            ringbuf_bytes: 1 << 16,
-            mode: AttachMode::detect(),
-            dns_ports: orb8_agent::probes::DnsPorts::DEFAULT,
-        },
-        event_queue: 1024,
-        dns_timeout: std::time::Duration::from_secs(5),
-    };
-    let (agent, _tasks) = Agent::start(config).await.expect("starting the agent");
-    let listener = Listener::bind(&"127.0.0.1:0".parse::<Listen>().unwrap())
-        .await
-        .unwrap();
-    let addr = listener.address();
-    let service = Service::new(agent.clone(), "test-node".into());
-    tokio::spawn(serve(
-        service,
-        TOKEN,
-        listener,
-        Duration::from_secs(60),
-        std::future::pending(),
-    ));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connecting");
-    let add: AddToken = Box::new(|mut r: Request<()>| {
-        r.metadata_mut()
-            .insert("authorization", pb::bearer(TOKEN).parse().unwrap());
-        Ok(r)
-    });
-    (agent, AgentServiceClient::with_interceptor(channel, add))
-}
 
 fn request(
     target: pb::syscall_target::Kind,
@@ -154,7 +106,7 @@ fn errnos(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_cgroup_summary_counts_exactly_and_ignores_other_processes() {
-    let (agent, mut client) = agent().await;
+    let (agent, mut client) = agent(TOKEN).await;
     let cg = TestCgroup::new();
     let inside = SyscallLoad::start(false, Some(&cg), 1000, 7, 5);
     // The same calls (and more) outside the cgroup must not be counted.
@@ -264,7 +216,7 @@ async fn allow_list_counts_exactly(client: &mut Client) -> pb::SyscallTraceStart
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_allow_list_falls_back_to_raw_tracepoints_where_fentry_is_refused() {
-    let (_agent, mut client) = agent().await;
+    let (_agent, mut client) = agent(TOKEN).await;
     if kernel_loads_fentry().is_ok() {
         preconditions::skipped(
             "privileged_allow_list_falls_back_to_raw_tracepoints_where_fentry_is_refused",
@@ -296,7 +248,7 @@ async fn privileged_allow_list_on_fentry_counts_exactly() {
         preconditions::skipped("privileged_allow_list_on_fentry_counts_exactly", &why);
         return;
     }
-    let (agent, mut client) = agent().await;
+    let (agent, mut client) = agent(TOKEN).await;
     let started = allow_list_counts_exactly(&mut client).await;
     assert_eq!(started.probes, "fentry", "{started:?}");
     assert!(started.probes_note.is_empty(), "{started:?}");
@@ -338,7 +290,7 @@ async fn privileged_allow_list_on_fentry_counts_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_stream_sends_one_event_per_syscall() {
-    let (_agent, mut client) = agent().await;
+    let (_agent, mut client) = agent(TOKEN).await;
     let cg = TestCgroup::new();
     let load = SyscallLoad::start(false, Some(&cg), 300, 6, 9);
     let pid = load.pid;
@@ -374,7 +326,7 @@ async fn privileged_stream_sends_one_event_per_syscall() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_pid_namespace_fallback_without_a_cgroup() {
-    let (_agent, mut client) = agent().await;
+    let (_agent, mut client) = agent(TOKEN).await;
     // In the root cgroup (no group of its own) but in a new PID namespace: the cgroup v1 case.
     let load = SyscallLoad::start(true, None, 400, 2, 3);
     let outside = SyscallLoad::start(false, None, 77, 5, 5);
@@ -409,7 +361,7 @@ async fn privileged_pid_namespace_fallback_without_a_cgroup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_process_fallback_traces_the_process_alone() {
-    let (_agent, mut client) = agent().await;
+    let (_agent, mut client) = agent(TOKEN).await;
     let load = SyscallLoad::start(false, None, 250, 1, 2);
     let outside = SyscallLoad::start(false, None, 99, 4, 4);
     let (mut stream, started) = trace(
@@ -446,7 +398,7 @@ async fn privileged_process_fallback_traces_the_process_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_unknown_syscalls_and_targets_are_refused() {
-    let (_agent, mut client) = agent().await;
+    let (_agent, mut client) = agent(TOKEN).await;
     let err = client
         .trace_syscalls(request(pb::syscall_target::Kind::Pid(1), &["opnat"], false))
         .await

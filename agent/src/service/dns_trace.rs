@@ -57,7 +57,7 @@ impl DnsTraces {
             tx,
             self.agent.stats.dns_slow_client.clone(),
         );
-        tokio::spawn(stream::run(feed, Some(rx), sequenced));
+        stream::spawn(feed, Some(rx), sequenced);
         Box::pin(ReceiverStream::new(out))
     }
 }

@@ -20,11 +20,10 @@ use std::{
 use orb8_common::drops::{DropEvent, DropStats, counter};
 use orb8_flowspec::ip_from_bytes;
 use orb8_proto as pb;
-use tokio::sync::mpsc;
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_stream::Stream;
 use tonic::Status;
 
-use super::stream::{self, Feed, Offer, Sequenced, now_nanos};
+use super::stream::{self, Feed, RingLoss, Sequenced};
 use crate::{
     convert, defaults,
     drops::{DropError, DropHandle},
@@ -115,39 +114,24 @@ impl DropTraces {
             DropError::Busy { .. } => Status::failed_precondition(e.to_string()),
             other => Status::internal(other.to_string()),
         })?;
-        let (tx, out) = mpsc::channel(defaults::CLIENT_BUFFER);
+        let started = pb::drop_trace_event::Kind::Started(pb::DropTraceStarted {
+            trace_id: handle.id,
+            reasons_known: handle.reasons.len() as u32,
+        });
         let slow = Arc::new(AtomicU64::new(0));
-        let mut sequenced = Sequenced::new(self.node.clone(), tx, slow.clone());
-        // The buffer is empty: the first message always fits.
-        let _ = sequenced.offer(
-            pb::drop_trace_event::Kind::Started(pb::DropTraceStarted {
-                trace_id: handle.id,
-                reasons_known: handle.reasons.len() as u32,
-            }),
-            now_nanos(),
-        );
         self.slow_client
             .lock()
             .expect("trace registry lock")
-            .insert(handle.id, slow);
-        let ring_lost_seen = self.kernel_lost();
+            .insert(handle.id, slow.clone());
         let feed = DropFeed {
             agent: self.agent.clone(),
             handle,
             places: Places::new(),
-            ring_lost_seen,
+            ring_loss: RingLoss::new(kernel_lost(&self.agent).unwrap_or(0)),
             registry: self.slow_client.clone(),
         };
-        tokio::spawn(stream::run(feed, Some(rx), sequenced));
-        Ok(Box::pin(ReceiverStream::new(out)))
-    }
-
-    fn kernel_lost(&self) -> u64 {
-        self.agent
-            .drops
-            .counters()
-            .map(|c| c[counter::RINGBUF_FULL as usize])
-            .unwrap_or(0)
+        let out = stream::start_trace(self.node.clone(), slow, started, feed, Some(rx));
+        Ok(Box::pin(out))
     }
 
     /// The drops of open trace `id` since it started.
@@ -193,14 +177,22 @@ impl DropTraces {
     }
 }
 
+/// The kernel's `ringbuf_full` counter while the program is loaded.
+fn kernel_lost(agent: &Agent) -> Option<u64> {
+    agent
+        .drops
+        .counters()
+        .map(|c| c[counter::RINGBUF_FULL as usize])
+}
+
 /// One trace's stream: new-key drops, and the kernel's lost events as `Gap`s.
 struct DropFeed {
     agent: Arc<Agent>,
     /// Keeps the kernel trace running; dropped with the stream.
     handle: DropHandle,
     places: Places,
-    /// The kernel's `ringbuf_full` counter as far as this stream has reported it.
-    ring_lost_seen: u64,
+    /// The kernel's `ringbuf_full` losses as far as this stream has reported them.
+    ring_loss: RingLoss,
     registry: Registry,
 }
 
@@ -236,25 +228,7 @@ impl Feed for DropFeed {
     /// Reports new-key events the kernel could not send (ring buffer full) since the last
     /// report, as a `kernel`/`ringbuf_full` Gap: every stream gets the whole count.
     fn tick(&mut self, out: &mut Sequenced<Self::Out>) -> ControlFlow<()> {
-        let Some(c) = self.agent.drops.counters() else {
-            return ControlFlow::Continue(());
-        };
-        let now = c[counter::RINGBUF_FULL as usize];
-        let lost = now.saturating_sub(self.ring_lost_seen);
-        if lost == 0 {
-            return ControlFlow::Continue(());
-        }
-        let gap = pb::drop_trace_event::Kind::Gap(pb::Gap {
-            lost,
-            stage: pb::DropStage::Kernel as i32,
-            reason: "ringbuf_full".into(),
-        });
-        match out.offer(gap, now_nanos()) {
-            Offer::Sent => self.ring_lost_seen = now,
-            Offer::Full => {}
-            Offer::Closed => return ControlFlow::Break(()),
-        }
-        ControlFlow::Continue(())
+        self.ring_loss.report(kernel_lost(&self.agent), out)
     }
 }
 

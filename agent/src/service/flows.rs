@@ -1,5 +1,5 @@
-//! The flow RPCs: `QueryFlows` (the kernel flow table, filtered, sorted, limited) and
-//! `StreamEvents` (the agent's flow fan-out, one sequenced stream per client, see
+//! The flow RPCs: `QueryFlows` (the kernel flow table, filtered, sorted, limited), `ListFlows`
+//! (the same answer in pages) and `StreamEvents` (the agent's flow fan-out, one sequenced stream per client, see
 //! [`super::stream`]).
 //!
 //! A flow stream opens with the flows already in the table (`active_flow`, oldest first), then
@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::Status;
 
-use super::stream::{self, Feed, Offer, Sequenced, now_nanos};
+use super::stream::{self, Feed, RingLoss, Sequenced, now_nanos};
 use crate::{
     convert::{self, Matcher},
     defaults,
@@ -32,6 +32,9 @@ use crate::{
     interfaces::{Role, Selected},
     runtime::{Agent, AgentEvent},
 };
+
+/// A client's flow table in pages (`ListFlows`).
+pub type FlowPages = Pin<Box<dyn Stream<Item = Result<pb::QueryFlowsResponse, Status>> + Send>>;
 
 /// A client's flow event stream.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
@@ -88,6 +91,45 @@ impl Flows {
         })
     }
 
+    /// The answer of [`Flows::query`] in pages of at most `page_size` flows (`ListFlows`),
+    /// sent by a task of its own at the client's pace: at most two encoded pages wait, never the
+    /// whole table as one message.
+    pub fn list(&self, req: &pb::QueryFlowsRequest) -> Result<FlowPages, Status> {
+        let answer = self.query(req).map_err(Status::invalid_argument)?;
+        let page = match req.page_size as usize {
+            0 => defaults::FLOW_PAGE,
+            n => n.min(defaults::FLOW_PAGE_MAX),
+        };
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let pb::QueryFlowsResponse {
+                node,
+                flows,
+                total_matched,
+                flow_map_evictions,
+            } = answer;
+            let page_of = |flows| pb::QueryFlowsResponse {
+                node: node.clone(),
+                flows,
+                total_matched,
+                flow_map_evictions,
+            };
+            let mut rest = flows.into_iter();
+            let mut first = true;
+            loop {
+                let flows: Vec<pb::Flow> = rest.by_ref().take(page).collect();
+                if flows.is_empty() && !first {
+                    return;
+                }
+                first = false;
+                if tx.send(Ok(page_of(flows))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
     /// Starts a client's event stream: the active flows matching the request's filter, then
     /// events from now on matching it.
     pub fn stream(&self, req: &pb::StreamEventsRequest) -> Result<EventStream, Status> {
@@ -97,15 +139,16 @@ impl Flows {
         let (tx, out) = mpsc::channel(defaults::CLIENT_BUFFER);
         // Read before the table (in the opening): a flow whose event the kernel drops after this
         // is reported lost even when the opening then shows it (never the other way round).
-        let ring_lost_seen = self.agent.counters()[orb8_common::counter::RINGBUF_FULL as usize];
+        let ring_loss =
+            RingLoss::new(self.agent.counters()[orb8_common::counter::RINGBUF_FULL as usize]);
         let feed = FlowFeed {
             agent: self.agent.clone(),
             matcher,
             shown: HashMap::new(),
-            ring_lost_seen,
+            ring_loss,
         };
         let sequenced = Sequenced::new(self.node.clone(), tx, self.slow_client.clone());
-        tokio::spawn(stream::run(feed, Some(rx), sequenced));
+        stream::spawn(feed, Some(rx), sequenced);
         Ok(Box::pin(ReceiverStream::new(out)))
     }
 }
@@ -177,8 +220,8 @@ struct FlowFeed {
     matcher: Matcher,
     /// The flows sent in the opening, by key, with their last packet then.
     shown: HashMap<orb8_common::FlowKey, u64>,
-    /// The kernel's `ringbuf_full` counter as far as this stream has reported it.
-    ring_lost_seen: u64,
+    /// The kernel's `ringbuf_full` losses as far as this stream has reported them.
+    ring_loss: RingLoss,
 }
 
 impl Feed for FlowFeed {
@@ -255,21 +298,7 @@ impl Feed for FlowFeed {
     /// stream gets the whole count, whatever its filter.
     fn tick(&mut self, out: &mut Sequenced<pb::Event>) -> ControlFlow<()> {
         let now = self.agent.counters()[orb8_common::counter::RINGBUF_FULL as usize];
-        let lost = now.saturating_sub(self.ring_lost_seen);
-        if lost == 0 {
-            return ControlFlow::Continue(());
-        }
-        let gap = pb::event::Kind::Gap(pb::Gap {
-            lost,
-            stage: pb::DropStage::Kernel as i32,
-            reason: "ringbuf_full".into(),
-        });
-        match out.offer(gap, now_nanos()) {
-            Offer::Sent => self.ring_lost_seen = now,
-            Offer::Full => {}
-            Offer::Closed => return ControlFlow::Break(()),
-        }
-        ControlFlow::Continue(())
+        self.ring_loss.report(Some(now), out)
     }
 }
 

@@ -113,6 +113,15 @@ impl pb::agent_service_server::AgentService for Service {
             .map_err(Status::invalid_argument)
     }
 
+    type ListFlowsStream = flows::FlowPages;
+
+    async fn list_flows(
+        &self,
+        req: Request<pb::QueryFlowsRequest>,
+    ) -> Result<Response<Self::ListFlowsStream>, Status> {
+        self.flows.list(req.get_ref()).map(Response::new)
+    }
+
     type StreamEventsStream = flows::EventStream;
 
     async fn stream_events(

@@ -20,8 +20,9 @@
 //! - Messages that must not be dropped (a trace's `started` and `target_exited`) are offered
 //!   with [`Sequenced::offer`], which counts nothing: the caller tries again later.
 //! - A stream may open with a finite list ([`Feed::opening`]: the flows already active), read
-//!   after it subscribed to the fan-out; only this opening waits for room in the client's
-//!   buffer. Items fanned out meanwhile wait in the fan-out queue (falling behind it is an
+//!   after it subscribed to the fan-out and before the RPC answers (so what happens after the
+//!   client has its answer is never in the opening); only this opening waits for room in the
+//!   client's buffer. Items fanned out meanwhile wait in the fan-out queue (falling behind it is an
 //!   `agent` gap, as always).
 //! - Past its opening, the stream never waits for the client; a full buffer is a counted loss,
 //!   not back-pressure.
@@ -41,7 +42,10 @@ use tokio::sync::{
     broadcast::{self, error::RecvError},
     mpsc,
 };
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
+
+use crate::defaults;
 
 /// A message type of a sequenced stream.
 pub trait Message: Send + 'static {
@@ -277,15 +281,28 @@ pub trait Feed: Send + 'static {
     }
 }
 
-/// Sends the feed's [`Feed::opening`], then feeds `out` from `rx` (none: the stream carries
-/// only what [`Feed::tick`] sends) until the client goes away, the fan-out closes or the feed
-/// says stop. `rx` must have been subscribed before this is called.
-pub async fn run<F: Feed>(
+/// Starts the stream: reads the feed's [`Feed::opening`] now, before the RPC answers, so that
+/// whatever happens after the client has its answer comes as a fanned-out item, never in the
+/// opening (a flow that starts after `StreamEvents` answered is a `NewFlow`), then feeds `out`
+/// on a task of its own: first the opening, then from `rx` (none: the stream carries only what
+/// [`Feed::tick`] sends) until the client goes away, the fan-out closes or the feed says stop.
+/// `rx` must have been subscribed before this is called.
+pub fn spawn<F: Feed>(
+    mut feed: F,
+    rx: Option<broadcast::Receiver<F::In>>,
+    out: Sequenced<F::Out>,
+) -> tokio::task::JoinHandle<()> {
+    let opening = feed.opening(&out);
+    tokio::spawn(run(feed, rx, out, opening))
+}
+
+async fn run<F: Feed>(
     mut feed: F,
     mut rx: Option<broadcast::Receiver<F::In>>,
     mut out: Sequenced<F::Out>,
+    opening: Vec<(<F::Out as Message>::Kind, i64)>,
 ) {
-    for (kind, time) in feed.opening(&out) {
+    for (kind, time) in opening {
         if out.send_waiting(kind, time).await.is_err() {
             return;
         }
@@ -317,6 +334,66 @@ pub async fn run<F: Feed>(
             }
             _ = out.closed() => return,
         }
+    }
+}
+
+/// Starts a trace's stream: its `started` message first (the client's buffer is empty, so it
+/// always fits), then [`spawn`] of `feed`. Returns the client's end; client losses
+/// are added to `slow_client`.
+pub fn start_trace<F: Feed>(
+    node: String,
+    slow_client: Arc<AtomicU64>,
+    started: <F::Out as Message>::Kind,
+    feed: F,
+    rx: Option<broadcast::Receiver<F::In>>,
+) -> ReceiverStream<Result<F::Out, Status>> {
+    let (tx, out) = mpsc::channel(defaults::CLIENT_BUFFER);
+    let mut sequenced = Sequenced::new(node, tx, slow_client);
+    let _ = sequenced.offer(started, now_nanos());
+    spawn(feed, rx, sequenced);
+    ReceiverStream::new(out)
+}
+
+/// A kernel counter of events its ring buffer had no room for (`ringbuf_full`), as far as one
+/// stream has reported it. The kernel cannot tell which events they were, so every stream gets
+/// the whole count, as `kernel`/`ringbuf_full` Gaps.
+#[derive(Debug)]
+pub struct RingLoss {
+    reported: u64,
+}
+
+impl RingLoss {
+    /// Counts from the counter's value `now` on: earlier losses are not this stream's.
+    pub fn new(now: u64) -> Self {
+        RingLoss { reported: now }
+    }
+
+    /// Offers a Gap for what the counter (`now`; `None` while its programs are not loaded)
+    /// counted since the last report; a Gap that does not fit is offered again next time.
+    /// `Break` when the client is gone.
+    pub fn report<M: Message>(
+        &mut self,
+        now: Option<u64>,
+        out: &mut Sequenced<M>,
+    ) -> ControlFlow<()> {
+        let Some(now) = now else {
+            return ControlFlow::Continue(());
+        };
+        let lost = now.saturating_sub(self.reported);
+        if lost == 0 {
+            return ControlFlow::Continue(());
+        }
+        let gap = M::gap(pb::Gap {
+            lost,
+            stage: pb::DropStage::Kernel as i32,
+            reason: "ringbuf_full".into(),
+        });
+        match out.offer(gap, now_nanos()) {
+            Offer::Sent => self.reported = now,
+            Offer::Full => {}
+            Offer::Closed => return ControlFlow::Break(()),
+        }
+        ControlFlow::Continue(())
     }
 }
 
@@ -376,6 +453,42 @@ mod tests {
             },
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn kernel_ring_losses_are_reported_once_each() {
+        let (mut s, mut rx, _) = stream(1);
+        let mut loss = RingLoss::new(5);
+        assert!(loss.report(None, &mut s).is_continue(), "not loaded");
+        assert!(loss.report(Some(5), &mut s).is_continue());
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing lost since the stream began"
+        );
+        s.send(flow(1), 0).unwrap();
+        assert!(
+            loss.report(Some(8), &mut s).is_continue(),
+            "full: tried later"
+        );
+        let mut seq = 1;
+        assert_eq!(read(&mut rx, &mut seq), vec![("flow", 1)]);
+        assert!(loss.report(Some(9), &mut s).is_continue());
+        let gap = rx.try_recv().unwrap().unwrap();
+        assert_eq!(gap.seq, 2);
+        let Some(pb::event::Kind::Gap(g)) = gap.kind else {
+            panic!("{gap:?}");
+        };
+        assert_eq!(
+            (g.lost, g.stage, g.reason.as_str()),
+            (4, pb::DropStage::Kernel as i32, "ringbuf_full")
+        );
+        assert!(loss.report(Some(9), &mut s).is_continue());
+        assert!(rx.try_recv().is_err(), "reported once");
+        drop(rx);
+        assert!(
+            loss.report(Some(10), &mut s).is_break(),
+            "the client is gone"
+        );
     }
 
     #[test]
@@ -539,7 +652,7 @@ mod tests {
         let (fan, sub) = broadcast::channel(16);
         let (s, mut rx, slow) = stream(1);
         let (feed, _) = numbers(false);
-        let task = tokio::spawn(run(feed, Some(sub), s));
+        let task = spawn(feed, Some(sub), s);
         for n in 1..=3 {
             fan.send(n).unwrap();
         }
@@ -574,7 +687,7 @@ mod tests {
         }
         let (s, mut rx, slow) = stream(16);
         let (feed, lagged) = numbers(true);
-        let task = tokio::spawn(run(feed, Some(sub), s));
+        let task = spawn(feed, Some(sub), s);
         let mut seq = 1;
         assert_eq!(next(&mut rx, &mut seq).await, ("agent", 3));
         // 4 is filtered out; 5 passes.
@@ -597,7 +710,7 @@ mod tests {
         let (s, mut rx, slow) = stream(2);
         let (mut feed, lagged) = numbers(false);
         feed.opening = (1..=5).collect();
-        let task = tokio::spawn(run(feed, Some(sub), s));
+        let task = spawn(feed, Some(sub), s);
         let mut seq = 1;
         let mut got = Vec::new();
         for _ in 0..6 {

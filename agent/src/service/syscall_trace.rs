@@ -15,8 +15,7 @@ use std::{
 
 use orb8_common::sys::SysEvent;
 use orb8_proto as pb;
-use tokio::sync::mpsc;
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_stream::Stream;
 use tonic::Status;
 
 use super::stream::{self, Feed, Offer, Sequenced, now_nanos};
@@ -55,18 +54,12 @@ impl Traces {
         // Subscribed before the trace starts, so no event of it is missed.
         let rx = req.stream.then(|| self.agent.syscalls.subscribe());
         let (handle, target, watch, arch) = self.start(req)?;
-        let (tx, out) = mpsc::channel(defaults::CLIENT_BUFFER);
+        let started = pb::syscall_trace_event::Kind::Started(started(&handle, &target, arch));
         let slow = Arc::new(AtomicU64::new(0));
-        let mut sequenced = Sequenced::new(self.node.clone(), tx, slow.clone());
-        // The buffer is empty: the first message always fits.
-        let _ = sequenced.offer(
-            pb::syscall_trace_event::Kind::Started(started(&handle, &target, arch)),
-            now_nanos(),
-        );
         self.slow_client
             .lock()
             .expect("trace registry lock")
-            .insert(handle.id, slow);
+            .insert(handle.id, slow.clone());
         let feed = SyscallFeed {
             agent: self.agent.clone(),
             handle,
@@ -78,8 +71,8 @@ impl Traces {
             exit_sent: false,
             registry: self.slow_client.clone(),
         };
-        tokio::spawn(stream::run(feed, rx, sequenced));
-        Ok(Box::pin(ReceiverStream::new(out)))
+        let out = stream::start_trace(self.node.clone(), slow, started, feed, rx);
+        Ok(Box::pin(out))
     }
 
     /// The counts of open trace `id` since it started.

@@ -17,11 +17,10 @@ use std::{
 use orb8_common::tcp::{TcpEvent, counter, kind};
 use orb8_flowspec::ip_from_bytes;
 use orb8_proto as pb;
-use tokio::sync::mpsc;
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_stream::Stream;
 use tonic::Status;
 
-use super::stream::{self, Feed, Offer, Sequenced, now_nanos};
+use super::stream::{self, Feed, RingLoss, Sequenced};
 use crate::{
     convert, defaults,
     runtime::Agent,
@@ -64,31 +63,29 @@ impl TcpTraces {
                 TcpError::Busy { .. } => Status::failed_precondition(e.to_string()),
                 other => Status::internal(other.to_string()),
             })?;
-        let (tx, out) = mpsc::channel(defaults::CLIENT_BUFFER);
-        let mut sequenced = Sequenced::new(self.node.clone(), tx, Arc::new(AtomicU64::new(0)));
-        // The buffer is empty: the first message always fits.
-        let _ = sequenced.offer(
-            pb::tcp_trace_event::Kind::Started(pb::TcpTraceStarted {
-                trace_id: handle.id,
-            }),
-            now_nanos(),
-        );
-        let ring_lost_seen = self
-            .agent
-            .tcp
-            .counters()
-            .map_or(0, |c| c[counter::RINGBUF_FULL as usize]);
+        let started = pb::tcp_trace_event::Kind::Started(pb::TcpTraceStarted {
+            trace_id: handle.id,
+        });
         let feed = TcpFeed {
             agent: self.agent.clone(),
             _handle: handle,
             states: req.states,
             own_netns: crate::peers::own_netns(),
             owners: HashMap::new(),
-            ring_lost_seen,
+            ring_loss: RingLoss::new(kernel_lost(&self.agent).unwrap_or(0)),
         };
-        tokio::spawn(stream::run(feed, Some(rx), sequenced));
-        Ok(Box::pin(ReceiverStream::new(out)))
+        let slow = Arc::new(AtomicU64::new(0));
+        let out = stream::start_trace(self.node.clone(), slow, started, feed, Some(rx));
+        Ok(Box::pin(out))
     }
+}
+
+/// The kernel's `ringbuf_full` counter while the programs are loaded.
+fn kernel_lost(agent: &Agent) -> Option<u64> {
+    agent
+        .tcp
+        .counters()
+        .map(|c| c[counter::RINGBUF_FULL as usize])
 }
 
 /// One trace's stream.
@@ -99,8 +96,8 @@ struct TcpFeed {
     states: bool,
     own_netns: Option<u64>,
     owners: HashMap<u64, Option<pb::NetnsOwner>>,
-    /// The kernel's `ringbuf_full` counter as far as this stream has reported it.
-    ring_lost_seen: u64,
+    /// The kernel's `ringbuf_full` losses as far as this stream has reported them.
+    ring_loss: RingLoss,
 }
 
 impl Feed for TcpFeed {
@@ -140,24 +137,6 @@ impl Feed for TcpFeed {
     /// Reports events the kernel could not send (ring buffer full) as a `kernel`/`ringbuf_full`
     /// Gap: every stream gets the whole count.
     fn tick(&mut self, out: &mut Sequenced<Self::Out>) -> ControlFlow<()> {
-        let Some(c) = self.agent.tcp.counters() else {
-            return ControlFlow::Continue(());
-        };
-        let now = c[counter::RINGBUF_FULL as usize];
-        let lost = now.saturating_sub(self.ring_lost_seen);
-        if lost == 0 {
-            return ControlFlow::Continue(());
-        }
-        let gap = pb::tcp_trace_event::Kind::Gap(pb::Gap {
-            lost,
-            stage: pb::DropStage::Kernel as i32,
-            reason: "ringbuf_full".into(),
-        });
-        match out.offer(gap, now_nanos()) {
-            Offer::Sent => self.ring_lost_seen = now,
-            Offer::Full => {}
-            Offer::Closed => return ControlFlow::Break(()),
-        }
-        ControlFlow::Continue(())
+        self.ring_loss.report(kernel_lost(&self.agent), out)
     }
 }

@@ -286,8 +286,10 @@ pub fn orb8_tcp_set_state(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
-pub fn orb8_tcp_retransmit(ctx: RawTracePointContext) -> i32 {
+/// A retransmit or reset on the socket that is `ctx`'s first argument: when traced, refreshes
+/// its ends, counts the event in it with `bump` and emits `k`.
+#[inline(always)]
+fn socket_event(ctx: &RawTracePointContext, k: u32, bump: impl FnOnce(&mut TcpConn)) -> i32 {
     let cfg = fixed();
     let sk: u64 = ctx.arg(0);
     if sk == 0 {
@@ -299,45 +301,28 @@ pub fn orb8_tcp_retransmit(ctx: RawTracePointContext) -> i32 {
     // SAFETY: this socket's map value.
     let conn = unsafe { &mut *c };
     read_ends(&cfg, sk, conn);
-    conn.retransmits += 1;
-    emit(kind::RETRANSMIT, conn.state, conn.state, conn);
+    bump(conn);
+    emit(k, conn.state, conn.state, conn);
     0
+}
+
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn orb8_tcp_retransmit(ctx: RawTracePointContext) -> i32 {
+    socket_event(&ctx, kind::RETRANSMIT, |c| c.retransmits += 1)
 }
 
 #[raw_tracepoint(tracepoint = "tcp_receive_reset")]
 pub fn orb8_tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
-    let cfg = fixed();
-    let sk: u64 = ctx.arg(0);
-    if sk == 0 {
-        return 0;
-    }
-    let Some(c) = conn_of(&cfg, sk, false) else {
-        return 0;
-    };
-    // SAFETY: this socket's map value.
-    let conn = unsafe { &mut *c };
-    read_ends(&cfg, sk, conn);
-    conn.rst_received = conn.rst_received.saturating_add(1);
-    emit(kind::RESET_RECEIVED, conn.state, conn.state, conn);
-    0
+    socket_event(&ctx, kind::RESET_RECEIVED, |c| {
+        c.rst_received = c.rst_received.saturating_add(1)
+    })
 }
 
 #[raw_tracepoint(tracepoint = "tcp_send_reset")]
 pub fn orb8_tcp_send_reset(ctx: RawTracePointContext) -> i32 {
-    let cfg = fixed();
-    let sk: u64 = ctx.arg(0);
-    if sk == 0 {
-        return 0;
-    }
-    let Some(c) = conn_of(&cfg, sk, false) else {
-        return 0;
-    };
-    // SAFETY: this socket's map value.
-    let conn = unsafe { &mut *c };
-    read_ends(&cfg, sk, conn);
-    conn.rst_sent = conn.rst_sent.saturating_add(1);
-    emit(kind::RESET_SENT, conn.state, conn.state, conn);
-    0
+    socket_event(&ctx, kind::RESET_SENT, |c| {
+        c.rst_sent = c.rst_sent.saturating_add(1)
+    })
 }
 
 #[cfg(target_arch = "bpf")]

@@ -127,14 +127,8 @@ pub async fn run(
     }
     let agents = streams.len();
     let mut merged = merge_streams(streams);
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let until_deadline = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(until_deadline);
+    let stop = interrupt.wait_or_after(args.duration);
+    tokio::pin!(stop);
     if !args.dns_ports.is_empty() && session.modes.contains(&"persistent") {
         warn(
             "always-on agents keep their own DNS ports: --dns-port reaches only the agents this command starts",
@@ -147,8 +141,7 @@ pub async fn run(
     loop {
         let item = tokio::select! {
             item = merged.next() => item,
-            () = &mut until_deadline => break,
-            () = interrupt.wait() => break,
+            () = &mut stop => break,
         };
         match item {
             Some(Merged::Event { node, event }) => {

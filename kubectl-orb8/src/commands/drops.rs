@@ -11,17 +11,17 @@ use std::net::IpAddr;
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use orb8_flowspec::ip_to_bytes;
-use orb8_proto::{DropSummary, DropTraceEvent, TraceDropsRequest, drop_trace_event};
-use tonic::Status;
+use orb8_proto::{DropSummary, TraceDropsRequest, drop_trace_event};
 
 use crate::cli::TraceDropsArgs;
+use crate::commands::trace::report_gap;
 use crate::drops::{DropLine, DropRecord, selected_addrs, summarise, summary_table, text_line};
 use crate::enrich::Directory;
 use crate::interrupt::Interrupt;
-use crate::merge::{GapCause, SeqTracker, status_text};
+use crate::merge::{Merged, merge_traces};
 use crate::output::LiveOutput;
 use crate::progress::warn;
-use crate::render::{GapLine, LineFormat, OutputFormat, record, value_record};
+use crate::render::{LineFormat, OutputFormat, record, serialise, value_record};
 use crate::session::Session;
 use crate::timing::Step;
 
@@ -65,6 +65,16 @@ pub fn losses_line(s: &DropSummary) -> Option<String> {
     (!parts.is_empty()).then(|| format!("{}: drop trace losses: {}", s.node, parts.join(", ")))
 }
 
+/// What a trace watches, for its first line: `every address` or `from or to 10.0.0.1, ...`.
+pub fn watched_text(addrs: &[IpAddr]) -> String {
+    if addrs.is_empty() {
+        "every address".to_string()
+    } else {
+        let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        format!("from or to {}", shown.join(", "))
+    }
+}
+
 /// Runs the trace until `--duration`, Ctrl-C or every agent is gone; then, with `--summary`,
 /// prints the counts.
 pub async fn run(
@@ -74,62 +84,28 @@ pub async fn run(
     interrupt: &Interrupt,
     out: &LiveOutput,
 ) -> anyhow::Result<()> {
-    let lines = LineFormat::from(format);
     let snapshot = session.directory.as_ref().map(|d| d.snapshot());
     let addrs = watched(&args.ips, snapshot.as_ref())?;
     let request = TraceDropsRequest {
         addrs: addrs.iter().map(|a| ip_to_bytes(*a)).collect(),
     };
-    let opened = futures::future::join_all(
-        session
-            .agents
-            .iter()
-            .map(|a| a.trace_drops(request.clone())),
-    )
-    .await;
-    let mut traces = Vec::new();
-    let mut streams = Vec::new();
-    for ((name, agent), stream) in session.names.iter().zip(&session.agents).zip(opened) {
-        let mut stream = stream?;
-        let id = match stream.next().await {
-            Some(Ok(DropTraceEvent {
-                kind: Some(drop_trace_event::Kind::Started(s)),
-                ..
-            })) => s.trace_id,
-            Some(Ok(other)) => anyhow::bail!("agent {name} began the drop trace with {other:?}"),
-            Some(Err(status)) => {
-                return Err(crate::transport::AgentError::from_status(
-                    &agent.addr,
-                    "TraceDrops",
-                    &status,
-                )
-                .into());
-            }
-            None => anyhow::bail!("agent {name} ended the drop trace before it started"),
-        };
-        traces.push((name.clone(), agent, id));
-        let node = name.clone();
-        streams.push(
-            stream
-                .map(move |item| (node.clone(), item))
-                .chain(futures::stream::once(futures::future::ready((
-                    name.clone(),
-                    Err(Status::cancelled("the agent ended the stream")),
-                ))))
-                .boxed(),
-        );
+    let opened = session
+        .open_traces("TraceDrops", "drop trace", |a| {
+            a.trace_drops(request.clone())
+        })
+        .await?;
+    let mut traces = Vec::with_capacity(opened.len());
+    let mut streams = Vec::with_capacity(opened.len());
+    for t in opened {
+        traces.push((t.node.clone(), t.agent, t.started.trace_id));
+        streams.push((t.node, t.stream));
     }
     let _ = writeln!(
         std::io::stderr(),
         "orb8: tracing drops on {} agent{} ({}){}",
         traces.len(),
         if traces.len() == 1 { "" } else { "s" },
-        if addrs.is_empty() {
-            "every address".to_string()
-        } else {
-            let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-            format!("from or to {}", shown.join(", "))
-        },
+        watched_text(&addrs),
         if args.summary {
             "; Ctrl-C prints the summary"
         } else {
@@ -137,58 +113,25 @@ pub async fn run(
         }
     );
     let agents = streams.len();
-    let mut merged = futures::stream::select_all(streams);
-    let mut seqs: std::collections::HashMap<String, SeqTracker> = Default::default();
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let until_deadline = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(until_deadline);
+    let mut merged = merge_traces(streams);
+    let stop = interrupt.wait_or_after(args.duration);
+    tokio::pin!(stop);
+    let lines = LineFormat::from(format);
     let mut lost_agents = std::collections::BTreeSet::new();
     loop {
         let item = tokio::select! {
             item = merged.next() => item,
-            () = &mut until_deadline => break,
-            () = interrupt.wait() => break,
+            () = &mut stop => break,
         };
-        let Some((node, item)) = item else { break };
-        let ev = match item {
-            Ok(ev) => ev,
-            Err(status) => {
-                if lost_agents.insert(node.clone()) {
-                    warn(&format!("lost agent {node}: {}", status_text(&status)));
+        match item {
+            Some(Merged::Event { node, event }) => {
+                session.timing.mark(&node, Step::FirstAnswer);
+                let Some(drop_trace_event::Kind::Drop(d)) = event.kind else {
+                    continue;
+                };
+                if args.summary {
+                    continue;
                 }
-                if lost_agents.len() == agents {
-                    break;
-                }
-                continue;
-            }
-        };
-        session.timing.mark(&node, Step::FirstAnswer);
-        let tracker = seqs.entry(node.clone()).or_insert_with(|| {
-            // The `started` message (seq 1) was read above.
-            let mut t = SeqTracker::default();
-            t.observe(1);
-            t
-        });
-        if let Some((expected, lost)) = tracker.observe(ev.seq) {
-            let cause = GapCause::SeqJump {
-                expected,
-                got: ev.seq,
-            };
-            warn(&format!(
-                "{node}: {lost} drop events missing (sequence jumped from {expected} to {})",
-                ev.seq
-            ));
-            if lines != LineFormat::Text {
-                out.print(value_record(lines, &GapLine::new(&node, lost, &cause))?)?;
-            }
-        }
-        match ev.kind {
-            Some(drop_trace_event::Kind::Drop(d)) if !args.summary => {
                 let mut r = DropRecord::from_proto(&node, d);
                 if let Some(dir) = &session.directory {
                     let dir = dir.snapshot();
@@ -197,27 +140,21 @@ pub async fn run(
                         continue;
                     }
                 }
-                out.print(match lines {
-                    LineFormat::Text => record(lines, &text_line(ev.time_unix_nanos, &r)),
-                    _ => value_record(lines, &DropLine::new(ev.seq, ev.time_unix_nanos, &r))?,
-                })?;
-            }
-            Some(drop_trace_event::Kind::Gap(g)) => {
-                let cause = GapCause::Reported {
-                    stage: g.stage(),
-                    reason: g.reason.clone(),
+                let line = match lines {
+                    LineFormat::Text => text_line(event.time_unix_nanos, &r),
+                    _ => serialise(lines, &DropLine::new(event.seq, event.time_unix_nanos, &r))?,
                 };
-                warn(&format!(
-                    "{node}: {} drop events lost ({} stage, {})",
-                    g.lost,
-                    cause.stage_name(),
-                    g.reason
-                ));
-                if lines != LineFormat::Text {
-                    out.print(value_record(lines, &GapLine::new(&node, g.lost, &cause))?)?;
-                }
+                out.print(record(lines, &line))?;
             }
-            _ => {}
+            Some(Merged::Gap { node, lost, cause }) => {
+                session.timing.mark(&node, Step::FirstAnswer);
+                report_gap(out, lines, &node, lost, &cause, "drop events")?;
+            }
+            Some(Merged::AgentLost { node, error }) => {
+                warn(&format!("lost agent {node}: {error}"));
+                lost_agents.insert(node);
+            }
+            None => break,
         }
     }
     if lost_agents.len() == agents {

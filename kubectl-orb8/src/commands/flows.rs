@@ -14,7 +14,7 @@ use crate::cli::{FlowsArgs, FlowsBy};
 use crate::flow::{filter_to_wire, sort_to_wire};
 use crate::group::group_owned;
 use crate::interrupt::{Interrupt, Interrupted};
-use crate::merge::merge_flow_tables;
+use crate::merge::{TableReader, merge_read_tables};
 use crate::progress::{Progress, countdown_message, warn};
 use crate::render::{self, OutputFormat};
 use crate::session::Session;
@@ -129,15 +129,28 @@ pub async fn run(
             0
         },
         sort: sort_to_wire(args.sort) as i32,
+        page_size: 0,
     };
     let interrupts_so_far = interrupt.count();
     let progress = Progress::spinner("querying flows");
-    let queries = futures::future::join_all(
-        session
-            .agents
-            .iter()
-            .map(|a| a.query_flows(request.clone())),
-    );
+    // Each agent's table is read page by page (ListFlows), its pages turned into records as
+    // they come: a large table is never held as one wire message.
+    let queries = futures::future::join_all(session.names.iter().zip(&session.agents).map(
+        |(name, agent)| {
+            let request = request.clone();
+            let mut table = TableReader::new(name, filter.clone());
+            async move {
+                let mut evictions = 0;
+                agent
+                    .flow_pages(request, |page| {
+                        evictions = page.flow_map_evictions;
+                        table.add(page.flows);
+                    })
+                    .await
+                    .map(|()| (table, evictions))
+            }
+        },
+    ));
     let answers = tokio::select! {
         answers = queries => answers,
         () = interrupt.wait_for(interrupts_so_far + 1) => return Err(Interrupted.into()),
@@ -147,16 +160,15 @@ pub async fn run(
 
     let mut tables = Vec::with_capacity(answers.len());
     for (name, answer) in session.names.iter().zip(answers) {
-        let answer = answer.context("querying flows")?;
-        if answer.flow_map_evictions > 0 {
+        let (table, evictions) = answer.context("querying flows")?;
+        if evictions > 0 {
             warn(&format!(
-                "{name}: {} flows were evicted from the full kernel table; their counts are missing",
-                answer.flow_map_evictions
+                "{name}: {evictions} flows were evicted from the full kernel table; their counts are missing"
             ));
         }
-        tables.push((name.clone(), answer.flows));
+        tables.push(table);
     }
-    let mut flows = merge_flow_tables(tables, &filter, args.sort, None);
+    let mut flows = merge_read_tables(tables, args.sort, None);
     if let Some(d) = &session.directory {
         flows = d.snapshot().apply(flows);
     }

@@ -120,22 +120,17 @@ pub async fn run(
     if let Some(arch) = orb8_syscalls::Arch::from_name(&agent.status.arch) {
         orb8_syscalls::resolve(arch, &args.syscalls)?;
     }
-    let mut stream = agent.trace_syscalls(request(args, pod)).await?;
-    let started = match stream.next().await {
-        Some(Ok(ev)) => match ev.kind {
-            Some(syscall_trace_event::Kind::Started(s)) => s,
-            other => anyhow::bail!("agent {node} began the trace with {other:?}"),
-        },
-        Some(Err(status)) => {
-            return Err(crate::transport::AgentError::from_status(
-                &agent.addr,
-                "TraceSyscalls",
-                &status,
-            )
-            .into());
-        }
-        None => anyhow::bail!("agent {node} ended the trace before it started"),
+    let request = request(args, pod);
+    let Some(trace) = session
+        .open_traces("TraceSyscalls", "trace", |a| {
+            a.trace_syscalls(request.clone())
+        })
+        .await?
+        .pop()
+    else {
+        anyhow::bail!("trace syscall got no agent");
     };
+    let (started, mut stream) = (trace.started, trace.stream);
     if !started.note.is_empty() {
         warn(&started.note);
     }
@@ -156,20 +151,13 @@ pub async fn run(
             "; Ctrl-C prints the summary"
         }
     );
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let until_deadline = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(until_deadline);
+    let stop = interrupt.wait_or_after(args.duration);
+    tokio::pin!(stop);
     let mut exited = None;
     loop {
         let item = tokio::select! {
             item = stream.next() => item,
-            () = &mut until_deadline => break,
-            () = interrupt.wait() => break,
+            () = &mut stop => break,
         };
         let ev = match item {
             Some(Ok(ev)) => ev,

@@ -8,16 +8,16 @@ use std::io::Write as _;
 
 use futures::StreamExt as _;
 use orb8_flowspec::ip_to_bytes;
-use orb8_proto::{TcpTraceEvent, TraceTcpRequest, tcp_trace_event};
-use tonic::Status;
+use orb8_proto::{TraceTcpRequest, tcp_trace_event};
 
 use crate::cli::TraceTcpArgs;
-use crate::commands::drops::watched;
+use crate::commands::drops::{watched, watched_text};
+use crate::commands::trace::report_gap;
 use crate::interrupt::Interrupt;
-use crate::merge::{GapCause, SeqTracker, status_text};
+use crate::merge::{Merged, merge_traces};
 use crate::output::LiveOutput;
 use crate::progress::warn;
-use crate::render::{GapLine, LineFormat, OutputFormat, record, value_record};
+use crate::render::{LineFormat, OutputFormat, record, serialise};
 use crate::session::Session;
 use crate::tcp::{TcpLine, TcpRecord, text_line};
 use crate::timing::Step;
@@ -36,106 +36,36 @@ pub async fn run(
         addrs: addrs.iter().map(|a| ip_to_bytes(*a)).collect(),
         states: args.states,
     };
-    let opened =
-        futures::future::join_all(session.agents.iter().map(|a| a.trace_tcp(request.clone())))
-            .await;
-    let mut streams = Vec::new();
-    for ((name, agent), stream) in session.names.iter().zip(&session.agents).zip(opened) {
-        let mut stream = stream?;
-        match stream.next().await {
-            Some(Ok(TcpTraceEvent {
-                kind: Some(tcp_trace_event::Kind::Started(_)),
-                ..
-            })) => {}
-            Some(Ok(other)) => anyhow::bail!("agent {name} began the TCP trace with {other:?}"),
-            Some(Err(status)) => {
-                return Err(crate::transport::AgentError::from_status(
-                    &agent.addr,
-                    "TraceTcp",
-                    &status,
-                )
-                .into());
-            }
-            None => anyhow::bail!("agent {name} ended the TCP trace before it started"),
-        }
-        let node = name.clone();
-        streams.push(
-            stream
-                .map(move |item| (node.clone(), item))
-                .chain(futures::stream::once(futures::future::ready((
-                    name.clone(),
-                    Err(Status::cancelled("the agent ended the stream")),
-                ))))
-                .boxed(),
-        );
-    }
+    let streams: Vec<_> = session
+        .open_traces("TraceTcp", "TCP trace", |a| a.trace_tcp(request.clone()))
+        .await?
+        .into_iter()
+        .map(|t| (t.node, t.stream))
+        .collect();
     let _ = writeln!(
         std::io::stderr(),
         "orb8: tracing TCP on {} agent{} ({})",
         streams.len(),
         if streams.len() == 1 { "" } else { "s" },
-        if addrs.is_empty() {
-            "every address".to_string()
-        } else {
-            let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-            format!("from or to {}", shown.join(", "))
-        }
+        watched_text(&addrs)
     );
     let agents = streams.len();
-    let mut merged = futures::stream::select_all(streams);
-    let mut seqs: std::collections::HashMap<String, SeqTracker> = Default::default();
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let until_deadline = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(until_deadline);
-    let mut lost_agents = std::collections::BTreeSet::new();
+    let mut merged = merge_traces(streams);
+    let stop = interrupt.wait_or_after(args.duration);
+    tokio::pin!(stop);
     let lines = LineFormat::from(format);
-    let text = lines == LineFormat::Text;
+    let mut lost_agents = 0;
     loop {
         let item = tokio::select! {
             item = merged.next() => item,
-            () = &mut until_deadline => break,
-            () = interrupt.wait() => break,
+            () = &mut stop => break,
         };
-        let Some((node, item)) = item else { break };
-        let ev = match item {
-            Ok(ev) => ev,
-            Err(status) => {
-                if lost_agents.insert(node.clone()) {
-                    warn(&format!("lost agent {node}: {}", status_text(&status)));
-                }
-                if lost_agents.len() == agents {
-                    break;
-                }
-                continue;
-            }
-        };
-        session.timing.mark(&node, Step::FirstAnswer);
-        let tracker = seqs.entry(node.clone()).or_insert_with(|| {
-            // The `started` message (seq 1) was read above.
-            let mut t = SeqTracker::default();
-            t.observe(1);
-            t
-        });
-        if let Some((expected, lost)) = tracker.observe(ev.seq) {
-            warn(&format!(
-                "{node}: {lost} TCP events missing (sequence jumped from {expected} to {})",
-                ev.seq
-            ));
-            if !text {
-                let cause = GapCause::SeqJump {
-                    expected,
-                    got: ev.seq,
+        match item {
+            Some(Merged::Event { node, event }) => {
+                session.timing.mark(&node, Step::FirstAnswer);
+                let Some(tcp_trace_event::Kind::Tcp(e)) = event.kind else {
+                    continue;
                 };
-                out.print(value_record(lines, &GapLine::new(&node, lost, &cause))?)?;
-            }
-        }
-        match ev.kind {
-            Some(tcp_trace_event::Kind::Tcp(e)) => {
                 let mut r = TcpRecord::from_proto(&node, e);
                 if let Some(dir) = &session.directory {
                     let dir = dir.snapshot();
@@ -144,31 +74,24 @@ pub async fn run(
                         continue;
                     }
                 }
-                out.print(if text {
-                    record(lines, &text_line(ev.time_unix_nanos, &r))
-                } else {
-                    value_record(lines, &TcpLine::new(ev.seq, ev.time_unix_nanos, &r))?
-                })?;
-            }
-            Some(tcp_trace_event::Kind::Gap(g)) => {
-                let cause = GapCause::Reported {
-                    stage: g.stage(),
-                    reason: g.reason.clone(),
+                let line = match lines {
+                    LineFormat::Text => text_line(event.time_unix_nanos, &r),
+                    _ => serialise(lines, &TcpLine::new(event.seq, event.time_unix_nanos, &r))?,
                 };
-                warn(&format!(
-                    "{node}: {} TCP events lost ({} stage, {})",
-                    g.lost,
-                    cause.stage_name(),
-                    g.reason
-                ));
-                if !text {
-                    out.print(value_record(lines, &GapLine::new(&node, g.lost, &cause))?)?;
-                }
+                out.print(record(lines, &line))?;
             }
-            _ => {}
+            Some(Merged::Gap { node, lost, cause }) => {
+                session.timing.mark(&node, Step::FirstAnswer);
+                report_gap(out, lines, &node, lost, &cause, "TCP events")?;
+            }
+            Some(Merged::AgentLost { node, error }) => {
+                lost_agents += 1;
+                warn(&format!("lost agent {node}: {error}"));
+            }
+            None => break,
         }
     }
-    if lost_agents.len() == agents {
+    if lost_agents == agents {
         anyhow::bail!(
             "every agent's TCP trace ended ({agents} agent{})",
             if agents == 1 { "" } else { "s" }

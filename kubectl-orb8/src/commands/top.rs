@@ -249,6 +249,7 @@ pub async fn run(
         filter: Some(wire_filter),
         limit: 0,
         sort: 0,
+        page_size: 0,
     };
     let (mut refreshes, refresher) = spawn_refresher(session, request, args.interval);
     let mut state = TopState::new(scope(global), &session.names);

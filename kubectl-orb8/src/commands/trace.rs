@@ -116,16 +116,21 @@ pub fn text_line(seen: Seen, time_nanos: i64, flow: &FlowRecord) -> String {
     line
 }
 
-fn gap_text(node: &str, lost: u64, cause: &GapCause) -> String {
-    match cause {
-        GapCause::Reported { reason, .. } => format!(
-            "{node}: {lost} events lost ({} stage, {reason})",
-            cause.stage_name()
-        ),
-        GapCause::SeqJump { expected, got } => {
-            format!("{node}: {lost} events missing (sequence jumped from {expected} to {got})")
-        }
+/// Says a loss of `what` (`events`, `drop events`) on stderr and, in JSON and YAML, as a gap
+/// record in the output too (the `trace network`, `trace drops` and `trace tcp` streams).
+pub fn report_gap(
+    out: &LiveOutput,
+    format: LineFormat,
+    node: &str,
+    lost: u64,
+    cause: &GapCause,
+    what: &str,
+) -> std::io::Result<()> {
+    warn(&cause.line(node, lost, what));
+    if format == LineFormat::Text {
+        return Ok(());
     }
+    out.print(value_record(format, &GapLine::new(node, lost, cause))?)
 }
 
 /// The record printed for one event (a flow passing `filter`, active or new), if any; other
@@ -242,24 +247,14 @@ pub async fn network(
     }
     let agents = streams.len();
     let mut merged = merge_events(streams);
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let until_deadline = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(until_deadline);
+    let stop = interrupt.wait_or_after(args.duration);
+    tokio::pin!(stop);
 
     let mut lost_agents = 0;
     loop {
         let item = tokio::select! {
             item = merged.next() => item,
-            () = &mut until_deadline => {
-                report_unprinted(&mut merged);
-                break;
-            }
-            () = interrupt.wait() => {
+            () = &mut stop => {
                 report_unprinted(&mut merged);
                 break;
             }
@@ -274,10 +269,7 @@ pub async fn network(
                 }
             }
             Some(Merged::Gap { node, lost, cause }) => {
-                warn(&gap_text(&node, lost, &cause));
-                if format != LineFormat::Text {
-                    out.print(value_record(format, &GapLine::new(&node, lost, &cause))?)?;
-                }
+                report_gap(out, format, &node, lost, &cause, "events")?;
             }
             Some(Merged::AgentLost { node, mut error }) => {
                 lost_agents += 1;
@@ -478,26 +470,6 @@ mod tests {
         assert_eq!(
             got,
             vec![("active_flow".into(), 1, 9), ("new_flow".into(), 2, 9)]
-        );
-    }
-
-    #[test]
-    fn gaps_in_words() {
-        let seq = GapCause::SeqJump {
-            expected: 3,
-            got: 5,
-        };
-        assert_eq!(
-            gap_text("a", 2, &seq),
-            "a: 2 events missing (sequence jumped from 3 to 5)"
-        );
-        let reported = GapCause::Reported {
-            stage: orb8_proto::DropStage::Kernel,
-            reason: "ringbuf_full".into(),
-        };
-        assert_eq!(
-            gap_text("a", 7, &reported),
-            "a: 7 events lost (kernel stage, ringbuf_full)"
         );
     }
 }

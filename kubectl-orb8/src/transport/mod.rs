@@ -39,13 +39,17 @@ async fn within<T>(
     match tokio::time::timeout(timeout, call).await {
         Ok(Ok(resp)) => Ok(resp.into_inner()),
         Ok(Err(status)) => Err(AgentError::from_status(addr, rpc, &status)),
-        Err(_) => Err(AgentError::Unreachable {
-            addr: addr.to_string(),
-            reason: format!(
-                "{rpc} got no answer within {}",
-                humantime::format_duration(timeout)
-            ),
-        }),
+        Err(_) => Err(no_answer(addr, rpc, timeout)),
+    }
+}
+
+fn no_answer(addr: &AgentAddr, rpc: &'static str, timeout: Duration) -> AgentError {
+    AgentError::Unreachable {
+        addr: addr.to_string(),
+        reason: format!(
+            "{rpc} got no answer within {}",
+            humantime::format_duration(timeout)
+        ),
     }
 }
 
@@ -158,6 +162,37 @@ impl Agent {
             client.query_flows(request),
         )
         .await
+    }
+
+    /// Reads the agent's flow table page by page (`ListFlows`), handing each page to `page` as
+    /// it arrives, so that a large table is never one message; from an agent that predates
+    /// ListFlows, the QueryFlows answer is the one page. Each page must come within the RPC
+    /// timeout.
+    pub async fn flow_pages(
+        &self,
+        request: QueryFlowsRequest,
+        mut page: impl FnMut(QueryFlowsResponse),
+    ) -> Result<(), AgentError> {
+        const RPC: &str = "ListFlows";
+        let mut client = self.client.clone();
+        let mut pages =
+            match tokio::time::timeout(RPC_TIMEOUT, client.list_flows(request.clone())).await {
+                Ok(Ok(pages)) => pages.into_inner(),
+                Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                    page(self.query_flows(request).await?);
+                    return Ok(());
+                }
+                Ok(Err(status)) => return Err(AgentError::from_status(&self.addr, RPC, &status)),
+                Err(_) => return Err(no_answer(&self.addr, RPC, RPC_TIMEOUT)),
+            };
+        loop {
+            match tokio::time::timeout(RPC_TIMEOUT, pages.message()).await {
+                Ok(Ok(Some(p))) => page(p),
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Err(status)) => return Err(AgentError::from_status(&self.addr, RPC, &status)),
+                Err(_) => return Err(no_answer(&self.addr, RPC, RPC_TIMEOUT)),
+            }
+        }
     }
 
     /// Opens the agent's event stream.

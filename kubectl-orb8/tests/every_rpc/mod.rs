@@ -11,7 +11,7 @@ use orb8_testkit::fake_agent::{
     Running, SYSCALL_TRACE_ID, dns_trace, syscall_summary, syscall_trace,
 };
 
-/// Calls every RPC of `orb8.agent.v1` (GetStatus, QueryFlows, StreamEvents, TraceSyscalls,
+/// Calls every RPC of `orb8.agent.v1` (GetStatus, QueryFlows, ListFlows, StreamEvents, TraceSyscalls,
 /// GetSyscallSummary, TraceDns; TraceDrops, GetDropSummary and TraceTcp, which the fake
 /// refuses) on `agent`, connected to `running` (an
 /// [`agent_with_data`](orb8_testkit::fake_agent::agent_with_data) with 4 events), and checks
@@ -29,6 +29,7 @@ pub async fn check_every_rpc(agent: &kubectl_orb8::transport::Agent, running: &R
         }),
         limit: 7,
         sort: orb8_proto::SortBy::Packets as i32,
+        page_size: 0,
     };
     let flows = agent
         .query_flows(request.clone())
@@ -37,8 +38,32 @@ pub async fn check_every_rpc(agent: &kubectl_orb8::transport::Agent, running: &R
     assert_eq!(flows.flows.len(), 2);
     assert_eq!(
         running.calls.queries.lock().expect("lock").as_slice(),
-        &[request],
+        std::slice::from_ref(&request),
         "the filter, limit and sort arrive as sent"
+    );
+
+    // ListFlows: the same table in pages of the size asked for, each page whole.
+    let paged = QueryFlowsRequest {
+        page_size: 1,
+        ..request.clone()
+    };
+    let mut pages = Vec::new();
+    agent
+        .flow_pages(paged.clone(), |p| pages.push(p))
+        .await
+        .expect("ListFlows");
+    assert_eq!(pages.len(), 2, "two flows in pages of one");
+    assert!(
+        pages
+            .iter()
+            .all(|p| p.flows.len() == 1 && p.total_matched == 2 && p.node == flows.node)
+    );
+    let paged_flows: Vec<_> = pages.into_iter().flat_map(|p| p.flows).collect();
+    assert_eq!(paged_flows, flows.flows, "the same flows in the same order");
+    assert_eq!(
+        running.calls.queries.lock().expect("lock").as_slice(),
+        &[request, paged],
+        "ListFlows's request arrives as sent"
     );
 
     let events: Vec<_> = agent
@@ -119,7 +144,7 @@ pub async fn check_every_rpc(agent: &kubectl_orb8::transport::Agent, running: &R
     }
 
     let tokens = running.tokens();
-    assert_eq!(tokens.len(), 10, "connect's GetStatus plus nine calls");
+    assert_eq!(tokens.len(), 11, "connect's GetStatus plus ten calls");
     assert!(
         tokens
             .iter()

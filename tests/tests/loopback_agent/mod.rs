@@ -1,6 +1,6 @@
 //! A real agent (flow probes on `lo` only) started in this test process and served over gRPC
 //! on loopback with a token, for the privileged tests that drive the on-demand tracers
-//! (drops, TCP) through their RPCs.
+//! (syscalls, drops, TCP) through their RPCs.
 
 use std::{sync::Arc, time::Duration};
 
@@ -64,6 +64,10 @@ pub async fn agent(token: &'static str) -> (Arc<Agent>, Client) {
 }
 
 /// The wire form of an address: 4 bytes for IPv4, 16 for IPv6.
+#[allow(
+    dead_code,
+    reason = "each test binary including this module uses it or not"
+)]
 pub fn addr_bytes(a: &str) -> Vec<u8> {
     match a.parse::<std::net::IpAddr>().unwrap() {
         std::net::IpAddr::V4(v) => v.octets().to_vec(),

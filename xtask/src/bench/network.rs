@@ -346,11 +346,11 @@ pub fn flows_100k(ctx: &Ctx) -> anyhow::Result<Section> {
         });
     }
     notes.push(
-        "Aims: agent < 32 MiB, client < 64 MiB, GetStatus < 5 ms. The client's peak is the \
-         decode of the one QueryFlows answer (the whole table as one message, each flow carrying \
-         its veth's netns owner); the rows, the grouping and the JSON text are no longer held \
-         whole beside it. Below 64 MiB needs the table sent in parts. Tables (`-o table`) are \
-         laid out by comfy-table over every cell at once and cost far more."
+        "Aims: agent < 32 MiB, client < 64 MiB, GetStatus < 5 ms. The client reads the table \
+         page by page (ListFlows, 4096 flows a page), turning each page into rows as it comes: \
+         its peak is the rows themselves (one `FlowRecord` per flow, node and interface names \
+         included), the grouping and the JSON text are not held whole beside them. Tables \
+         (`-o table`) are laid out by comfy-table over every cell at once and cost far more."
             .into(),
     );
     Ok(Section {
