@@ -20,6 +20,8 @@ use crate::unique;
 /// The pod network of one node: a bridge in the node's namespace and the addresses handed out.
 pub struct PodNetwork {
     node_netns: String,
+    /// The third octet of the node's pod range 10.244.<subnet>.0/24.
+    subnet: u8,
     /// The bridge's address, the pods' default gateway.
     pub gateway: Ipv4Addr,
     next: AtomicU32,
@@ -46,18 +48,26 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// The next node pod range of this process (see [`PodNetwork::new`]).
+static NEXT_SUBNET: AtomicU32 = AtomicU32::new(0);
+
 impl PodNetwork {
-    /// Makes the bridge `cni0` with `10.244.0.1/24` in `node_netns` and the cgroup
-    /// `<cgroup2 mount>/<name>` for containers.
+    /// Makes the bridge `cni0` with `10.244.<subnet>.1/24` in `node_netns` and the cgroup
+    /// `<cgroup2 mount>/<name>` for containers. Each node of this process gets a range of its
+    /// own, as a real cluster's nodes do: fake clusters run side by side on one kernel (tests
+    /// in parallel), and what the kernel sees host-wide (`trace drops`, `trace tcp`) is told
+    /// apart by address.
     pub fn new(node_netns: &str, cgroup2: &Path) -> Result<PodNetwork, String> {
-        let gateway = Ipv4Addr::new(10, 244, 0, 1);
+        let n = NEXT_SUBNET.fetch_add(1, Ordering::Relaxed);
+        let subnet = (1 + (std::process::id() + n) % 250) as u8;
+        let gateway = Ipv4Addr::new(10, 244, subnet, 1);
         ip(&["-n", node_netns, "link", "add", BRIDGE, "type", "bridge"])?;
         ip(&[
             "-n",
             node_netns,
             "addr",
             "add",
-            "10.244.0.1/24",
+            &format!("{gateway}/24"),
             "dev",
             BRIDGE,
         ])?;
@@ -67,6 +77,7 @@ impl PodNetwork {
             .map_err(|e| format!("creating cgroup {}: {e}", cgroup_root.display()))?;
         Ok(PodNetwork {
             node_netns: node_netns.to_string(),
+            subnet,
             gateway,
             next: AtomicU32::new(2),
             cgroup_root,
@@ -77,9 +88,12 @@ impl PodNetwork {
     pub fn sandbox(&self, pod_uid: &str, containers: &[String]) -> Result<Sandbox, String> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         if n > 254 {
-            return Err("the fake pod network 10.244.0.0/24 is out of addresses".into());
+            return Err(format!(
+                "the fake pod network 10.244.{}.0/24 is out of addresses",
+                self.subnet
+            ));
         }
-        let address = Ipv4Addr::new(10, 244, 0, n as u8);
+        let address = Ipv4Addr::new(10, 244, self.subnet, n as u8);
         let mut sandbox = Sandbox {
             netns: unique("fkpod"),
             host_veth: unique("fkv"),

@@ -8,7 +8,8 @@
 //! workload runs the host's busybox), `args` and `env` (literal values and `fieldRef`s). A
 //! `hostNetwork` pod (the agent) runs in the network namespace playing the node; any other pod
 //! gets a sandbox as a bridge CNI plugin and containerd would make it ([`crate::pod_sandbox`]):
-//! its own network namespace on the node's `cni0` bridge with an address from 10.244.0.0/24,
+//! its own network namespace on the node's `cni0` bridge with an address from its node's
+//! 10.244.N.0/24,
 //! and its container in a cgroup named after the pod UID and container id, which the agent's
 //! resolver finds as on a real node. It reports the pod Pending, then ContainerCreating, then
 //! Running (or `ImagePullBackOff` for an image it was told it cannot pull, or the container's
