@@ -14,7 +14,7 @@ use orb8_flowspec::ip_to_bytes;
 use orb8_proto::{DropSummary, TraceDropsRequest, drop_trace_event};
 
 use crate::cli::TraceDropsArgs;
-use crate::commands::trace::report_gap;
+use crate::commands::trace::{LossLines, report_gap};
 use crate::drops::{DropLine, DropRecord, selected_addrs, summarise, summary_table, text_line};
 use crate::enrich::Directory;
 use crate::interrupt::Interrupt;
@@ -118,9 +118,11 @@ pub async fn run(
     tokio::pin!(stop);
     let lines = LineFormat::from(format);
     let mut lost_agents = std::collections::BTreeSet::new();
+    let mut losses = LossLines::new("drop events");
     loop {
         let item = tokio::select! {
             item = merged.next() => item,
+            () = losses.tick() => continue,
             () = &mut stop => break,
         };
         match item {
@@ -148,7 +150,7 @@ pub async fn run(
             }
             Some(Merged::Gap { node, lost, cause }) => {
                 session.timing.mark(&node, Step::FirstAnswer);
-                report_gap(out, lines, &node, lost, &cause, "drop events")?;
+                report_gap(out, lines, &mut losses, &node, lost, &cause)?;
             }
             Some(Merged::AgentLost { node, error }) => {
                 warn(&format!("lost agent {node}: {error}"));

@@ -12,7 +12,7 @@ use orb8_proto::{TraceTcpRequest, tcp_trace_event};
 
 use crate::cli::TraceTcpArgs;
 use crate::commands::drops::{watched, watched_text};
-use crate::commands::trace::report_gap;
+use crate::commands::trace::{LossLines, report_gap};
 use crate::interrupt::Interrupt;
 use crate::merge::{Merged, merge_traces};
 use crate::output::LiveOutput;
@@ -55,9 +55,11 @@ pub async fn run(
     tokio::pin!(stop);
     let lines = LineFormat::from(format);
     let mut lost_agents = 0;
+    let mut losses = LossLines::new("TCP events");
     loop {
         let item = tokio::select! {
             item = merged.next() => item,
+            () = losses.tick() => continue,
             () = &mut stop => break,
         };
         match item {
@@ -82,7 +84,7 @@ pub async fn run(
             }
             Some(Merged::Gap { node, lost, cause }) => {
                 session.timing.mark(&node, Step::FirstAnswer);
-                report_gap(out, lines, &node, lost, &cause, "TCP events")?;
+                report_gap(out, lines, &mut losses, &node, lost, &cause)?;
             }
             Some(Merged::AgentLost { node, error }) => {
                 lost_agents += 1;

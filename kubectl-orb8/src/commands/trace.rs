@@ -9,6 +9,7 @@
 
 use std::io::Write as _;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use futures::{FutureExt as _, Stream, StreamExt as _};
 use orb8_proto::{Event, StreamEventsRequest, event};
@@ -116,17 +117,125 @@ pub fn text_line(seen: Seen, time_nanos: i64, flow: &FlowRecord) -> String {
     line
 }
 
-/// Says a loss of `what` (`events`, `drop events`) on stderr and, in JSON and YAML, as a gap
-/// record in the output too (the `trace network`, `trace drops` and `trace tcp` streams).
+/// The longest a reported loss waits for its stderr line while more of the same kind come.
+const LOSS_LINE_EVERY: Duration = Duration::from_secs(1);
+
+/// Says losses of one trace's `what` (`events`, `drop events`) on stderr without flooding it:
+/// the first loss of a kind (node, stage and reason) at once, then at most one line a second
+/// per kind, summing what was lost since; a burst that loses events in many small gaps is a
+/// few lines, not hundreds. Sequence jumps (a bug somewhere) are said each time. What is still
+/// pending is said once due ([`LossLines::tick`], a branch of the trace's select loop, so a
+/// quiet stream still has its last loss said within a second or so), and always when this is
+/// dropped (the trace's end, an error included): nothing reported is left unsaid.
+pub struct LossLines {
+    what: &'static str,
+    pending: Vec<PendingLoss>,
+    tick: tokio::time::Interval,
+}
+
+struct PendingLoss {
+    node: String,
+    cause: GapCause,
+    lost: u64,
+    said_at: Instant,
+}
+
+impl LossLines {
+    /// Loss lines for a trace of `what`.
+    pub fn new(what: &'static str) -> Self {
+        let mut tick = tokio::time::interval(LOSS_LINE_EVERY / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        LossLines {
+            what,
+            pending: Vec::new(),
+            tick,
+        }
+    }
+
+    /// The lines to say now for a loss of `lost` at `now` (none while its kind waits).
+    fn report_at(&mut self, node: &str, lost: u64, cause: &GapCause, now: Instant) -> Vec<String> {
+        if matches!(cause, GapCause::SeqJump { .. }) {
+            return vec![cause.line(node, lost, self.what)];
+        }
+        match self
+            .pending
+            .iter_mut()
+            .find(|p| p.node == node && p.cause == *cause)
+        {
+            Some(p) if now.duration_since(p.said_at) < LOSS_LINE_EVERY => {
+                p.lost += lost;
+                Vec::new()
+            }
+            Some(p) => {
+                let line = cause.line(node, p.lost + lost, self.what);
+                p.lost = 0;
+                p.said_at = now;
+                vec![line]
+            }
+            None => {
+                self.pending.push(PendingLoss {
+                    node: node.to_string(),
+                    cause: cause.clone(),
+                    lost: 0,
+                    said_at: now,
+                });
+                vec![cause.line(node, lost, self.what)]
+            }
+        }
+    }
+
+    /// The lines of pending losses whose second is up at `now` (all of them with `all`).
+    fn due_at(&mut self, now: Instant, all: bool) -> Vec<String> {
+        let what = self.what;
+        self.pending
+            .iter_mut()
+            .filter(|p| p.lost > 0 && (all || now.duration_since(p.said_at) >= LOSS_LINE_EVERY))
+            .map(|p| {
+                let line = p.cause.line(&p.node, p.lost, what);
+                p.lost = 0;
+                p.said_at = now;
+                line
+            })
+            .collect()
+    }
+
+    /// Says a loss on stderr (now, or summed into its kind's next line).
+    pub fn report(&mut self, node: &str, lost: u64, cause: &GapCause) {
+        for line in self.report_at(node, lost, cause, Instant::now()) {
+            warn(&line);
+        }
+    }
+
+    /// Waits for the next check (four a second), then says the pending losses whose second
+    /// is up.
+    pub async fn tick(&mut self) {
+        self.tick.tick().await;
+        for line in self.due_at(Instant::now(), false) {
+            warn(&line);
+        }
+    }
+}
+
+impl Drop for LossLines {
+    fn drop(&mut self) {
+        for line in self.due_at(Instant::now(), true) {
+            warn(&line);
+        }
+    }
+}
+
+/// Reports a loss of a trace's events: on stderr through `losses` and, in JSON and YAML, as a
+/// gap record in the output too, one per gap (the `trace network`, `trace drops` and `trace
+/// tcp` streams).
 pub fn report_gap(
     out: &LiveOutput,
     format: LineFormat,
+    losses: &mut LossLines,
     node: &str,
     lost: u64,
     cause: &GapCause,
-    what: &str,
 ) -> std::io::Result<()> {
-    warn(&cause.line(node, lost, what));
+    losses.report(node, lost, cause);
     if format == LineFormat::Text {
         return Ok(());
     }
@@ -251,9 +360,11 @@ pub async fn network(
     tokio::pin!(stop);
 
     let mut lost_agents = 0;
+    let mut losses = LossLines::new("events");
     loop {
         let item = tokio::select! {
             item = merged.next() => item,
+            () = losses.tick() => continue,
             () = &mut stop => {
                 report_unprinted(&mut merged);
                 break;
@@ -269,7 +380,7 @@ pub async fn network(
                 }
             }
             Some(Merged::Gap { node, lost, cause }) => {
-                report_gap(out, format, &node, lost, &cause, "events")?;
+                report_gap(out, format, &mut losses, &node, lost, &cause)?;
             }
             Some(Merged::AgentLost { node, mut error }) => {
                 lost_agents += 1;
@@ -303,6 +414,66 @@ pub async fn network(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn losses_of_a_kind_are_said_at_once_then_summed_a_second_at_a_time() {
+        let slow = GapCause::Reported {
+            stage: orb8_proto::DropStage::Client,
+            reason: "slow_client".into(),
+        };
+        let ring = GapCause::Reported {
+            stage: orb8_proto::DropStage::Kernel,
+            reason: "ringbuf_full".into(),
+        };
+        let jump = GapCause::SeqJump {
+            expected: 4,
+            got: 9,
+        };
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut l = LossLines::new("events");
+        assert_eq!(
+            l.report_at("a", 3, &slow, at(0)),
+            vec!["a: 3 events lost (client stage, slow_client)"],
+            "the first of a kind at once"
+        );
+        assert!(l.report_at("a", 5, &slow, at(100)).is_empty());
+        assert!(l.report_at("a", 7, &slow, at(900)).is_empty());
+        assert_eq!(
+            l.report_at("b", 2, &slow, at(950)),
+            vec!["b: 2 events lost (client stage, slow_client)"],
+            "another node is another kind"
+        );
+        assert_eq!(
+            l.report_at("a", 1, &ring, at(960)),
+            vec!["a: 1 events lost (kernel stage, ringbuf_full)"],
+            "another reason is another kind"
+        );
+        assert_eq!(
+            l.report_at("a", 5, &jump, at(970)),
+            vec!["a: 5 events missing (sequence jumped from 4 to 9)"],
+            "sequence jumps are said each time"
+        );
+        assert!(l.due_at(at(990), false).is_empty(), "a's second is not up");
+        assert_eq!(
+            l.report_at("a", 1, &slow, at(1000)),
+            vec!["a: 13 events lost (client stage, slow_client)"],
+            "a second on, the loss and what waited: 5 + 7 + 1"
+        );
+        assert!(l.report_at("a", 4, &slow, at(1500)).is_empty());
+        assert_eq!(
+            l.due_at(at(2000), false),
+            vec!["a: 4 events lost (client stage, slow_client)"],
+            "pending losses are said when due, without a new loss"
+        );
+        assert!(l.report_at("b", 6, &slow, at(1900)).is_empty());
+        assert_eq!(
+            l.due_at(at(2200), true),
+            vec!["b: 6 events lost (client stage, slow_client)"],
+            "the end says everything pending"
+        );
+        assert!(l.due_at(at(5000), true).is_empty(), "and nothing twice");
+    }
 
     #[test]
     fn what_a_stopping_trace_leaves_unprinted_is_counted() {
