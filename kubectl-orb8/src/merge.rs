@@ -28,57 +28,31 @@ pub trait StreamMessage: Send + 'static {
         Self: Sized;
 }
 
-impl StreamMessage for Event {
-    fn seq(&self) -> u64 {
-        self.seq
-    }
-    fn into_item(self) -> Option<Result<Self, Gap>> {
-        match self.kind {
-            Some(event::Kind::Gap(gap)) => Some(Err(gap)),
-            Some(_) => Some(Ok(self)),
-            None => None,
+/// `StreamMessage` for a sequenced stream's message type whose `kind` oneof (in module
+/// `$kinds`) has a `Gap` variant.
+macro_rules! stream_message {
+    ($($message:ty => $kinds:ident),+ $(,)?) => {$(
+        impl StreamMessage for $message {
+            fn seq(&self) -> u64 {
+                self.seq
+            }
+            fn into_item(self) -> Option<Result<Self, Gap>> {
+                match self.kind {
+                    Some($kinds::Kind::Gap(gap)) => Some(Err(gap)),
+                    Some(_) => Some(Ok(self)),
+                    None => None,
+                }
+            }
         }
-    }
+    )+};
 }
 
-impl StreamMessage for DnsTraceEvent {
-    fn seq(&self) -> u64 {
-        self.seq
-    }
-    fn into_item(self) -> Option<Result<Self, Gap>> {
-        match self.kind {
-            Some(dns_trace_event::Kind::Gap(gap)) => Some(Err(gap)),
-            Some(_) => Some(Ok(self)),
-            None => None,
-        }
-    }
-}
-
-impl StreamMessage for DropTraceEvent {
-    fn seq(&self) -> u64 {
-        self.seq
-    }
-    fn into_item(self) -> Option<Result<Self, Gap>> {
-        match self.kind {
-            Some(drop_trace_event::Kind::Gap(gap)) => Some(Err(gap)),
-            Some(_) => Some(Ok(self)),
-            None => None,
-        }
-    }
-}
-
-impl StreamMessage for TcpTraceEvent {
-    fn seq(&self) -> u64 {
-        self.seq
-    }
-    fn into_item(self) -> Option<Result<Self, Gap>> {
-        match self.kind {
-            Some(tcp_trace_event::Kind::Gap(gap)) => Some(Err(gap)),
-            Some(_) => Some(Ok(self)),
-            None => None,
-        }
-    }
-}
+stream_message!(
+    Event => event,
+    DnsTraceEvent => dns_trace_event,
+    DropTraceEvent => drop_trace_event,
+    TcpTraceEvent => tcp_trace_event,
+);
 
 /// A message of a trace stream that opens with a `started` message (seq 1): drops, TCP and
 /// syscall traces.
@@ -89,35 +63,27 @@ pub trait TraceMessage: std::fmt::Debug + Sized {
     fn into_started(self) -> Result<Self::Started, Self>;
 }
 
-impl TraceMessage for DropTraceEvent {
-    type Started = DropTraceStarted;
-    fn into_started(self) -> Result<DropTraceStarted, Self> {
-        match self.kind {
-            Some(drop_trace_event::Kind::Started(s)) => Ok(s),
-            _ => Err(self),
+/// `TraceMessage` for a trace's message type whose `kind` oneof (in module `$kinds`) has a
+/// `Started($started)` variant.
+macro_rules! trace_message {
+    ($($message:ty => $kinds:ident, $started:ty);+ $(;)?) => {$(
+        impl TraceMessage for $message {
+            type Started = $started;
+            fn into_started(self) -> Result<$started, Self> {
+                match self.kind {
+                    Some($kinds::Kind::Started(s)) => Ok(s),
+                    _ => Err(self),
+                }
+            }
         }
-    }
+    )+};
 }
 
-impl TraceMessage for TcpTraceEvent {
-    type Started = TcpTraceStarted;
-    fn into_started(self) -> Result<TcpTraceStarted, Self> {
-        match self.kind {
-            Some(tcp_trace_event::Kind::Started(s)) => Ok(s),
-            _ => Err(self),
-        }
-    }
-}
-
-impl TraceMessage for SyscallTraceEvent {
-    type Started = SyscallTraceStarted;
-    fn into_started(self) -> Result<SyscallTraceStarted, Self> {
-        match self.kind {
-            Some(syscall_trace_event::Kind::Started(s)) => Ok(s),
-            _ => Err(self),
-        }
-    }
-}
+trace_message!(
+    DropTraceEvent => drop_trace_event, DropTraceStarted;
+    TcpTraceEvent => tcp_trace_event, TcpTraceStarted;
+    SyscallTraceEvent => syscall_trace_event, SyscallTraceStarted;
+);
 
 /// One item of a merged stream (of flow events unless said otherwise).
 #[derive(Debug, Clone, PartialEq)]
