@@ -537,6 +537,40 @@ fn e2e_documented_rbac_is_enough_and_a_killed_sessions_pod_goes_with_the_next_co
     assert_eq!(e.session_pods(&next), Vec::<String>::new());
 }
 
+/// Runs `kubectl orb8 ARGS -o json` (a trace with `--duration`) in `session`, pokes `sender`
+/// once stderr says `started` (the trace's header line), and returns its NDJSON records; the
+/// trace must succeed and report no loss.
+fn trace_around_a_poke(
+    e: &E2e,
+    session: &str,
+    args: &[&str],
+    started: &str,
+    sender: (&str, &str),
+) -> Vec<Value> {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["-o", "json"]);
+    let mut child = e
+        .orb8(session, &all)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning kubectl-orb8");
+    let mut stderr = Lines::of(&mut child);
+    stderr.wait_for(started, POD_START, |l| l.starts_with(started));
+    e.poke(sender.0, sender.1, 7000);
+    let out = child.wait_with_output().expect("waiting for kubectl-orb8");
+    let stderr = stderr.rest();
+    assert!(out.status.success(), "{args:?} failed: {stderr}");
+    assert!(
+        !stderr.contains("lost"),
+        "{args:?} reported losses: {stderr}"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|err| panic!("not JSON ({err}): {l:?}")))
+        .collect()
+}
+
 #[test]
 fn e2e_trace_drops_counts_datagrams_to_a_closed_port_by_reason_and_pod() {
     let Some(mut e) = E2e::new("drops") else {
@@ -549,41 +583,13 @@ fn e2e_trace_drops_counts_datagrams_to_a_closed_port_by_reason_and_pod() {
     let node = e.node_of(&r, "receiver");
     e.pod_on(&s, "sender", &udp_sender(&receiver_ip), Some(&node));
     let session = e.session("d");
-    let mut child = e
-        .orb8(
-            &session,
-            &[
-                "-n",
-                &r,
-                "trace",
-                "drops",
-                "--summary",
-                "-o",
-                "json",
-                "--duration",
-                "6s",
-            ],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning kubectl-orb8");
-    let mut stderr = Lines::of(&mut child);
-    stderr.wait_for("the drop trace to start", POD_START, |l| {
-        l.starts_with("orb8: tracing drops on 1 agent")
-    });
-    e.poke(&s, "sender", 7000);
-    let out = child.wait_with_output().expect("waiting for kubectl-orb8");
-    let stderr = stderr.rest();
-    assert!(out.status.success(), "trace drops failed: {stderr}");
-    assert!(
-        !stderr.contains("lost"),
-        "trace drops reported losses: {stderr}"
+    let rows = trace_around_a_poke(
+        &e,
+        &session,
+        &["-n", &r, "trace", "drops", "--summary", "--duration", "6s"],
+        "orb8: tracing drops on 1 agent",
+        (&s, "sender"),
     );
-    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|err| panic!("not JSON ({err}): {l:?}")))
-        .collect();
     let (sender, receiver) = (format!("{s}/sender"), format!("{r}/receiver"));
     let ours: Vec<&Value> = rows
         .iter()
@@ -629,31 +635,13 @@ fn e2e_trace_tcp_names_both_pods_of_a_connection_and_a_refusal() {
     let node = e.node_of(&r, "server");
     e.pod_on(&s, "client", &tcp_client(&server_ip), Some(&node));
     let session = e.session("t");
-    let mut child = e
-        .orb8(
-            &session,
-            &["-n", &s, "trace", "tcp", "-o", "json", "--duration", "8s"],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning kubectl-orb8");
-    let mut stderr = Lines::of(&mut child);
-    stderr.wait_for("the TCP trace to start", POD_START, |l| {
-        l.starts_with("orb8: tracing TCP on 1 agent")
-    });
-    e.poke(&s, "client", 7000);
-    let out = child.wait_with_output().expect("waiting for kubectl-orb8");
-    let stderr = stderr.rest();
-    assert!(out.status.success(), "trace tcp failed: {stderr}");
-    assert!(
-        !stderr.contains("lost"),
-        "trace tcp reported losses: {stderr}"
+    let lines = trace_around_a_poke(
+        &e,
+        &session,
+        &["-n", &s, "trace", "tcp", "--duration", "8s"],
+        "orb8: tracing TCP on 1 agent",
+        (&s, "client"),
     );
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|err| panic!("not JSON ({err}): {l:?}")))
-        .collect();
     let (client, server) = (format!("{s}/client"), format!("{r}/server"));
     // The client's side of each connection, in order: the kinds, and how the closes ended.
     let client_side = |port: u64| -> Vec<(String, String)> {
