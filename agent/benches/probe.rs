@@ -8,10 +8,7 @@
 
 use std::time::Instant;
 
-use orb8_agent::{
-    flows,
-    probes::{AttachMode, ProbeConfig, Probes},
-};
+use orb8_agent::probes::{AttachMode, ProbeConfig, Probes};
 use orb8_common::names;
 
 fn frame(sport: u16, dport: u16) -> Vec<u8> {
@@ -56,6 +53,7 @@ fn main() {
     let flows_wanted: u32 = 100_000;
     let (mut p, maps) = Probes::load(&ProbeConfig {
         flow_map_entries: 131_072,
+        flow_map_entries_v6: 32_768,
         ringbuf_bytes: 1 << 24,
         mode: AttachMode::detect(),
         dns_ports: orb8_common::dns::DnsPorts::DEFAULT,
@@ -79,7 +77,7 @@ fn main() {
     }
     let fill = t.elapsed();
     let t = Instant::now();
-    let table = flows::read_flows(&maps.flows);
+    let table = maps.flows.read();
     let read = t.elapsed();
     let after = rss_kib();
     println!(

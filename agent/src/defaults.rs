@@ -11,8 +11,14 @@ pub const IDLE_TIMEOUT: &str = "60s";
 /// How often the idle watchdog looks at the connection count (or the idle timeout, if shorter).
 pub const IDLE_CHECK: Duration = Duration::from_millis(100);
 
-/// `--flow-map-size`: flow table capacity (entries).
+/// `--flow-map-size`: IPv4 flow table capacity (entries).
 pub const FLOW_MAP_ENTRIES: u32 = 65536;
+/// `--flow-map-size-v6`, when not given: this fraction of `--flow-map-size`, at least
+/// [`MIN_FLOW_MAP_V6`] (both tables are preallocated in the kernel, per CPU: a full-size IPv6
+/// table would double the kernel memory of IPv4-only clusters).
+pub const FLOW_MAP_V6_DIVISOR: u32 = 4;
+/// The smallest default IPv6 flow table.
+pub const MIN_FLOW_MAP_V6: u32 = 1024;
 /// `--ringbuf-size`: bytes of the new-flow ring buffer.
 pub const RINGBUF_BYTES: u32 = 1 << 20;
 /// The smallest ring buffer the kernel accepts: one page.

@@ -1,8 +1,10 @@
 //! Reading the kernel's flow table: per-CPU copies summed into one record per flow.
 //!
-//! The agent never deletes from the table, so the flows the kernel evicted (the table is an LRU
-//! of `--flow-map-size` entries) are exactly `flows_created - live entries`; the agent reports
-//! that number with every snapshot.
+//! The kernel keeps two tables: IPv4 flows by a 20-byte key (`FLOWS4`, `--flow-map-size`
+//! entries) and every other flow by the full key (`FLOWS`, `--flow-map-size-v6` entries); this
+//! module reads both as one. The agent never deletes from them, so the flows the kernel evicted
+//! (each table is an LRU) are exactly `flows_created - live entries`; the agent reports that
+//! number with every snapshot.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -10,7 +12,7 @@ use std::{
 };
 
 use aya::maps::{MapData, PerCpuHashMap};
-use orb8_common::{FlowKey, FlowStats, direction, family, key_flags};
+use orb8_common::{FlowKey, FlowKey4, FlowStats, direction, family, key_flags};
 use orb8_flowspec::Direction;
 
 /// One aggregated flow, as read from the kernel.
@@ -75,31 +77,71 @@ pub fn sum_per_cpu(values: &[FlowStats]) -> FlowStats {
     out
 }
 
-/// Reads every flow of the table. Entries evicted or deleted while iterating are skipped.
-pub fn read_flows(map: &PerCpuHashMap<MapData, FlowKey, FlowStats>) -> Vec<Flow> {
-    map.iter()
-        .filter_map(Result::ok)
-        .map(|(key, values)| Flow {
-            key,
-            stats: sum_per_cpu(&values),
-        })
-        .collect()
+/// The kernel's two flow tables.
+pub struct FlowTables {
+    /// IPv4 flows (`FLOWS4`).
+    pub v4: PerCpuHashMap<MapData, FlowKey4, FlowStats>,
+    /// Every other flow (`FLOWS`).
+    pub other: PerCpuHashMap<MapData, FlowKey, FlowStats>,
 }
 
-/// Converts the kernel's boot-time nanoseconds (`bpf_ktime_get_boot_ns`) to wall-clock time.
+impl FlowTables {
+    /// Reads every flow of both tables, IPv4 keys in their full form. Entries evicted or
+    /// deleted while iterating are skipped.
+    pub fn read(&self) -> Vec<Flow> {
+        let v4 = self
+            .v4
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, values)| Flow {
+                key: k.key(),
+                stats: sum_per_cpu(&values),
+            });
+        let other = self
+            .other
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, values)| Flow {
+                key,
+                stats: sum_per_cpu(&values),
+            });
+        v4.chain(other).collect()
+    }
+
+    /// How many flows both tables hold, walking their keys only (no per-CPU value is copied).
+    pub fn count(&self) -> u64 {
+        (self.v4.keys().filter(Result::is_ok).count()
+            + self.other.keys().filter(Result::is_ok).count()) as u64
+    }
+}
+
+/// Converts a kernel clock's nanoseconds to wall-clock time: boot time
+/// (`bpf_ktime_get_boot_ns`, every probe but the flow tables; [`BootClock::now`]) or monotonic
+/// time (`bpf_ktime_get_coarse_ns`, the flow tables' first/last seen and new-flow events;
+/// [`BootClock::monotonic`]).
 #[derive(Clone, Copy, Debug)]
 pub struct BootClock {
-    /// Wall-clock time of boot, in nanoseconds since the epoch.
+    /// Wall-clock time of the clock's zero, in nanoseconds since the epoch.
     boot_epoch_ns: i128,
 }
 
 impl BootClock {
     /// Reads `CLOCK_REALTIME` and `CLOCK_BOOTTIME` now.
     pub fn now() -> Self {
+        Self::of(libc::CLOCK_BOOTTIME)
+    }
+
+    /// Reads `CLOCK_REALTIME` and `CLOCK_MONOTONIC` now: for the flow tables' coarse
+    /// timestamps (`CLOCK_MONOTONIC_COARSE` counts from the same zero, by ticks).
+    pub fn monotonic() -> Self {
+        Self::of(libc::CLOCK_MONOTONIC)
+    }
+
+    fn of(clock: libc::clockid_t) -> Self {
         let real = clock_ns(libc::CLOCK_REALTIME);
-        let boot = clock_ns(libc::CLOCK_BOOTTIME);
+        let kernel = clock_ns(clock);
         BootClock {
-            boot_epoch_ns: real - boot,
+            boot_epoch_ns: real - kernel,
         }
     }
 

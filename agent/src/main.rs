@@ -99,9 +99,13 @@ struct ProbeArgs {
     /// How to attach TC programs: tcx (kernel >= 6.6), tc (clsact filters) or auto.
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     attach: Mode,
-    /// Flow table capacity; least recently updated flows are evicted (and counted) beyond it.
+    /// IPv4 flow table capacity; least recently updated flows are evicted (and counted) beyond it.
     #[arg(long, default_value_t = defaults::FLOW_MAP_ENTRIES, value_name = "ENTRIES", env = "ORB8_FLOW_MAP_SIZE")]
     flow_map_size: u32,
+    /// Capacity of the table of every other flow (IPv6) [default: a quarter of --flow-map-size,
+    /// at least 1024].
+    #[arg(long, value_name = "ENTRIES", env = "ORB8_FLOW_MAP_SIZE_V6")]
+    flow_map_size_v6: Option<u32>,
     /// Ring buffer size in bytes for new-flow events (power of two, at least one page).
     #[arg(long, default_value_t = defaults::RINGBUF_BYTES, value_name = "BYTES")]
     ringbuf_size: u32,
@@ -154,6 +158,9 @@ impl ProbeArgs {
         if self.flow_map_size == 0 {
             anyhow::bail!("--flow-map-size must be at least 1");
         }
+        if self.flow_map_size_v6 == Some(0) {
+            anyhow::bail!("--flow-map-size-v6 must be at least 1");
+        }
         let mut dns_ports = orb8_common::dns::DnsPorts::DEFAULT;
         let mut extra: Vec<u16> = self
             .dns_ports
@@ -184,6 +191,11 @@ impl ProbeArgs {
             rescan: Duration::from_millis(self.rescan_ms).max(defaults::MIN_RESCAN),
             probe: ProbeConfig {
                 flow_map_entries: self.flow_map_size,
+                flow_map_entries_v6: self.flow_map_size_v6.unwrap_or_else(|| {
+                    (self.flow_map_size / defaults::FLOW_MAP_V6_DIVISOR)
+                        .max(defaults::MIN_FLOW_MAP_V6)
+                        .min(self.flow_map_size)
+                }),
                 ringbuf_bytes: self.ringbuf_size,
                 mode: match self.attach {
                     Mode::Auto => AttachMode::detect(),

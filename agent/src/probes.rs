@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{MapData, PerCpuArray, RingBuf},
     programs::{
         SchedClassifier, TcAttachType,
         links::{Link as _, LinkOrder},
@@ -19,7 +19,7 @@ use aya::{
 };
 /// The DNS ports of [`ProbeConfig::dns_ports`].
 pub use orb8_common::dns::DnsPorts;
-use orb8_common::{FlowKey, FlowStats, counter, names};
+use orb8_common::{counter, names};
 
 use crate::{clsact, interfaces::Selected};
 
@@ -53,8 +53,10 @@ impl AttachMode {
 /// Sizes of the kernel maps, fixed at load time.
 #[derive(Clone, Copy, Debug)]
 pub struct ProbeConfig {
-    /// Flow table capacity; the least recently updated flow is evicted beyond it.
+    /// IPv4 flow table capacity; the least recently updated flow is evicted beyond it.
     pub flow_map_entries: u32,
+    /// Capacity of the table of every other flow (IPv6).
+    pub flow_map_entries_v6: u32,
     /// Ring buffer size in bytes (a power-of-two multiple of the page size).
     pub ringbuf_bytes: u32,
     /// How to attach.
@@ -124,8 +126,8 @@ pub struct Probes {
 
 /// The maps the agent reads, taken out of the object so they can live in their own tasks.
 pub struct Maps {
-    /// Per-CPU LRU flow table.
-    pub flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
+    /// Per-CPU LRU flow tables (IPv4, and the rest).
+    pub flows: crate::flows::FlowTables,
     /// New-flow events.
     pub events: RingBuf<MapData>,
     /// Per-CPU counters: one entry, an array indexed by `orb8_common::counter`.
@@ -147,7 +149,8 @@ impl Probes {
         // kernel without /sys/kernel/btf/vmlinux.
         let mut ebpf = EbpfLoader::new()
             .btf(None)
-            .map_max_entries(names::FLOWS, config.flow_map_entries)
+            .map_max_entries(names::FLOWS4, config.flow_map_entries)
+            .map_max_entries(names::FLOWS, config.flow_map_entries_v6)
             .map_max_entries(names::EVENTS, config.ringbuf_bytes)
             .map_max_entries(names::DNS_EVENTS, crate::defaults::DNS_RINGBUF_BYTES)
             .override_global(names::DNS_PORTS, &config.dns_ports, true)
@@ -170,7 +173,10 @@ impl Probes {
                 source,
             })?;
         }
-        let flows = take_map(&mut ebpf, names::FLOWS)?;
+        let flows = crate::flows::FlowTables {
+            v4: take_map(&mut ebpf, names::FLOWS4)?,
+            other: take_map(&mut ebpf, names::FLOWS)?,
+        };
         let events = take_map(&mut ebpf, names::EVENTS)?;
         let counters = take_map(&mut ebpf, names::COUNTERS)?;
         let dns = take_map(&mut ebpf, names::DNS_EVENTS)?;

@@ -192,8 +192,8 @@ impl Line {
                 packets: f.stats.packets,
                 bytes: f.stats.bytes,
                 tcp_flags: tcp_flag_letters(f.stats.tcp_flags.into()),
-                first_seen: rfc3339(&agent.clock, f.stats.first_seen_ns),
-                last_seen: rfc3339(&agent.clock, f.stats.last_seen_ns),
+                first_seen: rfc3339(&agent.flow_clock, f.stats.first_seen_ns),
+                last_seen: rfc3339(&agent.flow_clock, f.stats.last_seen_ns),
             })
             .collect();
         flows.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.packets.cmp(&a.packets)));
@@ -268,7 +268,7 @@ impl Line {
 
 fn new_flow(agent: &Agent, e: &Event) -> Line {
     Line::NewFlow {
-        time: rfc3339(&agent.clock, e.ts_ns),
+        time: rfc3339(&agent.flow_clock, e.ts_ns),
         id: FlowId::new(agent, &e.key),
         bytes: e.bytes,
         tcp_flags: tcp_flag_letters(e.tcp_flags.into()),

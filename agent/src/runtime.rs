@@ -18,8 +18,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
-use orb8_common::{Event, FlowKey, FlowStats, counter};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use orb8_common::{Event, counter};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::broadcast,
@@ -114,7 +114,7 @@ pub struct Snapshot {
 /// The running agent.
 pub struct Agent {
     probes: Mutex<Probes>,
-    flows: Mutex<PerCpuHashMap<MapData, FlowKey, FlowStats>>,
+    flows: Mutex<flows::FlowTables>,
     counters: Mutex<PerCpuArray<MapData, [u64; counter::COUNT as usize]>>,
     interfaces: Mutex<Vec<Selected>>,
     /// Names and roles of every interface attached so far, so flows of removed ones keep them.
@@ -126,8 +126,10 @@ pub struct Agent {
     dns_events: broadcast::Sender<dns::Exchange>,
     /// Userspace counters.
     pub stats: AgentStats,
-    /// Converts kernel timestamps to wall-clock time.
+    /// Converts kernel boot-time timestamps to wall-clock time.
     pub clock: BootClock,
+    /// Converts the flow tables' (monotonic) timestamps to wall-clock time.
+    pub flow_clock: BootClock,
     /// The syscall tracer, loaded only while a client traces syscalls.
     pub syscalls: Arc<crate::syscalls::SyscallTracer>,
     /// The packet drop tracer, loaded only while a client traces drops.
@@ -178,6 +180,7 @@ impl Agent {
             dns_events,
             stats: AgentStats::default(),
             clock: BootClock::now(),
+            flow_clock: BootClock::monotonic(),
             syscalls: Arc::default(),
             drops: Arc::default(),
             tcp: Arc::default(),
@@ -379,13 +382,7 @@ impl Agent {
     /// [`Agent::snapshot`]), with the evictions. Walks the table's keys only: no per-CPU value
     /// is copied out, which is what makes `GetStatus` cheap on a full table.
     pub fn flow_count(&self) -> (u64, [u64; counter::COUNT as usize], u64) {
-        let flows = self
-            .flows
-            .lock()
-            .expect("flows lock")
-            .keys()
-            .filter(Result::is_ok)
-            .count() as u64;
+        let flows = self.flows.lock().expect("flows lock").count();
         let counters = self.counters();
         let evicted = counters[counter::FLOWS_CREATED as usize].saturating_sub(flows);
         (flows, counters, evicted)
@@ -394,7 +391,7 @@ impl Agent {
     /// Reads the flow table and the counters. Counters are read after the table, so a flow
     /// created during the read is never mistaken for an eviction.
     pub fn snapshot(&self) -> Snapshot {
-        let flows = flows::read_flows(&self.flows.lock().expect("flows lock"));
+        let flows = self.flows.lock().expect("flows lock").read();
         let counters = self.counters();
         let flows_evicted =
             counters[counter::FLOWS_CREATED as usize].saturating_sub(flows.len() as u64);

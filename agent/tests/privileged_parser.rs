@@ -3,7 +3,7 @@
 //! SCTP, GSO super-packets). Each test loads its own copy of the programs and maps.
 
 use orb8_agent::{
-    flows::{self, Flow},
+    flows::Flow,
     probes::{AttachMode, Maps, ProbeConfig, Probes},
 };
 use orb8_common::{counter, names};
@@ -17,6 +17,7 @@ fn load() -> (Probes, Maps) {
     );
     Probes::load(&ProbeConfig {
         flow_map_entries: 1024,
+        flow_map_entries_v6: 1024,
         ringbuf_bytes: 1 << 16,
         mode: AttachMode::detect(),
         dns_ports: orb8_common::dns::DnsPorts::DEFAULT,
@@ -84,7 +85,7 @@ fn run(p: &mut Probes, program: &'static str, frame: &[u8], ctx: Option<&[u8]>) 
 }
 
 fn only_flow(maps: &Maps) -> Flow {
-    let all = flows::read_flows(&maps.flows);
+    let all = maps.flows.read();
     assert_eq!(all.len(), 1, "{all:#?}");
     all.into_iter().next().unwrap()
 }
@@ -170,7 +171,7 @@ fn privileged_sctp_ports_and_unknown_protocols() {
         &eth(&[], 0x0800, &ipv4(47, &[0u8; 24], 0)),
         None,
     );
-    let mut all = flows::read_flows(&maps.flows);
+    let mut all = maps.flows.read();
     all.sort_by_key(|f| f.key.protocol);
     let got: Vec<_> = all
         .iter()

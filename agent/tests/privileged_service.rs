@@ -48,6 +48,7 @@ async fn start(idle: Duration) -> Running {
         rescan: Duration::from_millis(250),
         probe: ProbeConfig {
             flow_map_entries: 65536,
+            flow_map_entries_v6: 16384,
             ringbuf_bytes: 1 << 22,
             mode: AttachMode::detect(),
             dns_ports: orb8_common::dns::DnsPorts::DEFAULT,

@@ -156,7 +156,12 @@ impl Flows {
 /// A kernel flow as the wire carries it, with the role of its interface and the process
 /// behind its veth when known.
 fn wire_flow(agent: &Agent, node: &str, f: &Flow) -> pb::Flow {
-    let mut w = convert::flow(node, agent.interface_name(f.key.ifindex), f, &agent.clock);
+    let mut w = convert::flow(
+        node,
+        agent.interface_name(f.key.ifindex),
+        f,
+        &agent.flow_clock,
+    );
     describe_interface(agent, f.key.ifindex, &mut w);
     w
 }
@@ -264,7 +269,7 @@ impl Feed for FlowFeed {
                     out.node(),
                     self.agent.interface_name(e.key.ifindex),
                     &e,
-                    &self.agent.clock,
+                    &self.agent.flow_clock,
                 );
                 describe_interface(&self.agent, e.key.ifindex, &mut f);
                 if !self.matcher.matches(&f) {

@@ -4,7 +4,10 @@
 //! protocol test and the port compares. Messages sent, cut and lost are counted in `COUNTERS`.
 
 use aya_ebpf::{
-    helpers::generated::bpf_skb_load_bytes, macros::map, maps::RingBuf, programs::TcContext,
+    helpers::generated::{bpf_ktime_get_boot_ns, bpf_skb_load_bytes},
+    macros::map,
+    maps::RingBuf,
+    programs::TcContext,
 };
 use orb8_common::{
     counter,
@@ -41,7 +44,7 @@ fn is_dns(pkt: &Packet) -> bool {
 
 /// Hands the packet's payload to the agent when it is a DNS message.
 #[inline(always)]
-pub fn observe(ctx: &TcContext, c: &mut Counters, pkt: &Packet, now: u64) {
+pub fn observe(ctx: &TcContext, c: &mut Counters, pkt: &Packet) {
     if (pkt.key.protocol != IPPROTO_UDP && pkt.key.protocol != IPPROTO_TCP)
         || pkt.payload_len == 0
         || !is_dns(pkt)
@@ -67,6 +70,9 @@ pub fn observe(ctx: &TcContext, c: &mut Counters, pkt: &Packet, now: u64) {
         core::ptr::read_volatile(&slot)
     };
     let len = ((len.wrapping_sub(1)) & (MAX_PAYLOAD as u32 - 1)) + 1;
+    // The precise clock: a DNS answer's latency is the difference of two of these.
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points at the reserved entry, `len` bytes fit in its payload; the helper
     // checks the packet range itself.

@@ -3,7 +3,7 @@
 //! `orb8_tc_ingress` / `orb8_tc_egress` run on the TC hooks (TCX links, or clsact filters on
 //! kernels before 6.6). They parse Ethernet (one 802.1Q/802.1ad tag), IPv4 (options) and IPv6
 //! (extension headers), then TCP, UDP, SCTP, ICMP and ICMPv6, and aggregate packets and IP-layer
-//! bytes per flow in the per-CPU LRU hash `FLOWS`. A flow's first packet also sends an [`Event`]
+//! bytes per flow in a per-CPU LRU hash: `FLOWS4` for IPv4 (a 20-byte key), `FLOWS` for the rest. A flow's first packet also sends an [`Event`]
 //! through the ring buffer `EVENTS`; a DNS message's payload goes through `DNS_EVENTS` (see
 //! `dns`). Every packet not accounted to a flow, and every event not
 //! sent, is counted in the per-CPU array `COUNTERS`. The programs only observe: they always return
@@ -20,20 +20,25 @@ mod parse;
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::generated::bpf_ktime_get_boot_ns,
+    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::{classifier, map},
     maps::{LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
-use orb8_common::{Event, FlowKey, FlowStats, counter, direction, event_kind};
+use orb8_common::{Event, FlowKey, FlowKey4, FlowStats, counter, direction, event_kind};
 
 /// Observe only: the next TCX program, or the next clsact filter, decides the packet's fate.
 const TC_ACT_UNSPEC: i32 = -1;
 const EEXIST: i64 = 17;
 
-/// Flow table. The size is a default: the agent sets `max_entries` before loading.
+/// Flow table of every flow but IPv4 ones. The size is a default: the agent sets `max_entries`
+/// before loading.
 #[map(name = "FLOWS")]
 static FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> = LruPerCpuHashMap::with_max_entries(65536, 0);
+
+/// Flow table of IPv4 flows, by their 20-byte key (most traffic: less to hash per packet).
+#[map(name = "FLOWS4")]
+static FLOWS4: LruPerCpuHashMap<FlowKey4, FlowStats> = LruPerCpuHashMap::with_max_entries(65536, 0);
 
 /// New-flow events. The agent may resize it before loading (a power-of-two number of pages).
 #[map(name = "EVENTS")]
@@ -98,11 +103,32 @@ fn observe(ctx: &TcContext, dir: u8) {
     let d = (dir == direction::EGRESS) as u32;
     add_to(c, counter::PACKETS_INGRESS + d, pkt.packets);
     add_to(c, counter::BYTES_INGRESS + d, pkt.bytes);
+    // A coarse clock (the kernel's tick; no clock source read) is enough for a flow's first and
+    // last packet; DNS latencies read the precise clock themselves.
     // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    dns::observe(ctx, c, &pkt, now);
-    if add(&pkt, now) {
-        return;
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    dns::observe(ctx, c, &pkt);
+    let created = match FlowKey4::of(&pkt.key) {
+        Some(k4) => account(c, &FLOWS4, &k4, &pkt, now),
+        None => account(c, &FLOWS, &pkt.key, &pkt, now),
+    };
+    if created {
+        emit_new_flow(c, &pkt, now);
+    }
+}
+
+/// Adds the packet to its flow in `map`, creating the entry on the flow's first packet (then
+/// true: the flow is new).
+#[inline(always)]
+fn account<K>(
+    c: &mut Counters,
+    map: &LruPerCpuHashMap<K, FlowStats>,
+    key: &K,
+    pkt: &parse::Packet,
+    now: u64,
+) -> bool {
+    if add(map, key, pkt, now) {
+        return false;
     }
     let stats = FlowStats {
         packets: pkt.packets,
@@ -112,25 +138,29 @@ fn observe(ctx: &TcContext, dir: u8) {
         tcp_flags: pkt.tcp_flags,
         _pad: [0; 7],
     };
-    match FLOWS.insert(&pkt.key, &stats, BPF_NOEXIST as u64) {
+    match map.insert(key, &stats, BPF_NOEXIST as u64) {
         Ok(()) => {
             count(c, counter::FLOWS_CREATED);
-            emit_new_flow(c, &pkt, now);
+            true
         }
         // Another CPU inserted the flow between our lookup and insert: add to its entry.
         Err(e) if e as i64 == -EEXIST => {
-            if !add(&pkt, now) {
+            if !add(map, key, pkt, now) {
                 count(c, counter::FLOW_INSERT_FAILED);
             }
+            false
         }
-        Err(_) => count(c, counter::FLOW_INSERT_FAILED),
+        Err(_) => {
+            count(c, counter::FLOW_INSERT_FAILED);
+            false
+        }
     }
 }
 
 /// Adds the packet to its flow's entry for this CPU; false when the flow is not in the table.
 #[inline(always)]
-fn add(pkt: &parse::Packet, now: u64) -> bool {
-    let Some(v) = FLOWS.get_ptr_mut(&pkt.key) else {
+fn add<K>(map: &LruPerCpuHashMap<K, FlowStats>, key: &K, pkt: &parse::Packet, now: u64) -> bool {
+    let Some(v) = map.get_ptr_mut(key) else {
         return false;
     };
     // SAFETY: per-CPU value of this CPU; TC programs run with migration disabled.

@@ -30,6 +30,7 @@ pub async fn agent(token: &'static str) -> (Arc<Agent>, Client) {
         rescan: Duration::from_secs(5),
         probe: ProbeConfig {
             flow_map_entries: 1024,
+            flow_map_entries_v6: 1024,
             ringbuf_bytes: 1 << 16,
             mode: AttachMode::detect(),
             dns_ports: DnsPorts::DEFAULT,
