@@ -4,7 +4,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStderr, ChildStdout, Command, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
@@ -157,6 +157,21 @@ impl Running {
                 running.what
             ),
         }
+    }
+
+    /// Spawns `cmd` with stdout and stderr piped and handed back, for a caller that reads them
+    /// itself; stopped and reaped on drop like any [`Running`].
+    pub fn spawn_piped(mut cmd: Command) -> anyhow::Result<(Running, ChildStdout, ChildStderr)> {
+        let what = format!("{cmd:?}");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {what}"))?;
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        Ok((Running { child, what }, out, err))
     }
 
     /// The child's PID.
