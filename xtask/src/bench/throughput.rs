@@ -390,11 +390,10 @@ fn burst_flow(v: &Value, src: &str, ports: std::ops::RangeInclusive<u64>) -> Opt
 /// The first number of a stderr line's message (`orb8: warning: NODE: 12 events lost ...`).
 fn count_in(line: &str) -> u64 {
     let msg = line.strip_prefix("orb8: warning: ").unwrap_or(line);
-    // After `NODE: ` when the message names a node.
-    let msg = msg.split_once(": ").map_or(msg, |(_, rest)| rest);
-    msg.split_whitespace()
-        .next()
-        .and_then(|w| w.parse().ok())
+    let first = |m: &str| m.split_whitespace().next()?.parse().ok();
+    // The message's first word, or the first after `NODE: ` when it names a node.
+    first(msg)
+        .or_else(|| first(msg.split_once(": ")?.1))
         .unwrap_or(0)
 }
 
