@@ -117,6 +117,43 @@ fn watchers(ctx: &Ctx, tcpdump_snaplen: bool) -> Vec<(String, String, Watcher)> 
     v
 }
 
+/// Packets captured and dropped by the kernel, as tcpdump says on its way out (`N packets
+/// captured`, `N packets dropped by kernel`); `None` for other output.
+fn tcpdump_counts(stderr: &[String]) -> Option<(u64, u64)> {
+    let find = |what: &str| {
+        stderr
+            .iter()
+            .find_map(|l| l.strip_suffix(what)?.trim().parse::<u64>().ok())
+    };
+    Some((
+        find(" packets captured")?,
+        find(" packets dropped by kernel")?,
+    ))
+}
+
+/// What the captures said over a scenario's runs: per variant, packets captured and dropped.
+#[derive(Default, Clone)]
+struct Captured(Option<(u64, u64)>);
+
+impl Captured {
+    fn add(&mut self, stderr: &[String]) {
+        if let Some((c, d)) = tcpdump_counts(stderr) {
+            let (tc, td) = self.0.get_or_insert((0, 0));
+            *tc += c;
+            *td += d;
+        }
+    }
+
+    /// A note for the variant `name`, when it was a tcpdump.
+    fn note(&self, name: &str) -> Option<String> {
+        let (c, d) = self.0?;
+        Some(format!(
+            "{name}: {c} packets captured and {d} dropped by the kernel over all its runs (what \
+             tcpdump said when stopped)."
+        ))
+    }
+}
+
 /// One packet-rate run: datagrams sent and received, over the sender's seconds.
 struct Pps {
     sent: u64,
@@ -218,13 +255,19 @@ pub fn udp_pps(ctx: &Ctx) -> anyhow::Result<Section> {
     let topo = Topology::new(1);
     let variants = watchers(ctx, true);
     let mut samples = vec![(Sample::default(), Sample::default()); variants.len()];
+    let mut captured = vec![Captured::default(); variants.len()];
     let (mut all_sent, mut all_received) = (0u64, 0u64);
     for round in 0..ctx.rounds {
-        for ((name, _, watch), s) in variants.iter().zip(samples.iter_mut()) {
+        for (((name, _, watch), s), cap) in variants
+            .iter()
+            .zip(samples.iter_mut())
+            .zip(captured.iter_mut())
+        {
             eprintln!("bench: udp-pps: round {} {name}", round + 1);
             let watcher = watch(&topo)?;
-            let r = udp_run(&topo, dur, max)?;
-            drop(watcher);
+            let r = udp_run(&topo, dur, max);
+            cap.add(&watcher.map(Running::stop).unwrap_or_default());
+            let r = r?;
             all_sent += r.sent;
             all_received += r.received;
             s.0.push(r.sent as f64 / r.secs);
@@ -232,6 +275,24 @@ pub fn udp_pps(ctx: &Ctx) -> anyhow::Result<Section> {
         }
     }
     let secs = dur.as_secs_f64();
+    let mut notes: Vec<String> = variants
+        .iter()
+        .zip(&captured)
+        .filter_map(|((name, _, _), c)| c.note(name))
+        .collect();
+    notes.push(if all_sent == all_received {
+        format!(
+            "Over all runs {all_sent} datagrams were sent and every one was received: the veth \
+             delivers in the sender's own context, so the sender's rate is the path's rate."
+        )
+    } else {
+        format!("Over all runs {all_sent} datagrams were sent and {all_received} received.")
+    });
+    notes.push(
+        "Aim: >= 0.95x of no capture with the orb8 agent attached (tcpdump 0.84x, `-s 96` 0.85x \
+         measured when issue 11 was filed)."
+            .into(),
+    );
     Ok(Section {
         title: "64 B UDP packets per second through a traced veth".into(),
         method: format!(
@@ -257,20 +318,7 @@ pub fn udp_pps(ctx: &Ctx) -> anyhow::Result<Section> {
                 ),
             })
             .collect(),
-        notes: vec![
-            if all_sent == all_received {
-                format!(
-                    "Over all runs {all_sent} datagrams were sent and every one was received: the \
-                     veth delivers in the sender's own context, so the sender's rate is the \
-                     path's rate."
-                )
-            } else {
-                format!("Over all runs {all_sent} datagrams were sent and {all_received} received.")
-            },
-            "Aim: >= 0.95x of no capture with the orb8 agent attached (tcpdump 0.84x, `-s 96` \
-             0.85x measured when issue 11 was filed)."
-                .into(),
-        ],
+        notes,
     })
 }
 
@@ -308,8 +356,13 @@ pub fn tcp_throughput(ctx: &Ctx) -> anyhow::Result<Section> {
     )?;
     let variants = watchers(ctx, false);
     let mut samples = vec![Sample::default(); variants.len()];
+    let mut captured = vec![Captured::default(); variants.len()];
     for round in 0..ctx.rounds {
-        for ((name, _, watch), s) in variants.iter().zip(samples.iter_mut()) {
+        for (((name, _, watch), s), cap) in variants
+            .iter()
+            .zip(samples.iter_mut())
+            .zip(captured.iter_mut())
+        {
             eprintln!("bench: tcp-throughput: round {} {name}", round + 1);
             let watcher = watch(&topo)?;
             // `timeout` bounds a client that never finishes; it is waited for here.
@@ -318,14 +371,25 @@ pub fn tcp_throughput(ctx: &Ctx) -> anyhow::Result<Section> {
                 .args(["timeout", "60", "iperf3", "-c", NODE_IP, "-p", IPERF_PORT])
                 .args(["-t", secs, "-J"])
                 .output()
-                .context("running iperf3 -c")?;
-            drop(watcher);
+                .context("running iperf3 -c");
+            cap.add(&watcher.map(Running::stop).unwrap_or_default());
+            let out = out?;
             let bps = iperf3_bps(&String::from_utf8_lossy(&out.stdout))
                 .with_context(|| format!("{name}: {}", String::from_utf8_lossy(&out.stderr)))?;
             s.push(bps / 1e9);
         }
     }
     drop(server);
+    let mut notes: Vec<String> = variants
+        .iter()
+        .zip(&captured)
+        .filter_map(|((name, _, _), c)| c.note(name))
+        .collect();
+    notes.push(
+        "Aim: keep >= 0.99x with the orb8 agent attached (tcpdump 0.94x when issue 11 was \
+         filed)."
+            .into(),
+    );
     Ok(Section {
         title: "TCP throughput through a traced veth".into(),
         method: format!(
@@ -348,11 +412,7 @@ pub fn tcp_throughput(ctx: &Ctx) -> anyhow::Result<Section> {
                 ),
             })
             .collect(),
-        notes: vec![
-            "Aim: keep >= 0.99x with the orb8 agent attached (tcpdump 0.94x when issue 11 was \
-             filed)."
-                .into(),
-        ],
+        notes,
     })
 }
 
@@ -694,6 +754,25 @@ mod tests {
                 .contains("unable to connect")
         );
         assert!(iperf3_bps("").is_err());
+    }
+
+    #[test]
+    fn tcpdump_says_what_it_captured_and_dropped() {
+        let said = [
+            "tcpdump: listening on o8v1x2, link-type EN10MB (Ethernet), snapshot length 96 bytes",
+            "153204 packets captured",
+            "153210 packets received by filter",
+            "6 packets dropped by kernel",
+        ]
+        .map(String::from);
+        assert_eq!(tcpdump_counts(&said), Some((153204, 6)));
+        assert_eq!(tcpdump_counts(&said[..2]), None);
+        let mut c = Captured::default();
+        c.add(&said);
+        c.add(&said);
+        c.add(&[]);
+        assert_eq!(c.0, Some((306408, 12)));
+        assert_eq!(Captured::default().note("bare"), None);
     }
 
     #[test]
