@@ -190,7 +190,7 @@ fn udp_run(topo: &Topology, dur: Duration, max: u64) -> anyhow::Result<Pps> {
                 match s.recv(&mut buf) {
                     Ok(_) => {
                         n += 1;
-                        if n % 1024 == 0 && Instant::now() > deadline {
+                        if n.is_multiple_of(1024) && Instant::now() > deadline {
                             break;
                         }
                     }
@@ -219,7 +219,7 @@ fn udp_run(topo: &Topology, dur: Duration, max: u64) -> anyhow::Result<Pps> {
             let t = Instant::now();
             let (mut sent, mut i) = (0u64, 0u64);
             while i < max {
-                if i % 256 == 0 && t.elapsed() >= dur {
+                if i.is_multiple_of(256) && t.elapsed() >= dur {
                     break;
                 }
                 if socks[i as usize % PPS_FLOWS]

@@ -107,10 +107,13 @@ pub struct Running {
     /// What the command was, for messages.
     pub what: String,
     /// The last lines of its stderr and the thread reading them (when this drains stderr).
-    stderr_tail: Option<(Arc<Mutex<VecDeque<String>>>, JoinHandle<()>)>,
+    stderr_tail: Option<(Tail, JoinHandle<()>)>,
     /// Stopped and reaped already (its PID may belong to another process now).
     stopped: bool,
 }
+
+/// A child's last stderr lines, as its reader thread keeps them.
+type Tail = Arc<Mutex<VecDeque<String>>>;
 
 /// How many of a child's last stderr lines [`Running::stop`] returns.
 const STDERR_TAIL: usize = 16;
@@ -135,26 +138,25 @@ impl Running {
             .spawn()
             .with_context(|| format!("spawning {what}"))?;
         let (tx, rx) = mpsc::channel::<String>();
-        let watch = |out: Box<dyn Read + Send>,
-                     prefix: Option<&'static str>,
-                     tail: Option<Arc<Mutex<VecDeque<String>>>>| {
-            let tx = tx.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    if prefix.is_some_and(|p| line.starts_with(p)) {
-                        let _ = tx.send(line.clone());
-                    }
-                    if let Some(t) = &tail {
-                        let mut t = t.lock().expect("stderr tail");
-                        if t.len() == STDERR_TAIL {
-                            t.pop_front();
+        let watch =
+            |out: Box<dyn Read + Send>, prefix: Option<&'static str>, tail: Option<Tail>| {
+                let tx = tx.clone();
+                thread::spawn(move || {
+                    for line in BufReader::new(out).lines() {
+                        let Ok(line) = line else { break };
+                        if prefix.is_some_and(|p| line.starts_with(p)) {
+                            let _ = tx.send(line.clone());
                         }
-                        t.push_back(line);
+                        if let Some(t) = &tail {
+                            let mut t = t.lock().expect("stderr tail");
+                            if t.len() == STDERR_TAIL {
+                                t.pop_front();
+                            }
+                            t.push_back(line);
+                        }
                     }
-                }
-            })
-        };
+                })
+            };
         let (on_out, on_err) = match ready {
             ReadyOn::Stdout(p) => (Some(p), None),
             ReadyOn::Stderr(p) => (None, Some(p)),
