@@ -97,9 +97,13 @@ pub fn sizes(ctx: &Ctx) -> anyhow::Result<Section> {
             }
         }
     }
-    for name in BINARIES.iter().chain(embedded().iter().map(|(n, _)| n)) {
-        if let Some(file) = ctx.baseline_file(name) {
-            rows.push(size_row(format!("{name} (baseline)"), &file)?);
+    let baseline = BINARIES
+        .map(|b| (b, b.to_string()))
+        .into_iter()
+        .chain(embedded().map(|(o, _)| (o, format!("eBPF object `{o}`"))));
+    for (file, row) in baseline {
+        if let Some(path) = ctx.baseline_file(file) {
+            rows.push(size_row(format!("{row} (baseline)"), &path)?);
         }
     }
     Ok(Section {
