@@ -14,8 +14,10 @@
 mod client;
 mod network;
 mod report;
+mod sizes;
 mod stats;
 mod syscalls;
+mod throughput;
 mod tools;
 mod workload;
 
@@ -31,12 +33,16 @@ use report::Section;
 
 /// Every scenario, in report order: (name for `--only`, function).
 type Scenario = fn(&Ctx) -> anyhow::Result<Section>;
-const SCENARIOS: [(&str, Scenario); 7] = [
+const SCENARIOS: [(&str, Scenario); 11] = [
     ("getppid", syscalls::getppid_traced),
     ("write", syscalls::write_traced),
     ("untraced", syscalls::getppid_untraced),
     ("tc", network::tc_cost),
     ("flows100k", network::flows_100k),
+    ("udp-pps", throughput::udp_pps),
+    ("tcp-throughput", throughput::tcp_throughput),
+    ("new-flows", throughput::new_flows),
+    ("sizes", sizes::sizes),
     ("first-output", client::first_output),
     ("merge", client::merge_throughput),
 ];

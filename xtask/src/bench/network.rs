@@ -2,7 +2,7 @@
 //! (its memory, `GetStatus` latency, the client's memory reading them).
 
 use std::{
-    path::PathBuf,
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -13,7 +13,7 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
 use orb8_common::names;
-use orb8_testkit::{Topology, spawn_in, wait_attached};
+use orb8_testkit::{NetNs, Topology, spawn_in, wait_attached};
 
 use super::{
     Ctx,
@@ -136,8 +136,9 @@ pub fn tc_cost(ctx: &Ctx) -> anyhow::Result<Section> {
     })
 }
 
-/// Fills `count` distinct UDP flows from the pod to its node (source port × destination port).
-fn send_flows(topo: &Topology, count: u32) {
+/// Fills `count` distinct UDP flows from the first pod to its node: two sockets (source ports)
+/// × destination ports 1..=count/2, one datagram each, unpaced.
+pub fn send_flows(topo: &Topology, count: u32) {
     let src = topo.pods[0].ip4.clone();
     let _ = spawn_in(&topo.pods[0].ns, move |ready| {
         let socks: Vec<std::net::UdpSocket> = (0..2)
@@ -171,7 +172,7 @@ fn client_peak(ctx: &Ctx, node: &str, addr: &str, flags: &str) -> anyhow::Result
     let client = Command::new("ip")
         .args(["netns", "exec", node])
         .arg(ctx.bin("kubectl-orb8"))
-        .args(["--agent", addr, "--token", "orb8-bench-session-token"])
+        .args(["--agent", addr, "--token", TOKEN])
         .args(["flows", "--duration", "0s"])
         .args(flags.split(' '))
         .stdout(Stdio::null())
@@ -188,11 +189,7 @@ fn client_peak(ctx: &Ctx, node: &str, addr: &str, flags: &str) -> anyhow::Result
     Ok(ru.ru_maxrss as u64)
 }
 
-fn status_times(
-    node: &orb8_testkit::NetNs,
-    addr: String,
-    calls: usize,
-) -> anyhow::Result<(u64, Sample)> {
+fn status_times(node: &NetNs, addr: String, calls: usize) -> anyhow::Result<(u64, Sample)> {
     node.run_in(move || -> anyhow::Result<(u64, Sample)> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -206,9 +203,7 @@ fn status_times(
                 |mut r: tonic::Request<()>| {
                     r.metadata_mut().insert(
                         orb8_proto::TOKEN_METADATA_KEY,
-                        orb8_proto::bearer("orb8-bench-session-token")
-                            .parse()
-                            .expect("ascii"),
+                        orb8_proto::bearer(TOKEN).parse().expect("ascii"),
                     );
                     Ok(r)
                 },
@@ -229,15 +224,25 @@ fn status_times(
     })
 }
 
-fn agent_with_flows(ctx: &Ctx, agent: &PathBuf, count: u32) -> anyhow::Result<AgentRun> {
-    let topo = Topology::new(1);
-    let host_if = topo.pods[0].host_if.clone();
+/// The token the benchmarks' agents accept.
+pub const TOKEN: &str = "orb8-bench-session-token";
+
+/// An agent serving in the node namespace on a loopback port, attached to the pod's veth
+/// `host_if` (attached when this returns), with `extra` flags: the agent and the address its
+/// ready line gave.
+pub fn start_agent(
+    agent: &Path,
+    node: &NetNs,
+    host_if: &str,
+    extra: &[&str],
+) -> anyhow::Result<(Running, String)> {
     let mut c = Command::new("ip");
-    c.args(["netns", "exec", &topo.node.name])
+    c.args(["netns", "exec", &node.name])
         .arg(agent)
         .args(["serve", "--listen", "127.0.0.1:0", "--idle-timeout", "10m"])
-        .args(["--flow-map-size", "131072", "-i", &host_if])
-        .env("ORB8_AGENT_TOKEN", "orb8-bench-session-token");
+        .args(["-i", host_if])
+        .args(extra)
+        .env("ORB8_AGENT_TOKEN", TOKEN);
     let (running, line) =
         Running::start_with_line(c, ReadyOn::Stdout("{"), Duration::from_secs(60))?;
     let addr = line
@@ -246,7 +251,14 @@ fn agent_with_flows(ctx: &Ctx, agent: &PathBuf, count: u32) -> anyhow::Result<Ag
         .and_then(|r| r.split('"').next())
         .with_context(|| format!("agent ready line {line:?}"))?
         .to_string();
-    wait_attached(&topo.node, &host_if);
+    wait_attached(node, host_if);
+    Ok((running, addr))
+}
+
+fn agent_with_flows(ctx: &Ctx, agent: &Path, count: u32) -> anyhow::Result<AgentRun> {
+    let topo = Topology::new(1);
+    let host_if = topo.pods[0].host_if.clone();
+    let (running, addr) = start_agent(agent, &topo.node, &host_if, &["--flow-map-size", "131072"])?;
     send_flows(&topo, count);
     // Until the table stops growing.
     let mut last = 0;
@@ -269,7 +281,7 @@ fn agent_with_flows(ctx: &Ctx, agent: &PathBuf, count: u32) -> anyhow::Result<Ag
             "--agent",
             &addr,
             "--token",
-            "orb8-bench-session-token",
+            TOKEN,
             "flows",
             "--duration",
             "1s",

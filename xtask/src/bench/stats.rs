@@ -42,6 +42,9 @@ pub fn fmt(v: f64) -> String {
     if !v.is_finite() {
         return "-".into();
     }
+    if v == 0.0 {
+        return "0".into();
+    }
     let a = v.abs();
     if a >= 100.0 {
         format!("{v:.0}")
@@ -78,5 +81,6 @@ mod tests {
     fn spread_reads_well() {
         assert_eq!(spread(&Sample(vec![1.234, 2.0, 30.0])), "2.00 (1.23–30.0)");
         assert_eq!(spread(&Sample(vec![150.4])), "150");
+        assert_eq!(spread(&Sample(vec![0.0, 0.0])), "0 (0–0)");
     }
 }

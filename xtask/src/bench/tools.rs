@@ -2,11 +2,12 @@
 //! (installed when missing), tracefs for bpftrace, and children that say when they are ready.
 
 use std::{
+    collections::VecDeque,
     io::{BufRead as _, BufReader, Read},
     path::Path,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    thread,
+    process::{Child, ChildStderr, ChildStdout, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
 
@@ -105,7 +106,17 @@ pub struct Running {
     child: Child,
     /// What the command was, for messages.
     pub what: String,
+    /// The last lines of its stderr and the thread reading them (when this drains stderr).
+    stderr_tail: Option<(Tail, JoinHandle<()>)>,
+    /// Stopped and reaped already (its PID may belong to another process now).
+    stopped: bool,
 }
+
+/// A child's last stderr lines, as its reader thread keeps them.
+type Tail = Arc<Mutex<VecDeque<String>>>;
+
+/// How many of a child's last stderr lines [`Running::stop`] returns.
+const STDERR_TAIL: usize = 16;
 
 impl Running {
     /// Spawns `cmd` and waits (at most `timeout`) until it says it is ready.
@@ -127,26 +138,44 @@ impl Running {
             .spawn()
             .with_context(|| format!("spawning {what}"))?;
         let (tx, rx) = mpsc::channel::<String>();
-        let watch = |out: Box<dyn Read + Send>, prefix: Option<&'static str>| {
-            let tx = tx.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    if prefix.is_some_and(|p| line.starts_with(p)) {
-                        let _ = tx.send(line.clone());
+        let watch =
+            |out: Box<dyn Read + Send>, prefix: Option<&'static str>, tail: Option<Tail>| {
+                let tx = tx.clone();
+                thread::spawn(move || {
+                    for line in BufReader::new(out).lines() {
+                        let Ok(line) = line else { break };
+                        if prefix.is_some_and(|p| line.starts_with(p)) {
+                            let _ = tx.send(line.clone());
+                        }
+                        if let Some(t) = &tail {
+                            let mut t = t.lock().expect("stderr tail");
+                            if t.len() == STDERR_TAIL {
+                                t.pop_front();
+                            }
+                            t.push_back(line);
+                        }
                     }
-                }
-            });
-        };
+                })
+            };
         let (on_out, on_err) = match ready {
             ReadyOn::Stdout(p) => (Some(p), None),
             ReadyOn::Stderr(p) => (None, Some(p)),
             ReadyOn::Spawned => (None, None),
         };
-        watch(Box::new(child.stdout.take().expect("stdout")), on_out);
-        watch(Box::new(child.stderr.take().expect("stderr")), on_err);
+        watch(Box::new(child.stdout.take().expect("stdout")), on_out, None);
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let err_thread = watch(
+            Box::new(child.stderr.take().expect("stderr")),
+            on_err,
+            Some(tail.clone()),
+        );
         drop(tx);
-        let running = Running { child, what };
+        let running = Running {
+            child,
+            what,
+            stderr_tail: Some((tail, err_thread)),
+            stopped: false,
+        };
         if matches!(ready, ReadyOn::Spawned) {
             return Ok((running, String::new()));
         }
@@ -159,15 +188,57 @@ impl Running {
         }
     }
 
+    /// Spawns `cmd` with stdout and stderr piped and handed back, for a caller that reads them
+    /// itself; stopped and reaped on drop like any [`Running`].
+    pub fn spawn_piped(mut cmd: Command) -> anyhow::Result<(Running, ChildStdout, ChildStderr)> {
+        let what = format!("{cmd:?}");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {what}"))?;
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        let running = Running {
+            child,
+            what,
+            stderr_tail: None,
+            stopped: false,
+        };
+        Ok((running, out, err))
+    }
+
     /// The child's PID.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
-}
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
+    /// Stops and reaps the child as dropping it would, then returns the last lines it wrote on
+    /// stderr (what tcpdump says on the way out: packets captured and dropped). Nothing for a
+    /// child whose stderr the caller reads ([`Running::spawn_piped`]).
+    pub fn stop(mut self) -> Vec<String> {
+        self.halt();
+        match self.stderr_tail.take() {
+            Some((tail, reader)) => {
+                // Its last lines, unless a process it left behind holds the pipe open.
+                let end = Instant::now() + Duration::from_secs(2);
+                while !reader.is_finished() && Instant::now() < end {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                let t = tail.lock().expect("stderr tail");
+                t.iter().cloned().collect()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// SIGINT, up to 10 s to exit, then SIGKILL; reaped either way. Once.
+    fn halt(&mut self) {
+        if std::mem::replace(&mut self.stopped, true) {
+            return;
+        }
+        // SAFETY: signalling our own child, not reaped yet.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let end = Instant::now() + Duration::from_secs(10);
         while Instant::now() < end {
@@ -178,6 +249,12 @@ impl Drop for Running {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.halt();
     }
 }
 
