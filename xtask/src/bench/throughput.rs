@@ -492,6 +492,95 @@ fn delivered(stdout: &[String], stderr: &[String], src: &str, count: u64) -> Del
     d
 }
 
+/// Where a burst's new flows come from.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    /// UDP datagrams from the pod to the node, through the veth (and the network stack).
+    Datagrams,
+    /// The same flows' frames run through the agent's loaded TC program by
+    /// `BPF_PROG_TEST_RUN`: no network stack, no veth.
+    TestRun,
+}
+
+/// A 64-byte Ethernet/IPv4/UDP frame from `src`:`sport` to the node (`NODE_IP`):`dport`.
+fn udp_frame(src: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+    let node: std::net::Ipv4Addr = NODE_IP.parse().expect("NODE_IP is an address");
+    f.extend_from_slice(&[0x45, 0, 0, 50, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&node.octets());
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&[0, 30, 0, 0]);
+    f.resize(64, 0);
+    f
+}
+
+/// The newest loaded program named `orb8_tc_ingress`: the agent just started.
+fn agent_tc_program() -> anyhow::Result<aya::programs::ProgramFd> {
+    let info = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str() == Some(orb8_common::names::TC_INGRESS))
+        .max_by_key(|p| p.id())
+        .with_context(|| format!("no loaded {} program", orb8_common::names::TC_INGRESS))?;
+    Ok(info.fd()?)
+}
+
+/// `count` distinct flows (the ports `send_flows` uses, from `src`) run through the agent's TC
+/// program with `BPF_PROG_TEST_RUN`, one frame per call.
+fn run_flows(src: &str, count: u32) -> anyhow::Result<()> {
+    use std::os::fd::AsFd as _;
+    let prog = agent_tc_program()?;
+    let src: std::net::Ipv4Addr = src.parse().context("pod address")?;
+    // `union bpf_attr`'s `test` member.
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    for i in 0..count {
+        // Two source ports per destination port, as `send_flows`'s two sockets.
+        let f = udp_frame(src.octets(), 40000 + (i % 2) as u16, 1 + (i / 2) as u16);
+        let attr = TestAttr {
+            prog_fd: prog.as_fd().as_raw_fd() as u32,
+            data_size_in: f.len() as u32,
+            data_in: f.as_ptr() as u64,
+            repeat: 1,
+            ..TestAttr::default()
+        };
+        // SAFETY: `attr` is a valid `bpf_attr` prefix of the size given; `data_in` points at
+        // `f`, alive for the call; no output buffers.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_TEST_RUN,
+                &attr as *const TestAttr,
+                size_of::<TestAttr>() as u32,
+            )
+        };
+        if r < 0 {
+            bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// One burst through an agent and a client: what came out, in how long.
 struct Burst {
     d: Delivered,
@@ -510,6 +599,7 @@ fn burst(
     topo: &Topology,
     agent: &Path,
     extra: &[&str],
+    source: Source,
     count: u32,
 ) -> anyhow::Result<Burst> {
     let host_if = &topo.pods[0].host_if;
@@ -575,7 +665,10 @@ fn burst(
     let skip = lines.len();
 
     let t0 = Instant::now();
-    send_flows(topo, count);
+    match source {
+        Source::Datagrams => send_flows(topo, count),
+        Source::TestRun => run_flows(&topo.pods[0].ip4, count)?,
+    }
     let send_secs = t0.elapsed().as_secs_f64();
     // Until the burst is accounted for (told cheaply: the pod's UDP new_flow lines and the gap
     // records), the lines stop for 2 s, or a bound.
@@ -625,25 +718,32 @@ fn burst(
 pub fn new_flows(ctx: &Ctx) -> anyhow::Result<Section> {
     let count = ctx.scale(100_000) as u32;
     let agent = ctx.bin("orb8-agent");
-    let mut variants: Vec<(String, std::path::PathBuf, &[&str])> = vec![
-        ("orb8".into(), agent.clone(), &[]),
+    let mut variants: Vec<(String, std::path::PathBuf, &[&str], Source)> = vec![
+        ("orb8".into(), agent.clone(), &[], Source::Datagrams),
+        (
+            "orb8, flows made by BPF_PROG_TEST_RUN".into(),
+            agent.clone(),
+            &[],
+            Source::TestRun,
+        ),
         (
             "orb8, kernel ring 4096 B".into(),
             agent.clone(),
             &["--ringbuf-size", "4096"],
+            Source::Datagrams,
         ),
     ];
     if let Some(b) = ctx.baseline_agent() {
-        variants.push(("orb8 (baseline agent)".into(), b, &[]));
+        variants.push(("orb8 (baseline agent)".into(), b, &[], Source::Datagrams));
     }
     let topo = Topology::new(1);
     let n = variants.len();
     let mut samples = vec![vec![Sample::default(); 7]; n];
     let mut notes = Vec::new();
     for round in 0..ctx.rounds {
-        for ((name, bin, extra), s) in variants.iter().zip(samples.iter_mut()) {
+        for ((name, bin, extra, source), s) in variants.iter().zip(samples.iter_mut()) {
             eprintln!("bench: new-flows: round {} {name}", round + 1);
-            let b = burst(ctx, &topo, bin, extra, count)?;
+            let b = burst(ctx, &topo, bin, extra, *source, count)?;
             let d = &b.d;
             let gaps: u64 = d.gaps.values().sum();
             let unaccounted = i64::from(count) - d.flows as i64 - gaps as i64;
@@ -703,7 +803,11 @@ pub fn new_flows(ctx: &Ctx) -> anyhow::Result<Section> {
              stopped with SIGINT once the burst is accounted for or its output stops for 2 s. \
              {} rounds, variants interleaved. `sent flows/s` and `send s` are the sender's \
              own rate and time: where delivered flows/s is close to the sent rate, the sender \
-             (one thread, one syscall per flow) is what limits the number, not orb8.",
+             (one thread, one syscall per flow) is what limits the number, not orb8. The \
+             `BPF_PROG_TEST_RUN` row takes the network stack out: the same {count} flows' \
+             frames (pod to node, UDP) are run through the agent's own loaded \
+             `orb8_tc_ingress` program by the kernel's test runner, one call per frame, so the \
+             kernel program, ring buffer, agent and client are what is measured.",
             count.div_ceil(2),
             ctx.rounds
         ),
@@ -720,16 +824,21 @@ pub fn new_flows(ctx: &Ctx) -> anyhow::Result<Section> {
         rows: variants
             .into_iter()
             .zip(samples)
-            .map(|((name, bin, extra), values)| Row {
+            .map(|((name, bin, extra, source), values)| Row {
                 name,
                 values,
                 command: format!(
                     "ip netns exec NODE {} serve --listen 127.0.0.1:0 --flow-map-size 131072 \
                      {}-i VETH & ip netns exec NODE {} --agent ADDR --token T trace network -o \
-                     json; {count} UDP flows from POD",
+                     json; {count} UDP flows {}",
                     bin.display(),
                     extra.iter().map(|e| format!("{e} ")).collect::<String>(),
-                    ctx.bin("kubectl-orb8").display()
+                    ctx.bin("kubectl-orb8").display(),
+                    match source {
+                        Source::Datagrams => "from POD",
+                        Source::TestRun =>
+                            "run through the agent's orb8_tc_ingress by BPF_PROG_TEST_RUN",
+                    }
                 ),
             })
             .collect(),
