@@ -88,4 +88,22 @@ fn main() {
         before,
         after
     );
+    // The same table read and counted both ways, interleaved, best of five.
+    let best = |f: &dyn Fn() -> usize| {
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(f());
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .fold(f64::MAX, f64::min)
+    };
+    let batched = best(&|| maps.flows.read().len());
+    let each = best(&|| maps.flows.read_each().len());
+    let count = best(&|| maps.flows.count() as usize);
+    let keys = best(&|| maps.flows.v4.keys().count() + maps.flows.other.keys().count());
+    println!(
+        "read: {batched:.1} ms in batches of {}, {each:.1} ms one flow at a time; count (GetStatus): {count:.1} ms, walking keys {keys:.1} ms",
+        orb8_agent::flows::BATCH
+    );
 }

@@ -9,6 +9,10 @@ use orb8_agent::{
 use orb8_common::{counter, names};
 
 fn load() -> (Probes, Maps) {
+    load_sized(1024, 1024)
+}
+
+fn load_sized(v4: u32, v6: u32) -> (Probes, Maps) {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -16,8 +20,8 @@ fn load() -> (Probes, Maps) {
         "privileged test: run as root"
     );
     Probes::load(&ProbeConfig {
-        flow_map_entries: 1024,
-        flow_map_entries_v6: 1024,
+        flow_map_entries: v4,
+        flow_map_entries_v6: v6,
         ringbuf_bytes: 1 << 16,
         mode: AttachMode::detect(),
         dns_ports: orb8_common::dns::DnsPorts::DEFAULT,
@@ -226,4 +230,50 @@ fn privileged_new_flows_send_one_event_each() {
     assert_eq!(c[counter::FLOWS_CREATED as usize], 2);
     assert_eq!(c[counter::PACKETS_SEEN as usize], 5);
     assert_eq!(c[counter::PACKETS_ACCOUNTED as usize], 5);
+}
+
+#[test]
+fn privileged_both_tables_read_in_batches_as_one_at_a_time() {
+    // More IPv4 flows than one batch holds, so the read crosses batch boundaries, and IPv6
+    // flows in the other table.
+    const V4: u16 = 9000;
+    const V6: u16 = 300;
+    let (mut p, maps) = load_sized(16384, 1024);
+    let mut packets = 0u64;
+    for port in 1..=V4 {
+        let frame = eth(&[], 0x0800, &ipv4(17, &udp(40000, port, 30), 0));
+        let times = if port % 1000 == 0 { 3 } else { 1 };
+        for _ in 0..times {
+            run(&mut p, names::TC_INGRESS, &frame, None);
+        }
+        packets += times;
+    }
+    for port in 1..=V6 {
+        let frame = eth(&[], 0x86dd, &ipv6(17, &udp(40000, port, 30)));
+        run(&mut p, names::TC_EGRESS, &frame, None);
+        packets += 1;
+    }
+    let sorted = |mut v: Vec<Flow>| {
+        v.sort_by_key(|f| (f.key.family, f.key.dst_port));
+        v
+    };
+    let batched = sorted(maps.flows.read());
+    let each = sorted(maps.flows.read_each());
+    assert_eq!(batched.len(), usize::from(V4 + V6));
+    assert_eq!(batched, each, "batch reads and one-at-a-time reads agree");
+    assert_eq!(maps.flows.count(), u64::from(V4 + V6));
+    assert_eq!(
+        batched.iter().map(|f| f.stats.packets).sum::<u64>(),
+        packets
+    );
+    // IPv4 datagrams of 30 payload bytes: 20 + 8 + 30 IP-layer bytes each.
+    let v4: Vec<&Flow> = batched.iter().filter(|f| f.key.family == 4).collect();
+    assert_eq!(v4.len(), usize::from(V4));
+    assert_eq!(v4[999].key.dst_port, 1000);
+    assert_eq!((v4[999].stats.packets, v4[999].stats.bytes), (3, 3 * 58));
+    assert_eq!(v4[0].src().to_string(), "10.9.0.1");
+    assert_eq!(
+        counters(&maps)[counter::FLOWS_CREATED as usize],
+        u64::from(V4 + V6)
+    );
 }
