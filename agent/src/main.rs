@@ -102,7 +102,7 @@ struct ProbeArgs {
     /// IPv4 flow table capacity; least recently updated flows are evicted (and counted) beyond it.
     #[arg(long, default_value_t = defaults::FLOW_MAP_ENTRIES, value_name = "ENTRIES", env = "ORB8_FLOW_MAP_SIZE")]
     flow_map_size: u32,
-    /// Capacity of the table of every other flow (IPv6) [default: a quarter of --flow-map-size,
+    /// Capacity of the table of every other flow (IPv6) [default: an eighth of --flow-map-size,
     /// at least 1024].
     #[arg(long, value_name = "ENTRIES", env = "ORB8_FLOW_MAP_SIZE_V6")]
     flow_map_size_v6: Option<u32>,
