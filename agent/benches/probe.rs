@@ -104,6 +104,6 @@ fn main() {
     let keys = best(&|| maps.flows.v4.keys().count() + maps.flows.other.keys().count());
     println!(
         "read: {batched:.1} ms in batches of {}, {each:.1} ms one flow at a time; count (GetStatus): {count:.1} ms, walking keys {keys:.1} ms",
-        orb8_agent::flows::BATCH
+        orb8_agent::flows::batch_len(aya::util::nr_cpus().unwrap_or(1))
     );
 }

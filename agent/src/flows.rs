@@ -87,7 +87,7 @@ pub struct FlowTables {
 
 impl FlowTables {
     /// Reads every flow of both tables, IPv4 keys in their full form, in batches
-    /// (`BPF_MAP_LOOKUP_BATCH`: one system call per [`BATCH`] flows instead of two per flow);
+    /// (`BPF_MAP_LOOKUP_BATCH`: one system call per [`batch_len`] flows instead of two per flow);
     /// on a kernel without batch lookups, one flow at a time ([`FlowTables::read_each`]).
     /// Entries evicted or deleted while reading are skipped.
     pub fn read(&self) -> Vec<Flow> {
@@ -145,11 +145,20 @@ impl FlowTables {
     }
 }
 
-/// Flows read per `BPF_MAP_LOOKUP_BATCH` call.
+/// The most flows read per `BPF_MAP_LOOKUP_BATCH` call.
 pub const BATCH: usize = 4096;
+/// The most bytes of per-CPU values one batch may hold: the buffer is every possible CPU's copy
+/// of every flow of the batch (40 bytes each), so on a node with many CPUs a batch is shorter.
+pub const BATCH_VALUE_BYTES: usize = 1 << 20;
+
+/// Flows read per `BPF_MAP_LOOKUP_BATCH` call with `cpus` possible CPUs: [`BATCH`], or fewer so
+/// the values fit in [`BATCH_VALUE_BYTES`] (at least 64).
+pub fn batch_len(cpus: usize) -> usize {
+    (BATCH_VALUE_BYTES / (cpus.max(1) * size_of::<FlowStats>())).clamp(64, BATCH)
+}
 
 /// Calls `each` with every entry of a per-CPU hash of [`FlowStats`] (its key and its CPUs'
-/// values), [`BATCH`] entries per system call. An error means the kernel cannot read the map
+/// values), [`batch_len`] entries per system call. An error means the kernel cannot read the map
 /// in batches (before Linux 5.6) or the read failed part way; nothing is then reliable and the
 /// caller reads the map another way.
 fn read_batched<K: aya::Pod>(
@@ -173,8 +182,9 @@ fn read_batched<K: aya::Pod>(
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     // Per-CPU values come 8-byte aligned, one per possible CPU (FlowStats is 40 bytes).
     const _: () = assert!(size_of::<FlowStats>().is_multiple_of(8));
-    let mut keys: Vec<K> = Vec::with_capacity(BATCH);
-    let mut values: Vec<FlowStats> = Vec::with_capacity(BATCH * cpus);
+    let batch = batch_len(cpus);
+    let mut keys: Vec<K> = Vec::with_capacity(batch);
+    let mut values: Vec<FlowStats> = Vec::with_capacity(batch * cpus);
     // The kernel's cursor for hash maps: a bucket index.
     let (mut cursor, mut next) = (0u32, 0u32);
     let mut first = true;
@@ -188,7 +198,7 @@ fn read_batched<K: aya::Pod>(
             out_batch: &mut next as *mut u32 as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: BATCH as u32,
+            count: batch as u32,
             map_fd: map.fd().as_fd().as_raw_fd() as u32,
             elem_flags: 0,
             flags: 0,
@@ -211,7 +221,7 @@ fn read_batched<K: aya::Pod>(
             Some(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
             Some(e) => return Err(std::io::Error::new(e.kind(), e.to_string())),
         };
-        let n = (attr.count as usize).min(BATCH);
+        let n = (attr.count as usize).min(batch);
         // SAFETY: the kernel wrote `n` keys and `n * cpus` values; both are plain data
         // (`Pod`), valid for any bytes.
         unsafe {
@@ -324,6 +334,15 @@ mod tests {
         assert_eq!(addr(family::IPV6, &v6.octets()).to_string(), "fd00::1");
         assert_eq!(direction(direction::EGRESS), Direction::Egress);
         assert_eq!(direction(direction::INGRESS), Direction::Ingress);
+    }
+
+    #[test]
+    fn batches_shrink_with_many_cpus_to_bound_their_buffer() {
+        assert_eq!(batch_len(2), BATCH);
+        assert_eq!(batch_len(64), (1 << 20) / (64 * 40));
+        assert!(batch_len(64) * 64 * 40 <= BATCH_VALUE_BYTES);
+        assert_eq!(batch_len(100_000), 64);
+        assert_eq!(batch_len(0), BATCH);
     }
 
     #[test]
