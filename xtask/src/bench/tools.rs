@@ -126,17 +126,11 @@ impl Running {
 
     /// [`Running::start`], also returning the line that said it was ready.
     pub fn start_with_line(
-        mut cmd: Command,
+        cmd: Command,
         ready: ReadyOn,
         timeout: Duration,
     ) -> anyhow::Result<(Running, String)> {
-        let what = format!("{cmd:?}");
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("spawning {what}"))?;
+        let (mut child, what) = spawn_with_pipes(cmd)?;
         let (tx, rx) = mpsc::channel::<String>();
         let watch =
             |out: Box<dyn Read + Send>, prefix: Option<&'static str>, tail: Option<Tail>| {
@@ -190,14 +184,8 @@ impl Running {
 
     /// Spawns `cmd` with stdout and stderr piped and handed back, for a caller that reads them
     /// itself; stopped and reaped on drop like any [`Running`].
-    pub fn spawn_piped(mut cmd: Command) -> anyhow::Result<(Running, ChildStdout, ChildStderr)> {
-        let what = format!("{cmd:?}");
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("spawning {what}"))?;
+    pub fn spawn_piped(cmd: Command) -> anyhow::Result<(Running, ChildStdout, ChildStderr)> {
+        let (mut child, what) = spawn_with_pipes(cmd)?;
         let out = child.stdout.take().expect("stdout");
         let err = child.stderr.take().expect("stderr");
         let running = Running {
@@ -269,4 +257,16 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Spawns `cmd` with no stdin and stdout and stderr piped; the child and how to name it.
+fn spawn_with_pipes(mut cmd: Command) -> anyhow::Result<(std::process::Child, String)> {
+    let what = format!("{cmd:?}");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {what}"))?;
+    Ok((child, what))
 }
