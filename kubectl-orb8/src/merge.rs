@@ -326,12 +326,20 @@ fn compare(a: &FlowRecord, b: &FlowRecord, key: SortKey) -> Ordering {
         .then_with(|| a.dst.cmp(&b.dst))
         .then_with(|| a.dst_port.cmp(&b.dst_port))
         .then_with(|| a.protocol.cmp(&b.protocol))
+        .then_with(|| a.interface_direction.cmp(&b.interface_direction))
+        .then_with(|| a.fragment.cmp(&b.fragment))
+        .then_with(|| a.last_seen_nanos.cmp(&b.last_seen_nanos))
+        .then_with(|| a.tcp_flags.cmp(&b.tcp_flags))
 }
 
 /// Sorts flows by `key` (the agent's order too), with a fixed tie-break so equal flows always
 /// print in one order.
+///
+/// The tie-break takes in every field of a flow's identity, so rows that compare equal print
+/// alike and an unstable sort gives the order a stable one would: it needs no scratch copy,
+/// where a stable sort of 100k records borrows half their size again (15 MiB).
 pub fn sort_flows(flows: &mut [FlowRecord], key: SortKey) {
-    flows.sort_by(|a, b| compare(a, b, key));
+    flows.sort_unstable_by(|a, b| compare(a, b, key));
 }
 
 /// Merges the flow tables of several agents (`(node, flows)`): tags, filters, sorts and limits
