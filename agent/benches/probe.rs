@@ -101,9 +101,11 @@ fn main() {
     let batched = best(&|| maps.flows.read().len());
     let each = best(&|| maps.flows.read_each().len());
     let count = best(&|| maps.flows.count() as usize);
+    let count_read = best(&|| maps.flows.count_by_reading() as usize);
     let keys = best(&|| maps.flows.v4.keys().count() + maps.flows.other.keys().count());
     println!(
-        "read: {batched:.1} ms in batches of {}, {each:.1} ms one flow at a time; count (GetStatus): {count:.1} ms, walking keys {keys:.1} ms",
-        orb8_agent::flows::batch_len(aya::util::nr_cpus().unwrap_or(1))
+        "read: {batched:.1} ms in batches of {}, {each:.1} ms one flow at a time; count (GetStatus): {count:.2} ms in the kernel (orb8_count_flows loaded: {}), {count_read:.1} ms by batch reads, walking keys {keys:.1} ms",
+        orb8_agent::flows::batch_len(aya::util::nr_cpus().unwrap_or(1)),
+        maps.flows.counter.is_some()
     );
 }

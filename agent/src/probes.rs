@@ -141,6 +141,27 @@ const PROGRAMS: [(&str, TcAttachType, &str); 2] = [
     (names::TC_EGRESS, TcAttachType::Egress, "egress"),
 ];
 
+/// Loads `orb8_count_flows` (never attached; the flow tables run it to count themselves), or
+/// `None` where the kernel refuses it: counting then falls back to reading the tables.
+fn load_counter(ebpf: &mut Ebpf) -> Option<aya::programs::ProgramFd> {
+    let loaded = (|| -> Result<aya::programs::ProgramFd, Box<dyn std::error::Error>> {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(names::COUNT_FLOWS)
+            .ok_or("not in the object")?
+            .try_into()?;
+        prog.load()?;
+        Ok(prog.fd()?.try_clone()?)
+    })();
+    loaded
+        .inspect_err(|e| {
+            log::info!(
+                "{} not loaded ({e}): flows are counted by reading the tables",
+                names::COUNT_FLOWS
+            )
+        })
+        .ok()
+}
+
 impl Probes {
     /// Loads the object embedded in the agent into the kernel (nothing attached yet) and takes
     /// out its maps.
@@ -176,6 +197,7 @@ impl Probes {
         let flows = crate::flows::FlowTables {
             v4: take_map(&mut ebpf, names::FLOWS4)?,
             other: take_map(&mut ebpf, names::FLOWS)?,
+            counter: load_counter(&mut ebpf),
         };
         let events = take_map(&mut ebpf, names::EVENTS)?;
         let counters = take_map(&mut ebpf, names::COUNTERS)?;

@@ -261,7 +261,10 @@ fn privileged_both_tables_read_in_batches_as_one_at_a_time() {
     let each = sorted(maps.flows.read_each());
     assert_eq!(batched.len(), usize::from(V4 + V6));
     assert_eq!(batched, each, "batch reads and one-at-a-time reads agree");
+    // Counted by the kernel (orb8_count_flows, which this kernel loads) and by reading.
+    assert!(maps.flows.counter.is_some(), "the counting program loads");
     assert_eq!(maps.flows.count(), u64::from(V4 + V6));
+    assert_eq!(maps.flows.count_by_reading(), u64::from(V4 + V6));
     assert_eq!(
         batched.iter().map(|f| f.stats.packets).sum::<u64>(),
         packets

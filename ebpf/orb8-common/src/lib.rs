@@ -308,6 +308,9 @@ pub mod names {
     pub const TC_EGRESS: &str = "orb8_tc_egress";
     /// A TC program that does nothing, loaded only by benchmarks as their baseline.
     pub const BENCH_NOOP: &str = "orb8_bench_noop";
+    /// A TC program never attached: run by the agent with `BPF_PROG_TEST_RUN`, it returns how
+    /// many flows both tables hold (the kernel walks them; no value is copied out).
+    pub const COUNT_FLOWS: &str = "orb8_count_flows";
 }
 
 /// The syscall tracer's ABI (`orb8-syscalls` object: raw tracepoints `sys_enter`/`sys_exit`,

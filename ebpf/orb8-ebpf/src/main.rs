@@ -69,6 +69,50 @@ pub fn orb8_bench_noop(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// Returns how many flows `FLOWS4` and `FLOWS` hold, or -1 where the kernel cannot walk them.
+/// Never attached: the agent runs it with `BPF_PROG_TEST_RUN` to answer `GetStatus`, the kernel
+/// walking its own buckets (`bpf_for_each_map_elem`) where reading the tables out would copy
+/// every CPU's value of every flow.
+#[classifier]
+pub fn orb8_count_flows(_ctx: TcContext) -> i32 {
+    use aya_ebpf::{cty::c_void, helpers::generated::bpf_for_each_map_elem};
+    let visit = skip_flow as *mut c_void;
+    // SAFETY: both maps are hash maps of this object (their `repr(transparent)` definitions are
+    // what the loader relocates), `visit` is a callback of the signature the helper calls, and
+    // it takes no context.
+    let (v4, other) = unsafe {
+        (
+            bpf_for_each_map_elem(
+                &FLOWS4 as *const _ as *mut c_void,
+                visit,
+                core::ptr::null_mut(),
+                0,
+            ),
+            bpf_for_each_map_elem(
+                &FLOWS as *const _ as *mut c_void,
+                visit,
+                core::ptr::null_mut(),
+                0,
+            ),
+        )
+    };
+    if v4 < 0 || other < 0 {
+        return -1;
+    }
+    (v4 + other) as i32
+}
+
+/// The walk's callback: every flow is only counted (0: go on to the next).
+#[inline(never)]
+extern "C" fn skip_flow(
+    _map: *mut aya_ebpf::cty::c_void,
+    _key: *mut aya_ebpf::cty::c_void,
+    _value: *mut aya_ebpf::cty::c_void,
+    _ctx: *mut aya_ebpf::cty::c_void,
+) -> i64 {
+    0
+}
+
 #[inline(always)]
 pub(crate) fn count(c: &mut Counters, index: u32) {
     if let Some(v) = c.get_mut(index as usize) {
