@@ -239,8 +239,7 @@ impl Object for DropProbe {
         let (mut config, reasons) = kernel_config(&btf)?;
         config.filter_addrs = u32::from(!addrs.is_empty());
         // No kernel BTF relocation: the offsets come from the config.
-        let mut ebpf = EbpfLoader::new()
-            .btf(None)
+        let mut ebpf = EbpfLoader::without_btf()
             .map_max_entries(names::EVENTS, crate::defaults::DROP_RINGBUF_BYTES)
             .override_global(names::FIXED, &config, true)
             .load(crate::ebpf::DROPS_OBJECT)

@@ -393,8 +393,7 @@ impl Object for SyscallProbes {
         }
         // No kernel BTF for the object: none of its programs needs a CO-RE relocation (the
         // fentry path reads the kernel's BTF itself, only to find its functions).
-        let mut ebpf = EbpfLoader::new()
-            .btf(None)
+        let mut ebpf = EbpfLoader::without_btf()
             .map_max_entries(names::EVENTS, crate::defaults::SYSCALL_RINGBUF_BYTES)
             .override_global(names::FIXED, &config, true)
             .override_global(names::SLOTS, &slots, true)

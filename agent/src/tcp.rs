@@ -138,8 +138,7 @@ impl Object for TcpProbes {
         let btf = Btf::vmlinux()?;
         let mut config = kernel_config(&btf)?;
         config.filter_addrs = u32::from(!addrs.is_empty());
-        let mut ebpf = EbpfLoader::new()
-            .btf(None)
+        let mut ebpf = EbpfLoader::without_btf()
             .map_max_entries(names::EVENTS, crate::defaults::TCP_RINGBUF_BYTES)
             .override_global(names::FIXED, &config, true)
             .load(crate::ebpf::TCP_OBJECT)

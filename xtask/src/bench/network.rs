@@ -48,7 +48,7 @@ impl Loaded {
 }
 
 fn load(bytes: &[u8]) -> anyhow::Result<Loaded> {
-    let ebpf = EbpfLoader::new()
+    let ebpf = EbpfLoader::without_btf()
         .map_max_entries(names::FLOWS, 1024)
         .load(bytes)
         .context("loading the flow object")?;
