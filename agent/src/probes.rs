@@ -141,6 +141,43 @@ const PROGRAMS: [(&str, TcAttachType, &str); 2] = [
     (names::TC_EGRESS, TcAttachType::Egress, "egress"),
 ];
 
+/// Loads the two TC programs, each on its own thread: the kernel verifies a program in the
+/// loading thread, ~50 ms each on a 2-vCPU host, and the two verifications are independent.
+fn load_in_parallel(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let mut progs: Vec<(&'static str, &mut SchedClassifier)> = Vec::with_capacity(2);
+    for (name, prog) in ebpf.programs_mut() {
+        let Some(&(name, _, _)) = PROGRAMS.iter().find(|(n, _, _)| *n == name) else {
+            continue;
+        };
+        let prog = prog.try_into().map_err(|source| ProbeError::Program {
+            program: name,
+            source,
+        })?;
+        progs.push((name, prog));
+    }
+    for (name, _, _) in PROGRAMS {
+        if !progs.iter().any(|(n, _)| *n == name) {
+            return Err(ProbeError::Missing(name));
+        }
+    }
+    std::thread::scope(|s| {
+        let loads: Vec<_> = progs
+            .into_iter()
+            .map(|(name, prog)| {
+                s.spawn(move || {
+                    prog.load().map_err(|source| ProbeError::Program {
+                        program: name,
+                        source,
+                    })
+                })
+            })
+            .collect();
+        loads
+            .into_iter()
+            .try_for_each(|l| l.join().expect("a program load does not panic"))
+    })
+}
+
 /// Loads `orb8_count_flows` (never attached; the flow tables run it to count themselves), or
 /// `None` where the kernel refuses it: counting then falls back to reading the tables.
 fn load_counter(ebpf: &mut Ebpf) -> Option<aya::programs::ProgramFd> {
@@ -168,8 +205,7 @@ impl Probes {
     pub fn load(config: &ProbeConfig) -> Result<(Self, Maps), ProbeError> {
         // No kernel BTF: the TC programs need no CO-RE relocation, so they load the same on a
         // kernel without /sys/kernel/btf/vmlinux.
-        let mut ebpf = EbpfLoader::new()
-            .btf(None)
+        let mut ebpf = EbpfLoader::without_btf()
             .map_max_entries(names::FLOWS4, config.flow_map_entries)
             .map_max_entries(names::FLOWS, config.flow_map_entries_v6)
             .map_max_entries(names::EVENTS, config.ringbuf_bytes)
@@ -180,20 +216,7 @@ impl Probes {
                 hint: load_hint(&source),
                 source,
             })?;
-        for (name, _, _) in PROGRAMS {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::Missing(name))?
-                .try_into()
-                .map_err(|source| ProbeError::Program {
-                    program: name,
-                    source,
-                })?;
-            prog.load().map_err(|source| ProbeError::Program {
-                program: name,
-                source,
-            })?;
-        }
+        load_in_parallel(&mut ebpf)?;
         let flows = crate::flows::FlowTables {
             v4: take_map(&mut ebpf, names::FLOWS4)?,
             other: take_map(&mut ebpf, names::FLOWS)?,
