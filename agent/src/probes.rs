@@ -122,6 +122,9 @@ pub struct Probes {
     ebpf: Ebpf,
     mode: AttachMode,
     attached: BTreeMap<u32, Attached>,
+    /// Detached for good ([`Probes::close`]): nothing is attached any more, so that a rescan
+    /// still running when the agent shuts down cannot attach again behind its back.
+    closed: bool,
 }
 
 /// The maps the agent reads, taken out of the object so they can live in their own tasks.
@@ -230,6 +233,7 @@ impl Probes {
                 ebpf,
                 mode: config.mode,
                 attached: BTreeMap::new(),
+                closed: false,
             },
             Maps {
                 flows,
@@ -322,6 +326,9 @@ impl Probes {
     /// (and ones whose index now belongs to another name). Returns what changed.
     pub fn sync(&mut self, wanted: &[Selected]) -> SyncReport {
         let mut report = SyncReport::default();
+        if self.closed {
+            return report;
+        }
         let gone: Vec<u32> = self
             .attached
             .iter()
@@ -355,6 +362,14 @@ impl Probes {
         for index in all {
             self.detach(index);
         }
+    }
+
+    /// Detaches everything for good: later [`Probes::sync`] calls attach nothing. The agent's
+    /// shutdown: its interface rescan may be mid-scan on another thread when it is told to stop,
+    /// and would otherwise attach again (a clsact filter made then would outlive the agent).
+    pub fn close(&mut self) {
+        self.closed = true;
+        self.detach_all();
     }
 
     /// Runs a loaded program (or [`names::BENCH_NOOP`], loaded on first use) on a frame with

@@ -407,7 +407,7 @@ impl Agent {
         self.syscalls.shutdown();
         self.drops.shutdown();
         self.tcp.shutdown();
-        self.probes.lock().expect("probes lock").detach_all();
+        self.probes.lock().expect("probes lock").close();
         self.interfaces.lock().expect("interfaces lock").clear();
     }
 

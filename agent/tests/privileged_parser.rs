@@ -1,6 +1,7 @@
 //! Privileged: the TC parser in the running kernel, fed frames with `BPF_PROG_TEST_RUN`, for
 //! what no veth pair in a test can carry (VLAN tags left in the frame, extension-header chains,
-//! SCTP, GSO super-packets). Each test loads its own copy of the programs and maps.
+//! SCTP, GSO super-packets); and that probes closed at shutdown stay detached. Each test loads its
+//! own copy of the programs and maps.
 
 use orb8_agent::{
     flows::Flow,
@@ -279,4 +280,32 @@ fn privileged_both_tables_read_in_batches_as_one_at_a_time() {
         counters(&maps)[counter::FLOWS_CREATED as usize],
         u64::from(V4 + V6)
     );
+}
+
+#[test]
+fn privileged_closed_probes_attach_nothing_again() {
+    use orb8_agent::interfaces::{Role, Selected};
+    let ns = orb8_testkit::NetNs::new("o8close");
+    let (attached, after_close, reattached) = ns.run_in(|| {
+        let (mut p, _maps) = load();
+        let lo = Selected {
+            index: 1,
+            name: "lo".into(),
+            role: Role::Explicit,
+            peer_netnsid: None,
+        };
+        let first = p.sync(std::slice::from_ref(&lo)).attached.len();
+        p.close();
+        let after_close = p.attached().len();
+        // What a rescan still running at shutdown would do next.
+        let again = p.sync(std::slice::from_ref(&lo));
+        (
+            first,
+            after_close,
+            again.attached.len() + p.attached().len(),
+        )
+    });
+    assert_eq!(attached, 1, "the probes attach to the namespace's lo");
+    assert_eq!(after_close, 0, "close detaches everything");
+    assert_eq!(reattached, 0, "and nothing is attached after it");
 }
