@@ -588,7 +588,31 @@ struct Burst {
     secs: f64,
     /// Seconds the sender took.
     send_secs: f64,
+    /// CPU seconds (user + system) the agent and the client spent from the stream's opening
+    /// to the burst's end.
+    agent_cpu: f64,
+    client_cpu: f64,
     stderr: Vec<String>,
+}
+
+/// CPU seconds (user + system) process `pid` has used so far (`/proc/PID/stat`, clock ticks).
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // The fields after the command name (which may hold spaces), from the 3rd (state): utime
+    // and stime are the 14th and 15th.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return f64::NAN;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok());
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    match (ticks(14), ticks(15)) {
+        (Some(u), Some(s)) => (u + s) / hz,
+        _ => f64::NAN,
+    }
 }
 
 /// Starts an agent (with `extra` flags) and `trace network -o json` against it, waits until the
@@ -664,6 +688,7 @@ fn burst(
     }
     let skip = lines.len();
 
+    let cpu0 = (cpu_secs(agent.pid()), cpu_secs(client.pid()));
     let t0 = Instant::now();
     match source {
         Source::Datagrams => send_flows(topo, count),
@@ -694,6 +719,10 @@ fn burst(
             Err(_) => break,
         }
     }
+    let (agent_cpu, client_cpu) = (
+        cpu_secs(agent.pid()) - cpu0.0,
+        cpu_secs(client.pid()) - cpu0.1,
+    );
     // SIGINT, then what it says on the way out (losses pending, events not printed).
     drop(client);
     let _ = reader.join();
@@ -710,6 +739,8 @@ fn burst(
         d,
         secs,
         send_secs,
+        agent_cpu,
+        client_cpu,
         stderr,
     })
 }
@@ -738,7 +769,7 @@ pub fn new_flows(ctx: &Ctx) -> anyhow::Result<Section> {
     }
     let topo = Topology::new(1);
     let n = variants.len();
-    let mut samples = vec![vec![Sample::default(); 7]; n];
+    let mut samples = vec![vec![Sample::default(); 10]; n];
     let mut notes = Vec::new();
     for round in 0..ctx.rounds {
         for ((name, bin, extra, source), s) in variants.iter().zip(samples.iter_mut()) {
@@ -754,6 +785,9 @@ pub fn new_flows(ctx: &Ctx) -> anyhow::Result<Section> {
             s[4].push(d.stderr_lost as f64);
             s[5].push(unaccounted as f64);
             s[6].push(b.send_secs);
+            s[7].push(b.agent_cpu * 1000.0);
+            s[8].push(b.client_cpu * 1000.0);
+            s[9].push(d.flows as f64 / b.agent_cpu.max(b.client_cpu));
             if gaps > 0 || d.stderr_lost > 0 || unaccounted != 0 || d.repeats > 0 {
                 let said: Vec<&String> = b
                     .stderr
@@ -807,7 +841,12 @@ pub fn new_flows(ctx: &Ctx) -> anyhow::Result<Section> {
              `BPF_PROG_TEST_RUN` row takes the network stack out: the same {count} flows' \
              frames (pod to node, UDP) are run through the agent's own loaded \
              `orb8_tc_ingress` program by the kernel's test runner, one call per frame, so the \
-             kernel program, ring buffer, agent and client are what is measured.",
+             kernel program, ring buffer, agent and client are what is measured. `agent CPU \
+             ms` and `client CPU ms`: what each process used (user + system, /proc/PID/stat, \
+             10 ms ticks) from the stream's opening to the burst's end; `flows/s per CPU` is \
+             the delivered flows over the larger of the two, the rate the pipeline would \
+             keep with a CPU for each of them (on 2 vCPUs the sender, the agent and the client \
+             share two).",
             count.div_ceil(2),
             ctx.rounds
         ),
@@ -819,6 +858,9 @@ pub fn new_flows(ctx: &Ctx) -> anyhow::Result<Section> {
             "lost (stderr)".into(),
             "unaccounted".into(),
             "send s".into(),
+            "agent CPU ms".into(),
+            "client CPU ms".into(),
+            "flows/s per CPU".into(),
         ],
         base: None,
         rows: variants
