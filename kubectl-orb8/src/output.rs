@@ -8,8 +8,10 @@
 //! Stopping waits for the queue to drain only while stdout keeps taking records ([`STALL`],
 //! [`DRAIN_AT_MOST`]); then what is left is given up and counted, and the caller goes on (tears
 //! the agents down, exits). A writer stuck in a write is left behind: process exit ends it. The
-//! record it is writing then counts as not printed (a reader that takes it during the exit sees
-//! one line more than was said). A closed pipe is the `BrokenPipe` error it is, returned by the
+//! records it is writing then count as not printed. The writer takes as many queued records as
+//! fit in [`WRITE_BYTES`] (at least one) and writes them with one system call: a pipe takes a
+//! write of at most that size whole or not at all, so a reader never sees part of what was
+//! counted as not printed (a record longer than that alone, a YAML table, may be seen in part). A closed pipe is the `BrokenPipe` error it is, returned by the
 //! next [`LiveOutput::print`] and by [`LiveOutput::finish`], which the client turns into a quiet
 //! exit 0.
 //!
@@ -28,6 +30,12 @@ pub const QUEUE_RECORDS: usize = 8192;
 
 /// How many bytes of records may wait for stdout.
 pub const QUEUE_BYTES: usize = 4 << 20;
+
+/// The most bytes of records the writer puts in one write (beyond one record): `PIPE_BUF`,
+/// the size a pipe writes atomically. Lines are written in batches when they come faster
+/// than stdout takes them one by one (a burst of new flows): one system call and one wake-up
+/// for ten lines instead of one each.
+pub const WRITE_BYTES: usize = 4096;
 
 /// How often, at most, a growing count of records not printed is said on stderr.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -95,8 +103,8 @@ pub struct Backlog {
     dropped: u64,
     /// Records given up when the output stopped (they were queued).
     given_up: u64,
-    /// Whether the writer holds a record it has not finished writing.
-    writing: bool,
+    /// Records the writer holds and has not finished writing.
+    writing: u64,
     /// `dropped` as far as stderr has said it.
     said: u64,
     failed: Option<(io::ErrorKind, String)>,
@@ -115,7 +123,7 @@ impl Backlog {
             printed: 0,
             dropped: 0,
             given_up: 0,
-            writing: false,
+            writing: 0,
             said: 0,
             failed: None,
             closed: false,
@@ -161,27 +169,39 @@ impl Backlog {
 
     /// The next record for the writer, which is then being written; `None` when none is queued.
     pub fn take(&mut self) -> Option<String> {
-        let record = self.queue.pop_front()?;
-        self.queued_bytes -= record.len();
-        self.writing = true;
-        Some(record)
+        self.take_batch(0).pop()
     }
 
-    /// The writer wrote the record it took.
-    pub fn printed_one(&mut self) {
-        if self.writing {
-            self.writing = false;
-            self.printed += 1;
+    /// The next records for the writer, which are then being written: the first one queued, and
+    /// those after it while all of them together are at most `max_bytes` long. Empty when none is
+    /// queued.
+    pub fn take_batch(&mut self, max_bytes: usize) -> Vec<String> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(next) = self.queue.front() {
+            if !batch.is_empty() && bytes + next.len() > max_bytes {
+                break;
+            }
+            let record = self.queue.pop_front().expect("a front record");
+            bytes += record.len();
+            self.queued_bytes -= record.len();
+            batch.push(record);
         }
+        self.writing += batch.len() as u64;
+        batch
     }
 
-    /// The writer failed on the record it took (which counts as not printed); nothing more is
+    /// The writer wrote the records it took.
+    pub fn printed_taken(&mut self) {
+        self.printed += self.writing;
+        self.writing = 0;
+    }
+
+    /// The writer failed on the records it took (which count as not printed); nothing more is
     /// queued.
     pub fn fail(&mut self, error: &io::Error) {
-        if self.writing {
-            self.writing = false;
-            self.given_up += 1;
-        }
+        self.given_up += self.writing;
+        self.writing = 0;
         self.failed = Some((error.kind(), error.to_string()));
         self.give_up();
     }
@@ -192,7 +212,7 @@ impl Backlog {
     }
 
     /// Stops waiting for stdout: what is queued is dropped and counted, and the writer ends
-    /// after the record it is writing.
+    /// after the records it is writing.
     pub fn give_up(&mut self) {
         self.given_up += self.queue.len() as u64;
         self.queue.clear();
@@ -202,7 +222,7 @@ impl Backlog {
 
     /// Whether everything offered was printed or counted (nothing queued, nothing being written).
     pub fn drained(&self) -> bool {
-        self.queue.is_empty() && !self.writing
+        self.queue.is_empty() && self.writing == 0
     }
 
     /// Whether the writer should stop: closed and nothing left to write.
@@ -221,7 +241,7 @@ impl Backlog {
             offered: self.offered,
             printed: self.printed,
             dropped: self.dropped,
-            left: self.given_up + self.queue.len() as u64 + u64::from(self.writing),
+            left: self.given_up + self.queue.len() as u64 + self.writing,
         }
     }
 
@@ -251,15 +271,17 @@ impl Shared {
     }
 }
 
-/// Writes the queued records to `out`, one write and flush each, until the backlog is finished
-/// or a write fails.
+/// Writes the queued records to `out`, up to [`WRITE_BYTES`] of them (at least one) in one write
+/// and flush, until the backlog is finished or a write fails.
 fn write_loop(shared: &Shared, out: &mut dyn Write) {
+    let mut buf = Vec::with_capacity(WRITE_BYTES);
     loop {
-        let record = {
+        let batch = {
             let mut b = shared.lock();
             loop {
-                if let Some(r) = b.take() {
-                    break r;
+                let batch = b.take_batch(WRITE_BYTES);
+                if !batch.is_empty() {
+                    break batch;
                 }
                 if b.finished() {
                     return;
@@ -267,10 +289,14 @@ fn write_loop(shared: &Shared, out: &mut dyn Write) {
                 b = shared.ready.wait(b).unwrap_or_else(PoisonError::into_inner);
             }
         };
-        let written = out.write_all(record.as_bytes()).and_then(|()| out.flush());
+        buf.clear();
+        for record in &batch {
+            buf.extend_from_slice(record.as_bytes());
+        }
+        let written = out.write_all(&buf).and_then(|()| out.flush());
         let mut b = shared.lock();
         match written {
-            Ok(()) => b.printed_one(),
+            Ok(()) => b.printed_taken(),
             Err(e) => {
                 b.fail(&e);
                 return;
@@ -424,6 +450,42 @@ mod tests {
     }
 
     #[test]
+    fn the_writer_takes_as_many_records_as_fit_in_one_write_and_they_count_together() {
+        let mut b = Backlog::new(100, 1 << 20);
+        // "line N\n" is 7 bytes (8 from line 10): 20 of them, then one longer than a write.
+        for i in 0..20 {
+            b.offer(line(i)).unwrap();
+        }
+        b.offer("x".repeat(50)).unwrap();
+        b.offer(line(20)).unwrap();
+        let first = b.take_batch(30);
+        assert_eq!(
+            first,
+            (0..4).map(line).collect::<Vec<_>>(),
+            "4 x 7 <= 30 < 5 x 7"
+        );
+        assert_eq!(b.counts().left, 22, "taken and queued records are left");
+        b.printed_taken();
+        assert_eq!(b.counts().printed, 4);
+        assert_eq!(b.take_batch(30).len(), 4);
+        b.printed_taken();
+        assert_eq!(
+            b.take_batch(100).len(),
+            12,
+            "2 x 7 + 10 x 8 <= 100, and the long one would not fit"
+        );
+        b.printed_taken();
+        // A record longer than a write goes alone, never split and never skipped.
+        let long = b.take_batch(30);
+        assert_eq!((long.len(), long[0].len()), (1, 50));
+        // The writer fails on it: it counts as not printed, with what is queued.
+        b.fail(&io::Error::from(io::ErrorKind::BrokenPipe));
+        let c = b.counts();
+        assert_eq!((c.offered, c.printed, c.left), (22, 20, 2));
+        assert!(b.take_batch(30).is_empty());
+    }
+
+    #[test]
     fn a_full_queue_counts_what_it_leaves_out_and_the_totals_add_up() {
         let mut b = Backlog::new(3, 1 << 20);
         for i in 0..5 {
@@ -440,7 +502,7 @@ mod tests {
         );
         // The writer takes one and finishes it, takes another and is stuck in its write.
         assert_eq!(b.take().as_deref(), Some("line 0\n"));
-        b.printed_one();
+        b.printed_taken();
         assert_eq!(b.take().as_deref(), Some("line 1\n"));
         // Room for two more: queued; the next is not.
         assert_eq!(b.offer(line(5)).unwrap(), Offered::Queued);
@@ -473,7 +535,7 @@ mod tests {
             )
         );
         // The stuck write returns after all: it was printed (the count said one too many).
-        b.printed_one();
+        b.printed_taken();
         assert!(b.drained() && b.finished());
         // Nothing is queued after the output stopped.
         assert_eq!(b.offer(line(8)).unwrap(), Offered::Dropped);
@@ -499,7 +561,7 @@ mod tests {
             }
         );
         while b.take().is_some() {
-            b.printed_one();
+            b.printed_taken();
         }
         assert_eq!(
             b.counts(),
@@ -546,21 +608,26 @@ mod tests {
         b.offer(line(0)).unwrap();
         assert_eq!(b.progress_line(), None);
         b.take();
-        b.printed_one();
+        b.printed_taken();
         assert!(b.drained());
         assert_eq!(b.counts().summary_line(), None);
     }
 
-    /// A writer that takes `open` records, then blocks until the test ends.
+    /// A writer that takes `open` writes, then blocks until the test ends (saying so on
+    /// `blocked`, if given).
     struct Stuck {
         open: usize,
         got: Arc<Mutex<Vec<u8>>>,
         release: std::sync::mpsc::Receiver<()>,
+        blocked: Option<std::sync::mpsc::Sender<()>>,
     }
 
     impl Write for Stuck {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             if self.open == 0 {
+                if let Some(b) = &self.blocked {
+                    let _ = b.send(());
+                }
                 let _ = self.release.recv();
                 return Err(io::Error::from(io::ErrorKind::BrokenPipe));
             }
@@ -578,30 +645,35 @@ mod tests {
     async fn finishing_does_not_wait_for_a_blocked_stdout() {
         let got = Arc::new(Mutex::new(Vec::new()));
         let (release, rx) = std::sync::mpsc::channel();
+        let (blocked_tx, blocked) = std::sync::mpsc::channel();
         let out = LiveOutput::start(
             Stuck {
-                open: 2,
+                open: 1,
                 got: got.clone(),
                 release: rx,
+                blocked: Some(blocked_tx),
             },
             4,
             1 << 20,
         );
-        for i in 0..3 {
-            out.print(line(i)).unwrap();
-        }
-        // The writer prints two records, then blocks in the write of the third.
+        // The writer prints one record, then blocks in the write of the next, taken alone
+        // (each is printed once the writer has the one before).
+        out.print(line(0)).unwrap();
         let end = std::time::Instant::now() + Duration::from_secs(10);
-        while (out.counts().printed, out.counts().left) != (2, 1) {
+        while out.counts().printed != 1 {
             assert!(
                 std::time::Instant::now() < end,
-                "the writer did not block: {:?}",
-                out.counts()
+                "the writer printed nothing"
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        // Four fit in the queue; six do not.
-        for i in 3..13 {
+        out.print(line(1)).unwrap();
+        blocked
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer blocks");
+        assert_eq!((out.counts().printed, out.counts().left), (1, 1));
+        // Four fit in the queue; seven do not.
+        for i in 2..13 {
             out.print(line(i)).unwrap();
         }
         let counts = out.finish().await.unwrap();
@@ -609,12 +681,12 @@ mod tests {
             counts,
             Counts {
                 offered: 13,
-                printed: 2,
-                dropped: 6,
+                printed: 1,
+                dropped: 7,
                 left: 5
             }
         );
-        assert_eq!(&got.lock().unwrap()[..], b"line 0\nline 1\n");
+        assert_eq!(&got.lock().unwrap()[..], b"line 0\n");
         let _ = release.send(());
     }
 
@@ -627,6 +699,7 @@ mod tests {
                 open: 100,
                 got: got.clone(),
                 release: rx,
+                blocked: None,
             },
             1000,
             1 << 20,
@@ -655,6 +728,7 @@ mod tests {
                 open: 0,
                 got: got.clone(),
                 release: rx,
+                blocked: None,
             },
             10,
             1 << 20,
