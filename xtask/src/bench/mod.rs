@@ -11,6 +11,7 @@
 //!
 //! Numbers are reported, never asserted.
 
+mod aims;
 mod client;
 mod network;
 mod report;
@@ -207,7 +208,8 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
             continue;
         }
         let ts = Instant::now();
-        let sec = run(&ctx)?;
+        let mut sec = run(&ctx)?;
+        sec.notes.extend(aims::verdicts(name, &sec));
         eprintln!("::: bench {name} took {:.1} s", ts.elapsed().as_secs_f64());
         print!("{}", sec.markdown());
         sections.push(sec);
